@@ -1,0 +1,17 @@
+"""Entry point: `python curate.py [overrides]`; see configs/curate.yaml."""
+
+import hydra
+from omegaconf import DictConfig
+
+from radio_curation.errors import exit_on_user_error
+from radio_curation.tasks import curate as task
+
+
+@hydra.main(config_path="configs", config_name="curate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        task.run(cfg)
+
+
+if __name__ == "__main__":
+    main()

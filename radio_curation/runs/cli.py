@@ -1,0 +1,173 @@
+"""``radio-curation runs list|show|lineage|find|compare``: find and inspect runs without a database."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.tree import Tree
+
+from radio_curation.errors import RadioCurationError
+from radio_curation.runs.store import RunRecord, RunStore
+from radio_curation.tracking.base import flatten
+
+console = Console()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``runs`` command and its subcommands."""
+    runs = subparsers.add_parser("runs", help="list, inspect, find and compare runs")
+    runs.add_argument(
+        "--runs-dir",
+        default=os.environ.get("RC_RUNS_DIR", "runs"),
+        help="the run store (default: $RC_RUNS_DIR or ./runs)",
+    )
+    sub = runs.add_subparsers(dest="runs_command", required=True)
+    listing = sub.add_parser("list", help="every run, oldest first")
+    listing.add_argument("--stage", help="only runs of this stage")
+    listing.set_defaults(func=cmd_list)
+    show = sub.add_parser("show", help="a run's manifest")
+    show.add_argument("run_id")
+    show.set_defaults(func=cmd_show)
+    lineage = sub.add_parser("lineage", help="the tree of a run's parents down to the mosaics")
+    lineage.add_argument("run_id")
+    lineage.set_defaults(func=cmd_lineage)
+    find = sub.add_parser("find", help="the ID of the one run whose config matches key=value ...")
+    find.add_argument("--stage", required=True)
+    find.add_argument("conditions", nargs="*", metavar="key=value")
+    find.set_defaults(func=cmd_find)
+    compare = sub.add_parser("compare", help="runs side by side: params that differ, and metrics")
+    compare.add_argument("run_ids", nargs="+")
+    compare.add_argument("--all", action="store_true", help="show params that are equal too")
+    compare.set_defaults(func=cmd_compare)
+
+
+def _params(record: RunRecord) -> dict[str, Any]:
+    return {**flatten(record.manifest.get("config") or {}), "parents": ",".join(record.parents)}
+
+
+def _results(record: RunRecord) -> dict[str, Any]:
+    manifest = record.manifest
+    return {
+        **{f"metrics.{k}": v for k, v in flatten(manifest.get("metrics") or {}).items()},
+        **{f"counts.{k}": v for k, v in flatten(manifest.get("counts") or {}).items()},
+    }
+
+
+def cmd_list(store: RunStore, args: argparse.Namespace) -> int:
+    table = Table(title=f"runs in {store.root}")
+    for column in ("run_id", "stage", "status", "created", "parents", "experiment"):
+        table.add_column(column)
+    for record in store.runs(args.stage):
+        m = record.manifest
+        table.add_row(
+            record.run_id,
+            record.stage,
+            m.get("status"),
+            str(m.get("created")),
+            ", ".join(record.parents),
+            str(m.get("experiment")),
+        )
+    console.print(table)
+    return 0
+
+
+def cmd_show(store: RunStore, args: argparse.Namespace) -> int:
+    record = store.resolve(args.run_id, require_complete=False)
+    console.print(f"[bold]{record.run_id}[/bold]  {record.dir}")
+    console.print(Syntax(yaml.safe_dump(record.manifest, sort_keys=False), "yaml"))
+    return 0
+
+
+def _lineage_node(store: RunStore, record: RunRecord, tree: Tree) -> None:
+    node = tree.add(f"[bold]{record.run_id}[/bold] ({record.stage}, {record.manifest.get('status')})")
+    for mosaic in (record.manifest.get("info") or {}).get("mosaics") or []:
+        node.add(f"[dim]mosaic[/dim] {mosaic}")
+    for parent in record.parents:
+        _lineage_node(store, store.resolve(parent, require_complete=False), node)
+
+
+def cmd_lineage(store: RunStore, args: argparse.Namespace) -> int:
+    record = store.resolve(args.run_id, require_complete=False)
+    tree = Tree(f"lineage of {record.run_id}")
+    _lineage_node(store, record, tree)
+    console.print(tree)
+    return 0
+
+
+def _matches(value: Any, wanted: str) -> bool:
+    return str(value) == wanted or value == yaml.safe_load(wanted)
+
+
+def _differing(records: list[RunRecord], values: dict[str, dict[str, Any]]) -> list[str]:
+    keys = sorted({k for r in records for k in values[r.run_id]})
+    return [k for k in keys if len({repr(values[r.run_id].get(k)) for r in records}) > 1]
+
+
+def cmd_find(store: RunStore, args: argparse.Namespace) -> int:
+    conditions = []
+    for condition in args.conditions:
+        if "=" not in condition:
+            raise RadioCurationError(f"'{condition}' is not a key=value condition (e.g. clustering.seed=0)")
+        conditions.append(condition.split("=", 1))
+    params = {r.run_id: _params(r) for r in store.runs(args.stage)}
+    found = [
+        r
+        for r in store.runs(args.stage)
+        if r.complete
+        and all(k in params[r.run_id] and _matches(params[r.run_id][k], v) for k, v in conditions)
+    ]
+    if len(found) == 1:
+        print(found[0].run_id)
+        return 0
+    if not found:
+        console.print(f"no complete {args.stage} run matches {' '.join(args.conditions)}", style="red")
+        return 1
+    differing = _differing(found, params)
+    table = Table(title=f"{len(found)} {args.stage} runs match; add a condition on a key that differs")
+    table.add_column("run_id")
+    for key in differing:
+        table.add_column(key)
+    for record in found:
+        table.add_row(record.run_id, *(str(params[record.run_id].get(k)) for k in differing))
+    console.print(table)
+    return 1
+
+
+def cmd_compare(store: RunStore, args: argparse.Namespace) -> int:
+    records = [store.resolve(run_id, require_complete=False) for run_id in args.run_ids]
+    params = {r.run_id: _params(r) for r in records}
+    results = {r.run_id: _results(r) for r in records}
+    keys = sorted({k for p in params.values() for k in p}) if args.all else _differing(records, params)
+    table = Table(title="runs side by side")
+    table.add_column("")
+    for record in records:
+        table.add_column(record.run_id)
+    for key in keys:
+        table.add_row(key, *(str(params[r.run_id].get(key, "—")) for r in records))
+    table.add_section()
+    for key in sorted({k for v in results.values() for k in v}):
+        table.add_row(key, *(_format(results[r.run_id].get(key)) for r in records))
+    console.print(table)
+    return 0
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "—" if value is None else str(value)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch a parsed ``runs`` command; user errors become one message and exit status 2."""
+    try:
+        return args.func(RunStore(args.runs_dir), args)
+    except RadioCurationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,202 @@
+"""Running one stage as a run of the store: reuse, resume, atomic artifacts, manifest, trackers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+import radio_curation
+from radio_curation.runs.identity import stage_identity
+from radio_curation.runs.manifest import COMPLETE, read_manifest, sha256sum, write_atomic, write_manifest
+from radio_curation.runs.store import RunRecord, RunStore
+from radio_curation.tracking.base import TrackedRun, Trackers
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Run:
+    """The handle a stage's work function gets: where to write, what to record, where to log."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_id: str,
+        run_dir: Path,
+        parents: list[RunRecord],
+        manifest: dict[str, Any],
+        tracker: Trackers,
+    ) -> None:
+        self.cfg = cfg
+        self.run_id = run_id
+        self.dir = run_dir
+        self.parents = parents
+        self.tracker = tracker
+        self.manifest = manifest
+        self.resumed = manifest["attempts"] > 1
+        self.counts: dict[str, Any] = dict(manifest.get("counts") or {})
+        self.metrics: dict[str, Any] = dict(manifest.get("metrics") or {})
+        self.info: dict[str, Any] = dict(manifest.get("info") or {})
+        self.timings: dict[str, float] = dict(manifest.get("timings") or {})
+        self.artifacts: dict[str, dict[str, Any]] = dict(manifest.get("artifacts") or {})
+
+    @contextmanager
+    def artifact(self, name: str) -> Iterator[Path]:
+        """Yield a temporary path to write artifact ``name`` to; renamed into place only on success."""
+        final = self.dir / name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        _remove(tmp)
+        try:
+            yield tmp
+        except BaseException:
+            _remove(tmp)
+            raise
+        os.replace(tmp, final)
+        self.register(name)
+
+    def register(self, name: str) -> None:
+        """List a file already in the run directory as an artifact, with its checksum."""
+        path = self.dir / name
+        self.artifacts[name] = {"sha256": sha256sum(path), "bytes": path.stat().st_size}
+
+    @contextmanager
+    def timer(self, name: str) -> Iterator[None]:
+        """Record the wall time of a block under ``timings.<name>`` (seconds)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
+
+    def _manifest(self, status: str) -> dict[str, Any]:
+        return {
+            **self.manifest,
+            "status": status,
+            "updated": _now(),
+            "counts": self.counts,
+            "metrics": self.metrics,
+            "info": self.info,
+            "timings": self.timings,
+            "artifacts": self.artifacts,
+        }
+
+    def save(self, status: str) -> None:
+        """Write the manifest (atomically) with ``status``."""
+        self.manifest = self._manifest(status)
+        write_manifest(self.dir, self.manifest)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _result(run_id: str, run_dir: Path, manifest: dict[str, Any], reused: bool) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "run_dir": str(run_dir),
+        "stage": manifest["stage"],
+        "reused": reused,
+        "counts": manifest.get("counts") or {},
+        "metrics": manifest.get("metrics") or {},
+        "info": manifest.get("info") or {},
+    }
+
+
+def run_stage(
+    cfg: DictConfig,
+    spec: DictConfig,
+    work: Callable[[Run], None],
+    parents: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run ``work`` as the run of ``spec`` under ``cfg``, or reuse it if it is complete.
+
+    Parameters
+    ----------
+    cfg
+        The composed root config (``paths.runs_dir``, ``force``, ``logger``, ``experiment_name``,
+        ``store.execution_keys``).
+    spec
+        The stage spec: ``name``, ``keys`` (config keys that define the result) and ``parents`` (config
+        keys holding parent run IDs).
+    work
+        Does the stage's work in ``run.dir`` through the :class:`Run` handle. It is called again on an
+        incomplete run (resume), so it must pick up what an earlier attempt left.
+    parents
+        Parent run IDs, when the caller resolved them itself; by default they come from ``spec.parents``.
+
+    Returns
+    -------
+    dict
+        ``run_id``, ``run_dir``, ``stage``, ``reused``, ``counts``, ``metrics``, ``info``. The last line
+        printed on stdout is ``run_id=<ID>``.
+    """
+    store = RunStore(cfg.paths.runs_dir)
+    identity = stage_identity(cfg, spec, parents)
+    parent_records = [store.resolve(p) for p in identity.parents]
+    with store.lease(identity.base_id, force=bool(cfg.force)) as (run_id, run_dir):
+        previous = read_manifest(run_dir)
+        if previous is not None and previous.get("status") == COMPLETE:
+            log.info("reusing complete run %s (force=true computes a new one)", run_id)
+            result = _result(run_id, run_dir, previous, reused=True)
+        else:
+            result = _execute(cfg, identity, run_id, run_dir, parent_records, previous, store, work)
+    print(f"run_id={run_id}", flush=True)
+    return result
+
+
+def _execute(cfg, identity, run_id, run_dir, parent_records, previous, store, work) -> dict[str, Any]:
+    if previous is not None:
+        log.info("resuming incomplete run %s (status: %s)", run_id, previous.get("status"))
+    manifest = {
+        "run_id": run_id,
+        "stage": identity.stage,
+        "status": "running",
+        "parents": list(identity.parents),
+        "config": identity.config,
+        "created": (previous or {}).get("created", _now()),
+        "updated": _now(),
+        "attempts": int((previous or {}).get("attempts", 0)) + 1,
+        "experiment": cfg.experiment_name,
+        "version": radio_curation.__version__,
+        "host": socket.gethostname(),
+        "command": " ".join(sys.argv),
+        **{k: (previous or {}).get(k) or {} for k in ("counts", "metrics", "info", "timings", "artifacts")},
+    }
+    write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    tracker = Trackers.from_config(
+        cfg.get("logger"),
+        TrackedRun(run_id, identity.stage, run_dir, store.root, str(cfg.experiment_name)),
+    )
+    run = Run(cfg, run_id, run_dir, parent_records, manifest, tracker)
+    run.save("running")
+    tracker.log_params({"stage": identity.stage, "parents": ",".join(identity.parents), **identity.config})
+    status = "failed"
+    try:
+        with run.timer("total"):
+            work(run)
+        tracker.log_metrics({**run.metrics, "counts": run.counts, "timings": run.timings})
+        run.save(COMPLETE)
+        status = COMPLETE
+    finally:
+        if status != COMPLETE:
+            run.save("failed")
+        tracker.finish(status)
+    return _result(run_id, run_dir, run.manifest, reused=False)

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from radio_curation.errors import RadioCurationError
+from radio_curation.runs.manifest import read_manifest
+from radio_curation.runs.store import RunStore
+from tests.runs.toy import toy_run, toy_run_in_process, write_numbers
+
+
+def test_same_config_reuses_complete_run_and_prints_id_last(runs_dir, capsys):
+    calls = []
+
+    def work(run):
+        calls.append(run.run_id)
+        write_numbers(run)
+
+    first = toy_run(runs_dir, work=work, a=3)
+    second = toy_run(runs_dir, work=work, a=3, workers=8)  # execution-only key: same run
+    assert first["run_id"] == second["run_id"]
+    assert (first["reused"], second["reused"]) == (False, True)
+    assert calls == [first["run_id"]]
+    assert second["counts"] == {"numbers": 3}
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == f"run_id={first['run_id']}"
+    manifest = read_manifest(Path(first["run_dir"]))
+    assert manifest["status"] == "complete"
+    assert manifest["artifacts"]["numbers.txt"]["bytes"] == len("0\n1\n2")
+    assert manifest["config"] == {"params": {"a": 3}}
+
+
+def test_semantic_change_parent_and_force_make_new_runs(runs_dir):
+    base = toy_run(runs_dir, a=2)
+    other = toy_run(runs_dir, a=5)
+    child = toy_run(runs_dir, a=2, source_id=base["run_id"])
+    forced = toy_run(runs_dir, a=2, force=True)
+    ids = {base["run_id"], other["run_id"], child["run_id"], forced["run_id"]}
+    assert len(ids) == 4
+    assert forced["run_id"] == f"{base['run_id']}-2"
+    assert read_manifest(Path(child["run_dir"]))["parents"] == [base["run_id"]]
+
+
+def test_incomplete_run_resumes_in_same_directory(runs_dir):
+    attempts = []
+
+    def flaky(run):
+        attempts.append(run.resumed)
+        partial = run.dir / "partial.txt"
+        if not partial.exists():
+            partial.write_text("first half")
+            raise RuntimeError("killed mid-way")
+        assert partial.read_text() == "first half"
+        write_numbers(run)
+
+    with pytest.raises(RuntimeError):
+        toy_run(runs_dir, work=flaky, a=4)
+    store = RunStore(runs_dir)
+    (record,) = store.runs("toy")
+    assert record.manifest["status"] == "failed" and not record.complete
+    with pytest.raises(RadioCurationError, match="not complete"):
+        store.resolve(record.run_id)
+    result = toy_run(runs_dir, work=flaky, a=4)
+    assert result["run_id"] == record.run_id and not result["reused"]
+    assert attempts == [False, True]
+    assert read_manifest(record.dir)["attempts"] == 2
+
+
+def test_failed_artifact_leaves_nothing_behind(runs_dir):
+    def broken(run):
+        with run.artifact("big.bin") as tmp:
+            tmp.write_bytes(b"x" * 100)
+            raise ValueError("disk full")
+
+    with pytest.raises(ValueError):
+        toy_run(runs_dir, work=broken)
+    (record,) = RunStore(runs_dir).runs("toy")
+    assert not (record.dir / "big.bin").exists()
+    assert not list(record.dir.glob(".big.bin.tmp-*"))
+    assert "big.bin" not in record.manifest["artifacts"]
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from radio_curation.runs.manifest import write_manifest
+run_dir = Path(sys.argv[1])
+big = {"rows": list(range(20000))}
+i = 0
+while True:
+    write_manifest(run_dir, {"version": i % 2, **big})
+    i += 1
+"""
+
+
+def test_manifest_is_never_half_written(tmp_path):
+    for attempt in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)])
+        time.sleep(1.0 + 0.13 * attempt)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        manifest = yaml.safe_load((tmp_path / "manifest.yaml").read_text())
+        assert manifest["version"] in (0, 1)
+        assert manifest["rows"] == list(range(20000))
+
+
+def _in_pool(args):
+    return toy_run_in_process(*args)
+
+
+def test_eight_processes_create_distinct_valid_runs(runs_dir, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(8) as pool:
+        forced = pool.map(_in_pool, [(str(runs_dir), True, 3, str(markers))] * 8)
+        distinct = pool.map(_in_pool, [(str(runs_dir), False, 10 + i, str(markers)) for i in range(8)])
+    assert len(set(forced)) == 8
+    assert len(set(distinct)) == 8
+    store = RunStore(runs_dir)
+    for run_id in forced + distinct:
+        record = store.resolve(run_id, stage="toy")
+        assert record.complete
+        assert (record.dir / "numbers.txt").is_file()
+    assert len(list(markers.iterdir())) == 16
+
+
+def test_concurrent_identical_runs_compute_once(runs_dir, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        ids = pool.map(_in_pool, [(str(runs_dir), False, 7, str(markers))] * 4)
+    assert len(set(ids)) == 1
+    assert len(list(markers.iterdir())) == 1
+
+
+def test_resolve_errors_name_closest_ids_and_the_real_stage(runs_dir):
+    run_id = toy_run(runs_dir, a=2)["run_id"]
+    store = RunStore(runs_dir)
+    assert store.resolve(run_id[:9]).run_id == run_id  # a unique prefix is enough
+    typo = run_id[:-1] + ("0" if run_id[-1] != "0" else "1")
+    with pytest.raises(RadioCurationError, match=f"Closest IDs: {run_id}"):
+        store.resolve(typo)
+    with pytest.raises(RadioCurationError, match="is a 'toy' run, but a 'merge' run is needed"):
+        store.resolve(run_id, stage="merge")
+    with pytest.raises(RadioCurationError, match="no run"):
+        store.resolve("features-0000000000")
