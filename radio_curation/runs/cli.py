@@ -17,7 +17,8 @@ from radio_curation.errors import RadioCurationError
 from radio_curation.runs.store import RunRecord, RunStore
 from radio_curation.tracking.base import flatten
 
-console = Console()
+# Wide enough for run IDs and config keys when piped (rich assumes 80 columns off a terminal).
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

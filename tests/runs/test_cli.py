@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+
+from radio_curation.cli import main
+from tests.runs.toy import toy_run
+
+
+@pytest.fixture
+def store(runs_dir):
+    """Three toy runs (two differ only in ``params.b``) and a child of the first."""
+    a = toy_run(runs_dir, a=2, b="x")["run_id"]
+    b = toy_run(runs_dir, a=2, b="y")["run_id"]
+    c = toy_run(runs_dir, a=5, b="x")["run_id"]
+    child = toy_run(runs_dir, a=1, source_id=a)["run_id"]
+    return {"a": a, "b": b, "c": c, "child": child}
+
+
+def cli(runs_dir, *args):
+    return main(["runs", "--runs-dir", str(runs_dir), *args])
+
+
+def test_list_filters_by_stage(runs_dir, store, capsys):
+    capsys.readouterr()
+    assert cli(runs_dir, "list", "--stage", "toy") == 0
+    out = capsys.readouterr().out
+    assert all(run_id in out for run_id in store.values())
+    assert cli(runs_dir, "list", "--stage", "merge") == 0
+    assert store["a"] not in capsys.readouterr().out
+
+
+def test_find_prints_only_the_id_of_a_unique_match(runs_dir, store, capsys):
+    capsys.readouterr()
+    assert cli(runs_dir, "find", "--stage", "toy", "params.a=2", "params.b=y") == 0
+    assert capsys.readouterr().out.strip() == store["b"]
+
+
+def test_find_with_several_matches_shows_the_keys_that_differ(runs_dir, store, capsys):
+    capsys.readouterr()
+    assert cli(runs_dir, "find", "--stage", "toy", "params.a=2") == 1
+    out = capsys.readouterr().out
+    assert store["a"] in out and store["b"] in out and store["c"] not in out
+    assert "params.b" in out and "params.a" not in out.split("differs")[-1].split("\n", 2)[-1]
+    assert cli(runs_dir, "find", "--stage", "toy", "params.a=99") == 1
+    assert "no complete toy run matches" in capsys.readouterr().out
+
+
+def test_show_lineage_and_compare(runs_dir, store, capsys):
+    capsys.readouterr()
+    assert cli(runs_dir, "show", store["child"]) == 0
+    out = capsys.readouterr().out
+    assert "status: complete" in out and store["a"] in out
+    assert cli(runs_dir, "lineage", store["child"]) == 0
+    out = capsys.readouterr().out
+    assert out.index(store["child"]) < out.index(store["a"])
+    assert cli(runs_dir, "compare", store["a"], store["c"]) == 0
+    out = capsys.readouterr().out
+    assert "params.a" in out and "metrics.sum" in out and "params.b" not in out
+    assert " 10 " in out or "│ 10" in out  # sum(range(5)) of run c
+
+
+def test_unknown_and_wrong_stage_ids_are_clear_errors(runs_dir, store, capsys):
+    typo = store["a"][:-2] + "zz"
+    assert cli(runs_dir, "show", typo) == 2
+    err = capsys.readouterr().err
+    assert "no run" in err and store["a"] in err
+    assert cli(runs_dir, "find", "--stage", "toy", "params.a") == 2
+    assert "key=value" in capsys.readouterr().err

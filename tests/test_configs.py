@@ -1,0 +1,76 @@
+"""Every option of every config group composes under every root config that uses the group."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_method
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from tests.conftest import CONFIG_DIR
+
+ROOTS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _compose(root: str, overrides: list[str], hydra_config: bool = False) -> DictConfig:
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose(root, overrides=overrides, return_hydra_config=hydra_config)
+
+
+def _groups(root: str) -> dict[str, list[str]]:
+    choices = _compose(root, [], hydra_config=True).hydra.runtime.choices
+    groups = {}
+    for group in choices:
+        if group.startswith("hydra/") or group == "hydra" or not (CONFIG_DIR / group).is_dir():
+            continue
+        groups[group] = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    return groups
+
+
+def _cases() -> list[tuple[str, str, str]]:
+    return [
+        (root, group, option)
+        for root in ROOTS
+        for group, options in _groups(root).items()
+        for option in options
+    ]
+
+
+def _targets(node, path: str = "") -> list[tuple[str, str]]:
+    found = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            value = node._get_node(key)
+            if key == "_target_":
+                found.append((path, node[key]))
+            elif isinstance(value, DictConfig | ListConfig):
+                found.extend(_targets(value, f"{path}.{key}"))
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            found.extend(_targets(item, f"{path}[{i}]"))
+    return found
+
+
+def test_every_root_uses_the_common_groups():
+    for root in ROOTS:
+        assert {"paths", "logger"} <= set(_groups(root)), root
+
+
+@pytest.mark.parametrize(("root", "group", "option"), _cases())
+def test_option_composes_and_points_at_real_code(root, group, option):
+    cfg = _compose(root, [f"{group}={option}"])
+    assert OmegaConf.is_struct(cfg)
+    for path, target in _targets(cfg):
+        assert callable(get_method(target)), f"{root} {group}={option}: {path}._target_={target}"
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_several_trackers_at_once(root):
+    cfg = _compose(root, ["logger=[csv,wandb,mlflow]"])
+    assert set(cfg.logger) == {"csv", "wandb", "mlflow"}
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_mistyped_key_is_an_error(root):
+    with pytest.raises(Exception, match="no_such_key"):
+        _compose(root, ["no_such_key=1"])
