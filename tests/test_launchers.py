@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -17,6 +18,16 @@ account: radio42
 qos: high
 setup: ["module load cuda/12.4"]
 """
+
+
+@pytest.fixture(autouse=True)
+def fake_srun(tmp_path, monkeypatch):
+    """submitit looks for srun before it writes a script; a stand-in lets us inspect the script here."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
 
 @pytest.fixture
