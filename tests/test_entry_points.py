@@ -1,0 +1,35 @@
+"""The four entry points are thin, answer --help and --cfg job, and turn user errors into one message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRY_POINTS = ["extract", "curate", "train", "evaluate"]
+
+
+def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_entry_point_is_thin(name):
+    source = (ROOT / f"{name}.py").read_text()
+    assert len(source.splitlines()) <= 25
+    assert f"from radio_curation.tasks import {name} as task" in source
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_help_and_cfg_job(name, tmp_path):
+    helped = _run(f"{name}.py", "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "== Config groups ==" in helped.stdout and "logger:" in helped.stdout
+    shown = _run(f"{name}.py", "--cfg", "job", f"paths.runs_dir={tmp_path}")
+    assert shown.returncode == 0, shown.stderr
+    cfg = yaml.safe_load(shown.stdout)
+    assert cfg["paths"]["runs_dir"] == str(tmp_path) and "hydra" not in cfg
