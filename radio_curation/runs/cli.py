@@ -42,6 +42,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     find = sub.add_parser("find", help="the ID of the one run whose config matches key=value ...")
     find.add_argument("--stage", required=True)
     find.add_argument("conditions", nargs="*", metavar="key=value")
+    find.add_argument(
+        "--all",
+        action="store_true",
+        help="print every matching ID, comma-separated (e.g. the shards of a sharded cutouts sweep)",
+    )
     find.set_defaults(func=cmd_find)
     compare = sub.add_parser("compare", help="runs side by side: params that differ, and metrics")
     compare.add_argument("run_ids", nargs="+")
@@ -124,8 +129,8 @@ def cmd_find(store: RunStore, args: argparse.Namespace) -> int:
         if r.complete
         and all(k in params[r.run_id] and _matches(params[r.run_id][k], v) for k, v in conditions)
     ]
-    if len(found) == 1:
-        print(found[0].run_id)
+    if found and (args.all or len(found) == 1):
+        print(",".join(r.run_id for r in found))
         return 0
     if not found:
         console.print(f"no complete {args.stage} run matches {' '.join(args.conditions)}", style="red")

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import radio_curation
@@ -108,6 +110,16 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def tracker_group(cfg: DictConfig) -> str:
+    """The W&B group / MLflow experiment: ``experiment_name``, plus the sweep's name in a multirun.
+
+    All jobs of one ``-m`` sweep share the sweep directory, so they land in one group per sweep.
+    """
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"{cfg.experiment_name}-{Path(HydraConfig.get().sweep.dir).name}"
+    return str(cfg.experiment_name)
+
+
 def _result(run_id: str, run_dir: Path, manifest: dict[str, Any], reused: bool) -> dict[str, Any]:
     return {
         "run_id": run_id,
@@ -174,7 +186,7 @@ def _execute(cfg, identity, run_id, run_dir, parent_records, previous, store, wo
         "created": (previous or {}).get("created", _now()),
         "updated": _now(),
         "attempts": int((previous or {}).get("attempts", 0)) + 1,
-        "experiment": cfg.experiment_name,
+        "experiment": tracker_group(cfg),
         "version": radio_curation.__version__,
         "host": socket.gethostname(),
         "command": " ".join(sys.argv),
@@ -183,7 +195,7 @@ def _execute(cfg, identity, run_id, run_dir, parent_records, previous, store, wo
     write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     tracker = Trackers.from_config(
         cfg.get("logger"),
-        TrackedRun(run_id, identity.stage, run_dir, store.root, str(cfg.experiment_name)),
+        TrackedRun(run_id, identity.stage, run_dir, store.root, tracker_group(cfg)),
     )
     run = Run(cfg, run_id, run_dir, parent_records, manifest, tracker)
     run.save("running")

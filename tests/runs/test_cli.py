@@ -41,6 +41,8 @@ def test_find_with_several_matches_shows_the_keys_that_differ(runs_dir, store, c
     out = capsys.readouterr().out
     assert store["a"] in out and store["b"] in out and store["c"] not in out
     assert "params.b" in out and "params.a" not in out.split("differs")[-1].split("\n", 2)[-1]
+    assert cli(runs_dir, "find", "--stage", "toy", "--all", "params.a=2") == 0
+    assert set(capsys.readouterr().out.strip().split(",")) == {store["a"], store["b"]}
     assert cli(runs_dir, "find", "--stage", "toy", "params.a=99") == 1
     assert "no complete toy run matches" in capsys.readouterr().out
 
