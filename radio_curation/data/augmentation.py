@@ -1,0 +1,331 @@
+"""Batched, on-device view generation for self-supervised training on radio cutouts.
+
+Every random choice is drawn per image, but the work is done on whole batches with a handful of tensor
+operations (one ``grid_sample`` per view for crop + rotation + flip, a grouped separable convolution for
+blur), so the augmentation runs on the accelerator next to the model instead of per sample in DataLoader
+workers.
+
+The order of operations for each view is::
+
+    raw window [B, 1, S, S] (Jy/beam)
+      -> random resized crop (scale range, ratio 1) + rotation by any angle + flip  -> [B, 1, s, s]
+      -> Gaussian blur (random sigma)
+      -> additive Gaussian noise (a random fraction of the view's robust rms)
+      -> the normalisation group's module (per view, so per-cutout normalisations see the crop)
+      -> contrast-only jitter around the view's mean
+      -> 1 -> ``in_chans`` channels (identical channels: there is no colour, so no hue/saturation jitter)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from radio_curation.errors import RadioCurationError
+
+#: Scale of the median absolute deviation that makes it a consistent estimator of a Gaussian's sigma.
+MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True)
+class CropParams:
+    """Per-image geometric parameters of one batch of views (all tensors of shape ``[B]``).
+
+    Attributes
+    ----------
+    scale
+        Area of the crop as a fraction of the window's area.
+    angle
+        Rotation in radians.
+    flip
+        ``-1`` for a mirrored view, ``+1`` otherwise.
+    cx, cy
+        Centre of the crop in normalised window coordinates (``[-1, 1]``).
+    """
+
+    scale: Tensor
+    angle: Tensor
+    flip: Tensor
+    cx: Tensor
+    cy: Tensor
+
+
+def _check_range(name: str, values: Sequence[float], low: float, high: float) -> tuple[float, float]:
+    lo, hi = (float(v) for v in values)
+    if not (low <= lo <= hi <= high):
+        raise RadioCurationError(
+            f"augmentation.{name}={[lo, hi]} must satisfy {low} <= min <= max <= {high}."
+        )
+    return lo, hi
+
+
+def _uniform(n: int, low: float, high: float, device: torch.device) -> Tensor:
+    return torch.rand(n, device=device) * (high - low) + low
+
+
+def sample_crop_params(
+    n: int,
+    scale: Sequence[float],
+    rotate: bool,
+    flip: bool,
+    device: torch.device | str = "cpu",
+) -> CropParams:
+    """Draw random resized crop (ratio 1), rotation and flip parameters for ``n`` images.
+
+    Parameters
+    ----------
+    n
+        Number of images.
+    scale
+        ``(min, max)`` crop area as a fraction of the window area; drawn uniformly in area, as
+        ``torchvision.transforms.RandomResizedCrop`` does.
+    rotate
+        Rotate by an angle drawn uniformly in ``[0, 2π)``; otherwise 0.
+    flip
+        Mirror half of the images.
+    device
+        Where the parameters live.
+
+    Returns
+    -------
+    CropParams
+        The parameters; the crop centre is drawn so that the unrotated crop lies inside the window.
+    """
+    device = torch.device(device)
+    area = _uniform(n, float(scale[0]), float(scale[1]), device)
+    side = area.sqrt()
+    angle = _uniform(n, 0.0, 2 * math.pi, device) if rotate else torch.zeros(n, device=device)
+    mirror = (
+        torch.where(torch.rand(n, device=device) < 0.5, -1.0, 1.0) if flip else torch.ones(n, device=device)
+    )
+    cx = (torch.rand(n, device=device) * 2 - 1) * (1 - side)
+    cy = (torch.rand(n, device=device) * 2 - 1) * (1 - side)
+    return CropParams(scale=area, angle=angle, flip=mirror, cx=cx, cy=cy)
+
+
+def crop_rotate_flip(
+    x: Tensor, params: CropParams, size: int, padding_mode: str = "reflection", mode: str = "bilinear"
+) -> Tensor:
+    """Apply per-image crop, rotation and flip to a batch with one ``grid_sample`` call.
+
+    Parameters
+    ----------
+    x
+        Images ``[B, C, H, W]``.
+    params
+        Per-image parameters (see :func:`sample_crop_params`).
+    size
+        Side of the square output in pixels.
+    padding_mode
+        How ``grid_sample`` fills the corners a rotated crop takes from outside the window.
+        ``reflection`` continues the sky noise instead of inserting an artificial flat border.
+    mode
+        Interpolation, ``bilinear`` or ``nearest``.
+
+    Returns
+    -------
+    Tensor
+        ``[B, C, size, size]``.
+    """
+    side = params.scale.sqrt().to(x.dtype)
+    cos, sin = params.angle.cos().to(x.dtype), params.angle.sin().to(x.dtype)
+    f = params.flip.to(x.dtype)
+    # Output coordinates (u, v) in [-1, 1] map to input coordinates side * R(angle) @ (f * u, v) + centre.
+    theta = torch.stack(
+        [
+            torch.stack([side * cos * f, -side * sin, params.cx.to(x.dtype)], dim=-1),
+            torch.stack([side * sin * f, side * cos, params.cy.to(x.dtype)], dim=-1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor, max_sigma: float) -> Tensor:
+    """Blur each image of a batch with its own Gaussian width (separable, grouped convolution).
+
+    Parameters
+    ----------
+    x
+        Images ``[B, C, H, W]``.
+    sigma
+        Per-image standard deviation in pixels ``[B]``; 0 leaves the image unchanged.
+    max_sigma
+        Largest sigma that can occur; sets the kernel size (``2 * ceil(3 * max_sigma) + 1``).
+
+    Returns
+    -------
+    Tensor
+        The blurred images, same shape; edges are reflected.
+    """
+    b, c, h, w = x.shape
+    radius = max(1, math.ceil(3 * max_sigma))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    s = sigma.to(x.dtype).clamp_min(1e-3)[:, None]
+    kernel = torch.exp(-0.5 * (offsets[None, :] / s) ** 2)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    kernel = kernel.repeat_interleave(c, dim=0)  # [B*C, K]
+    flat = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    flat = F.conv2d(flat, kernel[:, None, None, :], groups=b * c)
+    flat = F.conv2d(flat, kernel[:, None, :, None], groups=b * c)
+    return flat.reshape(b, c, h, w)
+
+
+def robust_rms(x: Tensor) -> Tensor:
+    """Per-image robust rms ``1.4826 * MAD`` of ``[B, C, H, W]`` images, shape ``[B]``.
+
+    Radio windows are mostly noise with a few bright sources; the MAD measures the noise, not the sources.
+    """
+    flat = x.flatten(1)
+    med = flat.median(dim=1, keepdim=True).values
+    return MAD_TO_SIGMA * (flat - med).abs().median(dim=1).values
+
+
+def contrast_jitter(x: Tensor, factor: Tensor) -> Tensor:
+    """Scale each image's deviation from its own mean by ``factor`` ``[B]`` (mean is preserved)."""
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * factor.to(x.dtype)[:, None, None, None] + mean
+
+
+class RadioAugmentation(nn.Module):
+    """Make the views of a self-supervised method from a batch of raw radio windows.
+
+    Parameters
+    ----------
+    normalization
+        Module mapping ``[B, 1, H, W]`` to ``[B, 1, H, W]`` (the ``normalization`` group), applied per view.
+    in_chans
+        Channels the backbone expects (1 or 3); channels are identical copies.
+    global_size
+        Side in pixels of the global views.
+    n_global
+        Number of global views (2 for BYOL, SimCLR and DINO).
+    local_size
+        Side in pixels of the local views.
+    n_local
+        Number of local (small-crop) views, used by DINO's multi-crop.
+    global_scale, local_scale
+        ``(min, max)`` crop area as a fraction of the window.
+    rotate, flip
+        Rotate by any angle; mirror half of the views. The sky has no preferred orientation.
+    padding_mode
+        ``grid_sample`` padding for rotated corners (``reflection``, ``border`` or ``zeros``).
+    blur_prob, blur_sigma
+        Probability of a Gaussian blur and the ``(min, max)`` of its sigma in output pixels.
+    noise_prob, noise_level
+        Probability of added Gaussian noise and the ``(min, max)`` of its std as a multiple of the view's
+        robust rms.
+    contrast_prob, contrast
+        Probability of a contrast change and its strength: the factor is drawn in ``[1 - c, 1 + c]``.
+    """
+
+    def __init__(
+        self,
+        normalization: nn.Module,
+        in_chans: int,
+        global_size: int,
+        n_global: int = 2,
+        local_size: int = 64,
+        n_local: int = 0,
+        global_scale: Sequence[float] = (0.65, 1.0),
+        local_scale: Sequence[float] = (0.2, 0.5),
+        rotate: bool = True,
+        flip: bool = True,
+        padding_mode: str = "reflection",
+        blur_prob: float = 0.5,
+        blur_sigma: Sequence[float] = (0.1, 1.5),
+        noise_prob: float = 0.5,
+        noise_level: Sequence[float] = (0.0, 1.0),
+        contrast_prob: float = 0.8,
+        contrast: float = 0.4,
+    ) -> None:
+        super().__init__()
+        if in_chans not in (1, 3):
+            raise RadioCurationError(f"in_chans={in_chans}: radio views have 1 or 3 (identical) channels.")
+        if n_global < 1 or n_local < 0:
+            raise RadioCurationError(
+                f"augmentation.n_global={n_global}, n_local={n_local}: need n_global >= 1 and n_local >= 0."
+            )
+        if padding_mode not in ("reflection", "border", "zeros"):
+            raise RadioCurationError(
+                f"augmentation.padding_mode={padding_mode!r}: choose reflection, border or zeros."
+            )
+        for name, p in (
+            ("blur_prob", blur_prob),
+            ("noise_prob", noise_prob),
+            ("contrast_prob", contrast_prob),
+        ):
+            if not 0.0 <= p <= 1.0:
+                raise RadioCurationError(f"augmentation.{name}={p} must be a probability in [0, 1].")
+        if not 0.0 <= contrast < 1.0:
+            raise RadioCurationError(f"augmentation.contrast={contrast} must be in [0, 1).")
+        self.normalization = normalization
+        self.in_chans = int(in_chans)
+        self.global_size = int(global_size)
+        self.n_global = int(n_global)
+        self.local_size = int(local_size)
+        self.n_local = int(n_local)
+        self.global_scale = _check_range("global_scale", global_scale, 1e-4, 1.0)
+        self.local_scale = _check_range("local_scale", local_scale, 1e-4, 1.0)
+        self.rotate = bool(rotate)
+        self.flip = bool(flip)
+        self.padding_mode = padding_mode
+        self.blur_prob = float(blur_prob)
+        self.blur_sigma = _check_range("blur_sigma", blur_sigma, 0.0, math.inf)
+        self.noise_prob = float(noise_prob)
+        self.noise_level = _check_range("noise_level", noise_level, 0.0, math.inf)
+        self.contrast_prob = float(contrast_prob)
+        self.contrast = float(contrast)
+
+    @property
+    def n_views(self) -> int:
+        """Total number of views per image (global first, then local)."""
+        return self.n_global + self.n_local
+
+    def view(self, x: Tensor, size: int, scale: Sequence[float]) -> Tensor:
+        """One random view of every window of ``x`` ``[B, 1, S, S]`` → ``[B, in_chans, size, size]``."""
+        b, device = x.shape[0], x.device
+        params = sample_crop_params(b, scale, self.rotate, self.flip, device)
+        v = crop_rotate_flip(x, params, size, padding_mode=self.padding_mode)
+        if self.blur_prob > 0 and self.blur_sigma[1] > 0:
+            sigma = _uniform(b, *self.blur_sigma, device) * (torch.rand(b, device=device) < self.blur_prob)
+            v = gaussian_blur(v, sigma, self.blur_sigma[1])
+        if self.noise_prob > 0 and self.noise_level[1] > 0:
+            level = _uniform(b, *self.noise_level, device) * (torch.rand(b, device=device) < self.noise_prob)
+            v = v + torch.randn_like(v) * (level * robust_rms(v)).to(v.dtype)[:, None, None, None]
+        v = self.normalization(v)
+        if self.contrast_prob > 0 and self.contrast > 0:
+            factor = _uniform(b, 1 - self.contrast, 1 + self.contrast, device)
+            factor = torch.where(torch.rand(b, device=device) < self.contrast_prob, factor, 1.0)
+            v = contrast_jitter(v, factor)
+        return v.expand(-1, self.in_chans, -1, -1).contiguous() if self.in_chans > 1 else v
+
+    @torch.no_grad()
+    def forward(self, windows: Tensor) -> list[Tensor]:
+        """Make ``n_global`` global then ``n_local`` local views of a batch of raw windows.
+
+        Parameters
+        ----------
+        windows
+            Raw windows ``[B, 1, S, S]`` on any device (NaNs already filled by the reader).
+
+        Returns
+        -------
+        list of Tensor
+            ``n_global`` tensors ``[B, in_chans, global_size, global_size]`` followed by ``n_local``
+            tensors ``[B, in_chans, local_size, local_size]``, on the device of ``windows``.
+        """
+        if windows.ndim != 4 or windows.shape[1] != 1:
+            raise RadioCurationError(
+                f"expected raw windows of shape [B, 1, S, S], got {tuple(windows.shape)}."
+            )
+        x = windows.float()
+        views = [self.view(x, self.global_size, self.global_scale) for _ in range(self.n_global)]
+        views += [self.view(x, self.local_size, self.local_scale) for _ in range(self.n_local)]
+        return views
