@@ -1,0 +1,156 @@
+"""The SSL LightningModules on a tiny stand-in backbone: losses, momentum, optimiser and schedules."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from radio_curation.errors import RadioCurationError
+from radio_curation.ssl.byol import BYOL
+from radio_curation.ssl.dino import DINO
+from radio_curation.ssl.simclr import SimCLR
+from tests.ssl.tiny import HEADS, TinyBackbone, augmentation, lars
+
+METHODS = {"byol": BYOL, "simclr": SimCLR, "dino": DINO}
+
+
+def _model(name: str, **kwargs):
+    n_local = HEADS[name].get("n_local_views", 0)
+    return METHODS[name](TinyBackbone(), augmentation(n_local), lars(), **{**HEADS[name], **kwargs})
+
+
+def _loader(n: int = 32, batch_size: int = 8) -> DataLoader:
+    torch.manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(n, 1, 24, 24)), batch_size=batch_size, drop_last=True)
+
+
+def _trainer(**kwargs) -> pl.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_fast_dev_run_trains_the_backbone_and_logs_the_monitors(name):
+    model = _model(name, warmup_epochs=0)
+    before = [p.detach().clone() for p in model.backbone.parameters()]
+    trainer = _trainer(fast_dev_run=2)
+    trainer.fit(model, _loader())
+    after = list(model.backbone.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss"])
+    assert {"train/lr", "train/embedding_std", "train/images_per_sec", "train/rankme"} <= set(metrics)
+    assert metrics["train/images_per_sec"] > 0
+    assert 1.0 <= metrics["train/rankme"] <= model.feature_dim
+
+
+@pytest.mark.parametrize("name", ["byol", "dino"])
+def test_momentum_network_is_frozen_and_follows_the_online_network(name):
+    model = _model(name, momentum=(0.5, 0.5))
+    teacher = model.backbone_momentum if name == "byol" else model.teacher_backbone
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert all(id(p) not in {id(q) for q in teacher.parameters()} for p in model.backbone.parameters())
+    start = [p.detach().clone() for p in teacher.parameters()]
+    trainer = _trainer(max_steps=3)
+    trainer.fit(model, _loader())
+    # The teacher moved (EMA of a changing student) but is not the student.
+    moved = [not torch.equal(a, b) for a, b in zip(start, teacher.parameters(), strict=True)]
+    same = [torch.equal(a, b) for a, b in zip(model.backbone.parameters(), teacher.parameters(), strict=True)]
+    assert any(moved) and not all(same)
+    # The optimizer holds no momentum-network parameters.
+    held = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not held & {id(p) for p in teacher.parameters()}
+
+
+def test_byol_momentum_follows_a_cosine_schedule_to_one():
+    model = _model("byol", momentum=(0.9, 1.0))
+    seen = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(float(trainer.callback_metrics["train/momentum"]))
+
+    _trainer(max_epochs=3, callbacks=[Record()]).fit(model, _loader())
+    assert seen[0] == pytest.approx(0.9)
+    assert seen[-1] == pytest.approx(1.0)
+    assert all(a <= b for a, b in itertools.pairwise(seen))
+
+
+def test_dino_exports_the_teacher_and_freezes_the_last_layer_in_the_first_epoch():
+    model = _model("dino", freeze_last_layer=1)
+    assert model.export_backbone() is model.teacher_backbone
+    last = model.head.last_layer.weight_v.detach().clone()
+    _trainer(max_epochs=1).fit(model, _loader())
+    assert torch.equal(model.head.last_layer.weight_v, last)
+    _trainer(max_epochs=2).fit(model, _loader())
+    assert not torch.equal(model.head.last_layer.weight_v, last)
+
+
+def test_optimizer_groups_schedule_and_batch_scaled_learning_rate():
+    model = _model("simclr", warmup_epochs=1, min_lr_ratio=0.01, lr_batch_size=16)
+    lrs = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    class WithBatchSize(pl.LightningDataModule):
+        batch_size = 8
+
+        def train_dataloader(self):
+            return _loader(batch_size=self.batch_size)
+
+    trainer = _trainer(max_epochs=4, callbacks=[Record()])
+    trainer.fit(model, datamodule=WithBatchSize())
+    groups = trainer.optimizers[0].param_groups
+    assert [g["name"] for g in groups] == ["default", "no_weight_decay"]
+    assert groups[1]["weight_decay"] == 0.0 and groups[0]["weight_decay"] > 0
+    bn_and_bias = {id(p) for n, p in model.named_parameters() if n.endswith("bias") or ".1." in n}
+    assert bn_and_bias <= {id(p) for p in groups[1]["params"]}
+    peak = 0.2 * 8 / 16  # lr for 16 images, global batch 8
+    # 4 batches per epoch: warm-up over the first epoch, then cosine decay to 1% of the peak.
+    assert lrs[:4] == pytest.approx([peak * k / 4 for k in (1, 2, 3, 4)])
+    assert max(lrs) == pytest.approx(peak)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[4:]))
+    assert lrs[-1] == pytest.approx(0.01 * peak)
+
+
+def test_adamw_is_a_drop_in_optimizer():
+    adamw = functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05)
+    model = BYOL(TinyBackbone(), augmentation(), adamw, **HEADS["byol"])
+    trainer = _trainer(max_steps=2)
+    trainer.fit(model, _loader())
+    assert isinstance(trainer.optimizers[0], torch.optim.AdamW)
+
+
+def test_unbounded_training_is_a_clear_error():
+    model = _model("byol")
+    with pytest.raises(RadioCurationError, match="max_epochs"):
+        _trainer(max_epochs=-1, max_steps=-1).fit(model, _loader())
+
+
+@pytest.mark.parametrize(
+    ("name", "n_local"),
+    [("byol", 2), ("simclr", 1), ("dino", 0)],
+)
+def test_view_count_must_match_the_method(name, n_local):
+    kwargs = {k: v for k, v in HEADS[name].items()}
+    with pytest.raises(RadioCurationError, match="views"):
+        METHODS[name](TinyBackbone(), augmentation(n_local), lars(), **kwargs)
+
+
+def test_optimizer_without_lr_is_a_clear_error():
+    no_lr = functools.partial(torch.optim.SGD, momentum=0.9)
+    with pytest.raises(RadioCurationError, match="lr"):
+        SimCLR(TinyBackbone(), augmentation(), no_lr, **HEADS["simclr"])
