@@ -1,0 +1,229 @@
+"""What curation did to the data: the subsample vs the whole pool vs a random subsample of the same size.
+
+Figures per set: cluster coverage at each level of the hierarchy, balance of the top-level clusters,
+class shares when windows have labels, and redundancy (mean nearest-neighbour cosine similarity and the
+near-duplicate rate). The functions here work on row indices into the pool's feature matrix, so the pool
+can be streamed from disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from radio_curation.errors import RadioCurationError
+from radio_curation.evaluation.similarity import FeatureSource, nearest_other_similarity
+
+
+def cluster_paths(assignments: Sequence[np.ndarray]) -> np.ndarray:
+    """Each point's cluster at every level of a hierarchical k-means.
+
+    Parameters
+    ----------
+    assignments : sequence of np.ndarray
+        ``assignments[0]`` maps points to level-1 clusters; ``assignments[t]`` maps level-t clusters to
+        level-(t+1) clusters (the ``level_<l>/assignment`` datasets of ``clusters.h5``).
+
+    Returns
+    -------
+    np.ndarray
+        ``[N, L]`` int64; column ``l`` is the level-(l+1) cluster.
+    """
+    if not assignments:
+        raise RadioCurationError("a cluster hierarchy needs at least one level")
+    columns = [np.asarray(assignments[0], dtype=np.int64)]
+    for level in assignments[1:]:
+        columns.append(np.asarray(level, dtype=np.int64)[columns[-1]])
+    return np.stack(columns, axis=1)
+
+
+def coverage(paths: np.ndarray, rows: np.ndarray) -> list[float]:
+    """Fraction of the pool's (non-empty) clusters at each level that ``rows`` hit at least once."""
+    return [
+        len(np.unique(paths[rows, level])) / len(np.unique(paths[:, level]))
+        for level in range(paths.shape[1])
+    ]
+
+
+def balance(codes: np.ndarray, n_clusters: int) -> float:
+    """Normalised entropy of the cluster shares (1 = every cluster equally represented, 0 = one cluster)."""
+    if n_clusters < 2:
+        return 1.0
+    p = np.bincount(codes)
+    p = p[p > 0] / len(codes)
+    return float(-(p * np.log(p)).sum() / np.log(n_clusters))
+
+
+def class_shares(labels: np.ndarray, rows: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """Share of each class among ``rows`` (classes absent from ``rows`` get 0)."""
+    values, counts = np.unique(np.asarray(labels)[rows], return_counts=True)
+    found = dict(zip(values.astype(str), counts / max(len(rows), 1), strict=True))
+    return {c: float(found.get(c, 0.0)) for c in classes}
+
+
+def _row_chunks(features: FeatureSource, rows: np.ndarray, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    for start in range(0, len(rows), chunk):
+        yield start, features.read(rows[start : start + chunk])
+
+
+def redundancy(
+    features: FeatureSource,
+    rows: np.ndarray,
+    threshold: float,
+    max_queries: int,
+    rng: np.random.Generator,
+    chunk: int = 262_144,
+) -> dict[str, float]:
+    """Mean nearest-neighbour cosine similarity within a set and its near-duplicate rate.
+
+    Each query's nearest neighbour is searched among all rows of the set (itself excluded); with more
+    than ``max_queries`` rows a random sample of queries gives an unbiased estimate.
+
+    Parameters
+    ----------
+    features : FeatureSource
+        The pool's features.
+    rows : np.ndarray
+        Sorted pool rows of the set.
+    threshold : float
+        A point whose nearest neighbour is at least this similar is a near-duplicate.
+    max_queries : int
+        Largest number of query points.
+    rng : np.random.Generator
+        Draws the query sample.
+
+    Returns
+    -------
+    dict
+        ``nn_similarity_mean``, ``near_duplicate_rate``, ``n_queries``.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) < 2:
+        raise RadioCurationError("redundancy needs a set of at least two points")
+    local = np.arange(len(rows))
+    if len(rows) > max_queries:
+        local = np.sort(rng.choice(len(rows), max_queries, replace=False))
+    sim = nearest_other_similarity(features.read(rows[local]), local, _row_chunks(features, rows, chunk))
+    return {
+        "nn_similarity_mean": float(sim.mean()),
+        "near_duplicate_rate": float((sim >= threshold).mean()),
+        "n_queries": float(len(local)),
+    }
+
+
+@dataclass
+class CurationFigures:
+    """The report's numbers, per set (``pool``, ``subsample``, ``random``).
+
+    Attributes
+    ----------
+    sizes : dict
+        Number of points of each set.
+    coverage : dict
+        Per set, the covered fraction of clusters at each level (level 1 first).
+    balance : dict
+        Per set, the normalised entropy of its top-level cluster shares.
+    shares : dict
+        Per set, class → share (empty when there are no labels).
+    redundancy : dict
+        Per set, the output of :func:`redundancy`.
+    """
+
+    sizes: dict[str, int]
+    coverage: dict[str, list[float]] = field(default_factory=dict)
+    balance: dict[str, float] = field(default_factory=dict)
+    shares: dict[str, dict[str, float]] = field(default_factory=dict)
+    redundancy: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat ``curation/<set>/<figure>`` metrics for ``metrics.json`` and the trackers."""
+        out: dict[str, float] = {}
+        for name, size in self.sizes.items():
+            out[f"curation/{name}/n_points"] = float(size)
+            for level, value in enumerate(self.coverage.get(name, []), start=1):
+                out[f"curation/{name}/coverage_level_{level}"] = value
+            if name in self.balance:
+                out[f"curation/{name}/top_level_balance"] = self.balance[name]
+            for cls, share in self.shares.get(name, {}).items():
+                out[f"curation/{name}/share/{cls}"] = share
+            for key, value in self.redundancy.get(name, {}).items():
+                out[f"curation/{name}/{key}"] = value
+        return out
+
+
+def curation_figures(
+    features: FeatureSource,
+    sets: Mapping[str, np.ndarray],
+    paths: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    duplicate_threshold: float = 0.95,
+    max_queries: int = 20_000,
+    seed: int = 0,
+) -> CurationFigures:
+    """Compute the report's figures for each named set of pool rows.
+
+    Parameters
+    ----------
+    features : FeatureSource
+        The pool's features (row ``i`` is pool point ``i``).
+    sets : mapping of str to np.ndarray
+        Sorted pool rows of each set, e.g. ``{"pool": arange(N), "subsample": …, "random": …}``.
+    paths : np.ndarray, optional
+        ``[N, L]`` cluster of every pool point at each level (:func:`cluster_paths`).
+    labels : np.ndarray, optional
+        ``[N]`` class name of every pool point.
+    duplicate_threshold, max_queries
+        See :func:`redundancy`.
+    seed : int
+        Seed of the query samples.
+
+    Returns
+    -------
+    CurationFigures
+    """
+    rng = np.random.default_rng(seed)
+    figures = CurationFigures(sizes={name: len(rows) for name, rows in sets.items()})
+    classes = sorted(np.unique(np.asarray(labels).astype(str)).tolist()) if labels is not None else []
+    for name, rows in sets.items():
+        if paths is not None:
+            figures.coverage[name] = coverage(paths, rows)
+            top = paths[:, -1]
+            figures.balance[name] = balance(top[rows], len(np.unique(top)))
+        if labels is not None:
+            figures.shares[name] = class_shares(np.asarray(labels).astype(str), rows, classes)
+        figures.redundancy[name] = redundancy(features, rows, duplicate_threshold, max_queries, rng)
+    return figures
+
+
+def top_level_exemplars(
+    features: FeatureSource, paths: np.ndarray, centroids: np.ndarray, per_cluster: int, chunk: int = 262_144
+) -> dict[int, np.ndarray]:
+    """The pool rows closest (L2) to each top-level centroid among the points of that cluster.
+
+    Parameters
+    ----------
+    features : FeatureSource
+        The pool's features.
+    paths : np.ndarray
+        ``[N, L]`` cluster paths; the last column is the top-level cluster.
+    centroids : np.ndarray
+        ``[k_L, D]`` top-level centroids.
+    per_cluster : int
+        Exemplars per cluster.
+
+    Returns
+    -------
+    dict
+        Top-level cluster → up to ``per_cluster`` pool rows, closest first.
+    """
+    top = paths[:, -1]
+    centroids = np.asarray(centroids, dtype=np.float32)
+    distance = np.empty(features.n, dtype=np.float32)
+    for start, x in features.iter_chunks(chunk):
+        distance[start : start + len(x)] = np.linalg.norm(x - centroids[top[start : start + len(x)]], axis=1)
+    order = np.lexsort((distance, top))
+    boundaries = np.searchsorted(top[order], np.unique(top))
+    groups = np.split(order, boundaries[1:])
+    return {int(top[g[0]]): g[:per_cluster] for g in groups}

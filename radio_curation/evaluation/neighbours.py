@@ -1,0 +1,160 @@
+"""Are physically adjacent windows closer in feature space than random pairs? And who are a window's neighbours?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+from scipy.stats import mannwhitneyu
+
+from radio_curation.errors import RadioCurationError
+from radio_curation.evaluation.similarity import FeatureSource, cosine_knn, l2_normalise
+
+
+def adjacent_pairs(
+    mosaic: np.ndarray, y0: np.ndarray, x0: np.ndarray, size: np.ndarray, max_offset: float = 1.0
+) -> np.ndarray:
+    """Pairs of windows of the same mosaic and size whose corners are at most ``max_offset × size`` apart.
+
+    The offset is the Chebyshev distance in pixels, so ``max_offset=0.5`` keeps the eight grid neighbours
+    of a 50%-overlap sliding window and ``1.0`` every window that overlaps or touches.
+
+    Parameters
+    ----------
+    mosaic, y0, x0, size : np.ndarray
+        ``[N]`` window table columns.
+    max_offset : float
+        Largest offset in units of the window size.
+
+    Returns
+    -------
+    np.ndarray
+        ``[P, 2]`` int64 row pairs ``i < j``.
+    """
+    mosaic = np.asarray(mosaic).astype(str)
+    size = np.asarray(size, dtype=np.int64)
+    pos = np.stack([np.asarray(y0, np.float64), np.asarray(x0, np.float64)], axis=1)
+    pairs = [np.zeros((0, 2), dtype=np.int64)]
+    keys = np.char.add(np.char.add(mosaic, "|"), size.astype(str))
+    for key in np.unique(keys):
+        rows = np.flatnonzero(keys == key)
+        if len(rows) < 2:
+            continue
+        tree = cKDTree(pos[rows])
+        local = tree.query_pairs(r=max_offset * size[rows[0]], p=np.inf, output_type="ndarray")
+        pairs.append(rows[local])
+    out = np.concatenate(pairs).astype(np.int64)
+    return np.sort(out, axis=1)
+
+
+def random_pairs(n: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` uniformly random pairs of distinct rows out of ``n``, as ``[count, 2]`` int64."""
+    if n < 2:
+        raise RadioCurationError(f"random pairs need at least two rows, got {n}")
+    first = rng.integers(0, n, count)
+    second = (first + rng.integers(1, n, count)) % n
+    return np.stack([first, second], axis=1).astype(np.int64)
+
+
+def pair_cosine_distance(features: FeatureSource, pairs: np.ndarray) -> np.ndarray:
+    """Cosine distance ``1 − cos`` of each row pair, reading each needed row once."""
+    if len(pairs) == 0:
+        return np.zeros(0, dtype=np.float32)
+    rows, inverse = np.unique(pairs, return_inverse=True)
+    x = l2_normalise(features.read(rows))
+    inverse = inverse.reshape(pairs.shape)
+    return 1.0 - np.einsum("ij,ij->i", x[inverse[:, 0]], x[inverse[:, 1]])
+
+
+@dataclass
+class DistanceTest:
+    """Adjacent vs random pair distances and the one-sided Mann–Whitney U test between them."""
+
+    adjacent: np.ndarray
+    random: np.ndarray
+    u_statistic: float
+    p_value: float
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metrics for ``metrics.json``.
+
+        ``prob_adjacent_closer`` is the common-language effect size: the probability that a random
+        adjacent pair is closer than a random pair (0.5 = no spatial signal).
+        """
+        n1, n2 = len(self.adjacent), len(self.random)
+        return {
+            "neighbours/n_adjacent_pairs": float(n1),
+            "neighbours/n_random_pairs": float(n2),
+            "neighbours/adjacent_distance_median": float(np.median(self.adjacent)),
+            "neighbours/random_distance_median": float(np.median(self.random)),
+            "neighbours/adjacent_distance_mean": float(np.mean(self.adjacent)),
+            "neighbours/random_distance_mean": float(np.mean(self.random)),
+            "neighbours/mannwhitney_u": self.u_statistic,
+            "neighbours/p_value": self.p_value,
+            "neighbours/prob_adjacent_closer": 1.0 - self.u_statistic / (n1 * n2),
+        }
+
+
+def distance_test(
+    features: FeatureSource, adjacent: np.ndarray, max_pairs: int = 100_000, seed: int = 0
+) -> DistanceTest:
+    """Compare feature distances of adjacent pairs with those of as many random pairs.
+
+    Parameters
+    ----------
+    features : FeatureSource
+        Features aligned with the rows the pairs index.
+    adjacent : np.ndarray
+        ``[P, 2]`` adjacent row pairs (from :func:`adjacent_pairs`).
+    max_pairs : int
+        At most this many adjacent pairs (a random sample) and as many random pairs.
+    seed : int
+        Seed of the sampling.
+
+    Returns
+    -------
+    DistanceTest
+        With ``alternative='less'``: a small p-value means adjacent windows are closer.
+    """
+    if len(adjacent) == 0:
+        raise RadioCurationError(
+            "no physically adjacent windows among the feature rows (windows of one mosaic and size within "
+            "eval.max_offset × size); raise eval.max_offset or use features of an overlapping sliding window"
+        )
+    rng = np.random.default_rng(seed)
+    if len(adjacent) > max_pairs:
+        adjacent = adjacent[rng.choice(len(adjacent), max_pairs, replace=False)]
+    near = pair_cosine_distance(features, adjacent)
+    far = pair_cosine_distance(features, random_pairs(features.n, len(adjacent), rng))
+    result = mannwhitneyu(near, far, alternative="less")
+    return DistanceTest(near, far, float(result.statistic), float(result.pvalue))
+
+
+def gallery_neighbours(
+    features: FeatureSource, query_rows: np.ndarray, k: int, chunk_rows: int = 262_144
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` feature-space neighbours of each query row, the query itself excluded.
+
+    Parameters
+    ----------
+    features : FeatureSource
+        All feature rows (streamed in chunks of ``chunk_rows``).
+    query_rows : np.ndarray
+        ``[Q]`` rows to query.
+    k : int
+        Neighbours per query.
+
+    Returns
+    -------
+    rows : np.ndarray
+        ``[Q, k]`` int64 neighbour rows, nearest first.
+    similarity : np.ndarray
+        ``[Q, k]`` cosine similarities.
+    """
+    query_rows = np.asarray(query_rows, dtype=np.int64)
+    sim, idx = cosine_knn(features.read(query_rows), features.iter_chunks(chunk_rows), k + 1)
+    keep = idx != query_rows[:, None]
+    # Each row drops its own index if found, else its last (k+1-th) neighbour.
+    keep[keep.all(axis=1), -1] = False
+    return idx[keep].reshape(len(idx), -1), sim[keep].reshape(len(idx), -1)

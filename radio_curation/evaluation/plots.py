@@ -1,0 +1,173 @@
+"""PNG plots of the evaluations (matplotlib ``Figure`` objects, no global pyplot state)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterval
+from matplotlib.figure import Figure
+
+#: Beyond this many categories a map gets no legend (colours cycle through ``tab20``).
+MAX_LEGEND = 20
+
+
+def _save(fig: Figure, path: Path, dpi: int) -> Path:
+    path = Path(path)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def confusion_plot(
+    matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str, dpi: int = 120
+) -> Path:
+    """Confusion matrix (rows: true class) with counts and row-normalised shading."""
+    matrix = np.asarray(matrix)
+    fig = Figure(figsize=(1.2 + 0.9 * len(class_names), 1.0 + 0.9 * len(class_names)))
+    ax = fig.add_subplot()
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black")
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, labels=list(class_names), rotation=45, ha="right")
+    ax.set_yticks(ticks, labels=list(class_names))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return _save(fig, path, dpi)
+
+
+def spectrum_plot(singular_values: np.ndarray, path: Path, title: str, dpi: int = 120) -> Path:
+    """Normalised singular-value spectrum on a log scale (dimensional-collapse plot)."""
+    s = np.asarray(singular_values, dtype=np.float64)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    ax.semilogy(np.arange(1, len(s) + 1), np.maximum(s / max(s[0], 1e-30), 1e-12))
+    ax.set_xlabel("singular value index")
+    ax.set_ylabel("σ / σ₁ (centred features)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path, dpi)
+
+
+def histogram_plot(
+    samples: Mapping[str, np.ndarray], path: Path, title: str, xlabel: str, dpi: int = 120, bins: int = 50
+) -> Path:
+    """Overlaid density histograms of named samples (e.g. adjacent vs random pair distances)."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    values = [np.asarray(v) for v in samples.values() if len(v)]
+    edges = np.histogram_bin_edges(np.concatenate(values), bins=bins) if values else bins
+    for name, v in samples.items():
+        if len(v):
+            ax.hist(v, bins=edges, density=True, alpha=0.5, label=f"{name} (n={len(v)})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend()
+    return _save(fig, path, dpi)
+
+
+def map_plot(
+    coords: np.ndarray,
+    colour: np.ndarray,
+    path: Path,
+    title: str,
+    dpi: int = 150,
+    highlight: np.ndarray | None = None,
+    point_size: float | None = None,
+) -> Path:
+    """Scatter of 2-D map coordinates coloured by a categorical (str/int) or continuous (float) value.
+
+    Parameters
+    ----------
+    coords : np.ndarray
+        ``[N, 2]`` map coordinates.
+    colour : np.ndarray
+        ``[N]`` values; strings and integers are categories, floats use a colour scale.
+    highlight : np.ndarray, optional
+        ``[N]`` boolean; when given, the other points are drawn in light grey underneath as context.
+    """
+    coords = np.asarray(coords)
+    colour = np.asarray(colour)
+    fig = Figure(figsize=(7, 6))
+    ax = fig.add_subplot()
+    size = point_size if point_size is not None else float(np.clip(2e4 / max(len(coords), 1), 0.2, 20))
+    shown = np.ones(len(coords), bool) if highlight is None else np.asarray(highlight, bool)
+    if highlight is not None:
+        ax.scatter(*coords[~shown].T, s=size, c="0.85", linewidths=0, rasterized=True, label="pool")
+    if colour.dtype.kind == "f":
+        points = ax.scatter(*coords[shown].T, s=size, c=colour[shown], cmap="viridis", linewidths=0)
+        fig.colorbar(points, ax=ax)
+    else:
+        categories, codes = np.unique(colour[shown].astype(str), return_inverse=True)
+        palette = np.array([_tab20(i) for i in range(len(categories))])
+        ax.scatter(*coords[shown].T, s=size, c=palette[codes], linewidths=0, rasterized=True)
+        if len(categories) <= MAX_LEGEND:
+            for i, name in enumerate(categories):
+                ax.scatter([], [], s=20, color=palette[i], label=name)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(markerscale=1, fontsize="small", loc="best")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)
+    return _save(fig, path, dpi)
+
+
+def _tab20(i: int) -> tuple[float, float, float, float]:
+    from matplotlib import colormaps
+
+    return colormaps["tab20"](i % 20)
+
+
+def bar_plot(
+    groups: Mapping[str, Mapping[str, float]], path: Path, title: str, ylabel: str, dpi: int = 120
+) -> Path:
+    """Grouped bars: ``groups[set_name][category] = value`` (e.g. cluster coverage per level per set)."""
+    set_names = list(groups)
+    categories = sorted({c for g in groups.values() for c in g})
+    fig = Figure(figsize=(max(5, 0.8 * len(categories) * len(set_names) / 2 + 2), 4))
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(set_names), 1)
+    x = np.arange(len(categories))
+    for i, name in enumerate(set_names):
+        ax.bar(x + i * width, [groups[name].get(c, 0.0) for c in categories], width, label=name)
+    ax.set_xticks(x + width * (len(set_names) - 1) / 2, labels=categories, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return _save(fig, path, dpi)
+
+
+def image_grid(
+    rows: Sequence[tuple[str, np.ndarray]], path: Path, title: str, dpi: int = 100, cell: float = 1.2
+) -> Path:
+    """Rows of images, each row labelled (e.g. a query and its nearest neighbours, a cluster's exemplars).
+
+    Parameters
+    ----------
+    rows : sequence of (label, images)
+        ``images`` is ``[K, H, W]`` or ``[K, 1, H, W]``; each image gets its own asinh stretch.
+    """
+    ncols = max((len(images) for _, images in rows), default=1)
+    fig = Figure(figsize=(cell * ncols + 1.5, cell * max(len(rows), 1) + 0.6))
+    axes = fig.subplots(max(len(rows), 1), ncols, squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        images = np.asarray(images)
+        if images.ndim == 4:
+            images = images[:, 0]
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(images):
+                img = np.nan_to_num(images[c])
+                norm = ImageNormalize(img, interval=PercentileInterval(99.5), stretch=AsinhStretch())
+                ax.imshow(img, origin="lower", cmap="inferno", norm=norm)
+            else:
+                ax.set_axis_off()
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize="small")
+    fig.suptitle(title)
+    return _save(fig, path, dpi)

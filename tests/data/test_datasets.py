@@ -1,0 +1,122 @@
+"""Labelled evaluation sets: the MiraBest folder, official pickled batches, any FITS folder."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from radio_curation.data.datasets import MIRABEST_CODES, FitsFolder, MiraBest, mirabest_labels
+from radio_curation.errors import RadioCurationError
+
+
+def test_mirabest_folder_reads_all_images_with_labels(shared_data):
+    data = MiraBest(shared_data / "mirabest", subset="all").load()
+    assert len(data) == 1255
+    assert data.images.shape == (1255, 1, 150, 150) and data.images.dtype == np.float32
+    assert np.isfinite(data.images).all()
+    assert data.class_counts() == {"FRI": 591, "FRII": 630, "hybrid": 34}
+    assert set(data.split.tolist()) == {"train", "test"}
+    assert data.names[0].startswith("images/")
+
+
+def test_mirabest_confident_subset_has_832(shared_data):
+    data = MiraBest(shared_data / "mirabest", subset="confident").load()
+    assert len(data) == 832
+    assert data.class_names == ("FRI", "FRII")
+    assert data.class_counts() == {"FRI": 397, "FRII": 435}
+
+
+def test_mirabest_subsets_from_codes():
+    codes = np.array(MIRABEST_CODES)
+    keep, labels, names = mirabest_labels(codes, "confident")
+    assert codes[keep].tolist() == [100, 102, 104, 200, 201]
+    assert labels.tolist() == [0, 0, 0, 1, 1] and names == ("FRI", "FRII")
+    keep, labels, _ = mirabest_labels(codes, "uncertain")
+    assert codes[keep].tolist() == [110, 112, 210] and labels.tolist() == [0, 0, 1]
+    keep, labels, names = mirabest_labels(codes, "all")
+    assert keep.all() and labels.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 2, 2] and len(names) == 3
+    with pytest.raises(RadioCurationError, match=r"dataset\.subset"):
+        mirabest_labels(codes, "bogus")
+
+
+def _write_batch(path, labels, side=8, with_filenames=True, seed=0):
+    rng = np.random.default_rng(seed)
+    batch = {
+        "batch_label": path.name,
+        "labels": list(labels),
+        "data": rng.integers(0, 256, size=(len(labels), side * side), dtype=np.uint8),
+    }
+    if with_filenames:
+        batch["filenames"] = [f"{path.name}_{i}.png" for i in range(len(labels))]
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+    return batch
+
+
+def test_official_batches_are_read_with_split_and_subset(tmp_path):
+    folder = tmp_path / "batches"
+    folder.mkdir()
+    b1 = _write_batch(folder / "data_batch_1", [0, 5, 3, 8])
+    _write_batch(folder / "data_batch_2", [1, 6], seed=1)
+    test = _write_batch(folder / "test_batch", [2, 7, 5], with_filenames=False, seed=2)
+
+    everything = MiraBest(tmp_path, subset="all").load()  # finds batches/ under the root
+    assert len(everything) == 9
+    assert everything.images.shape == (9, 1, 8, 8)
+    np.testing.assert_array_equal(everything.images[0, 0], b1["data"][0].reshape(8, 8))
+    assert everything.split.tolist() == ["train"] * 6 + ["test"] * 3
+    assert everything.labels.tolist() == [0, 1, 0, 2, 0, 1, 0, 1, 1]
+    assert everything.names[-1] == "test_batch:2"
+
+    confident = MiraBest(folder, subset="confident", layout="batches").load()
+    # Official indices 0,1,2 = confident FRI, 5,6 = confident FRII.
+    assert confident.labels.tolist() == [0, 1, 0, 1, 0, 1]
+    assert confident.split.tolist() == ["train"] * 4 + ["test"] * 2
+    np.testing.assert_array_equal(confident.images[-1, 0], test["data"][2].reshape(8, 8))
+
+
+def test_mirabest_root_without_data_is_a_clear_error(tmp_path):
+    with pytest.raises(RadioCurationError, match=r"neither labels\.csv"):
+        MiraBest(tmp_path).load()
+    with pytest.raises(RadioCurationError, match="does not exist"):
+        MiraBest(tmp_path / "missing").load()
+
+
+def test_fits_folder_loads_raw_archive_files_with_non_ascii_cards(shared_data, tmp_path):
+    raw = shared_data / "mirabest" / "raw_examples"
+    files = sorted(p.name for p in raw.glob("*.fits"))
+    table = tmp_path / "labels.csv"
+    table.write_text("file,label\n" + "".join(f"{f},{f[0]}xx\n" for f in files))
+    data = FitsFolder(raw, labels=table, center_crop=150).load()
+    assert len(data) == 3
+    assert data.images.shape == (3, 1, 150, 150)
+    with fits.open(raw / files[0]) as hdul:
+        full = hdul[0].data.astype(np.float32)
+    np.testing.assert_array_equal(data.images[0, 0], full[75:225, 75:225])
+    assert data.class_names == ("1xx", "3xx")
+    assert data.split is None
+
+
+def test_fits_folder_mixed_sizes_need_center_crop(tmp_path):
+    for name, shape in (("a.fits", (20, 20)), ("b.fits", (16, 16))):
+        image = np.ones(shape, dtype=np.float32)
+        image[0, 0] = np.nan
+        fits.PrimaryHDU(image[None, None]).writeto(tmp_path / name)  # 4-D like radio archives
+    (tmp_path / "labels.csv").write_text("file,label,split\na.fits,x,train\nb.fits,y,test\n")
+    with pytest.raises(RadioCurationError, match=r"dataset\.center_crop"):
+        FitsFolder(tmp_path).load()
+    data = FitsFolder(tmp_path, center_crop=12, nan_fill=-1.0).load()
+    assert data.images.shape == (2, 1, 12, 12)
+    assert data.split.tolist() == ["train", "test"]
+    assert (data.images == 1.0).all()  # the NaN corner is cropped away
+    uncropped_b = FitsFolder(tmp_path, center_crop=16, nan_fill=-1.0).load().images[1, 0]
+    assert uncropped_b[0, 0] == -1.0 and uncropped_b[1, 1] == 1.0
+
+
+def test_fits_folder_reports_missing_columns(tmp_path):
+    (tmp_path / "labels.csv").write_text("path,class\nx.fits,a\n")
+    with pytest.raises(RadioCurationError, match="lacks column"):
+        FitsFolder(tmp_path).load()

@@ -1,0 +1,101 @@
+"""Adjacent-window pairs, the Mann–Whitney distance test, nearest-neighbour galleries, cosine search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from radio_curation.errors import RadioCurationError
+from radio_curation.evaluation.neighbours import (
+    adjacent_pairs,
+    distance_test,
+    gallery_neighbours,
+    random_pairs,
+)
+from radio_curation.evaluation.similarity import ArrayFeatures, cosine_knn, nearest_other_similarity
+
+
+def _grid(ny: int, nx: int, size: int = 64, step: int = 32, mosaic: str = "P1"):
+    y0, x0 = np.meshgrid(np.arange(ny) * step, np.arange(nx) * step, indexing="ij")
+    n = ny * nx
+    return np.full(n, mosaic), y0.ravel(), x0.ravel(), np.full(n, size)
+
+
+def test_adjacent_pairs_on_a_half_overlap_grid():
+    mosaic, y0, x0, size = _grid(3, 3)
+    # 0.5 × size = one grid step: the 8-neighbourhood; a 3×3 grid has 12 straight + 8 diagonal pairs.
+    assert len(adjacent_pairs(mosaic, y0, x0, size, max_offset=0.5)) == 20
+    # 1.0 × size = two grid steps: every pair of a 3×3 grid.
+    assert len(adjacent_pairs(mosaic, y0, x0, size, max_offset=1.0)) == 36
+
+
+def test_adjacent_pairs_never_cross_mosaics_or_sizes():
+    m1, y1, x1, s1 = _grid(2, 2, mosaic="A")
+    m2, y2, x2, s2 = _grid(2, 2, mosaic="B")
+    m3, y3, x3, _ = _grid(2, 2, mosaic="A")
+    mosaic = np.concatenate([m1, m2, m3])
+    y0, x0 = np.concatenate([y1, y2, y3]), np.concatenate([x1, x2, x3])
+    size = np.concatenate([s1, s2, np.full(4, 128)])
+    pairs = adjacent_pairs(mosaic, y0, x0, size, max_offset=0.5)
+    assert len(pairs) == 18  # 6 per 2×2 group, three groups
+    assert (mosaic[pairs[:, 0]] == mosaic[pairs[:, 1]]).all()
+    assert (size[pairs[:, 0]] == size[pairs[:, 1]]).all()
+    assert (pairs[:, 0] < pairs[:, 1]).all()
+
+
+def test_random_pairs_are_distinct_rows():
+    pairs = random_pairs(5, 1000, np.random.default_rng(0))
+    assert (pairs[:, 0] != pairs[:, 1]).all()
+    assert pairs.min() >= 0 and pairs.max() < 5
+
+
+def test_distance_test_detects_spatially_smooth_features():
+    mosaic, y0, x0, size = _grid(20, 20)
+    rng = np.random.default_rng(0)
+    # Features vary smoothly across the sky plus noise: neighbours are similar, random pairs are not.
+    phase = np.stack([np.sin(y0 / 90.0), np.cos(y0 / 90.0), np.sin(x0 / 90.0), np.cos(x0 / 90.0)], axis=1)
+    smooth = ArrayFeatures(np.hstack([phase, 0.05 * rng.normal(size=(400, 4))]))
+    pairs = adjacent_pairs(mosaic, y0, x0, size, max_offset=0.5)
+    result = distance_test(smooth, pairs, seed=0)
+    metrics = result.metrics()
+    assert result.p_value < 1e-10
+    assert metrics["neighbours/prob_adjacent_closer"] > 0.8
+    assert metrics["neighbours/n_adjacent_pairs"] == len(pairs) == metrics["neighbours/n_random_pairs"]
+
+    noise = ArrayFeatures(rng.normal(size=(400, 8)))
+    null = distance_test(noise, pairs, seed=0)
+    assert null.p_value > 1e-3
+    assert 0.4 < null.metrics()["neighbours/prob_adjacent_closer"] < 0.6
+
+
+def test_cosine_knn_streams_chunks_like_one_search():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(300, 6)).astype(np.float32)
+    queries = rng.normal(size=(7, 6)).astype(np.float32)
+    sim_all, idx_all = cosine_knn(queries, base, 5)
+    sim_chunked, idx_chunked = cosine_knn(queries, ArrayFeatures(base).iter_chunks(64), 5)
+    np.testing.assert_array_equal(idx_all, idx_chunked)
+    np.testing.assert_allclose(sim_all, sim_chunked, rtol=1e-6)
+    brute = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (
+        base / np.linalg.norm(base, axis=1, keepdims=True)
+    ).T
+    np.testing.assert_array_equal(idx_all[:, 0], brute.argmax(axis=1))
+
+
+def test_nearest_other_skips_the_query_but_not_its_duplicate():
+    points = np.array([[1, 0], [1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
+    sim = nearest_other_similarity(points, np.arange(4), points)
+    np.testing.assert_allclose(sim, [1.0, 1.0, 0.8, 0.8], atol=1e-6)
+
+
+def test_gallery_excludes_the_query_itself():
+    features = ArrayFeatures(np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [0.7, 0.7]], dtype=np.float32))
+    rows, sim = gallery_neighbours(features, np.array([0, 2]), k=2, chunk_rows=2)
+    np.testing.assert_array_equal(rows, [[1, 4], [3, 4]])
+    assert sim.shape == (2, 2)
+    assert (np.diff(sim, axis=1) <= 0).all()
+
+
+def test_random_pairs_need_two_rows():
+    with pytest.raises(RadioCurationError, match="at least two"):
+        random_pairs(1, 3, np.random.default_rng(0))

@@ -1,0 +1,83 @@
+"""Probes: ≈100% on separable features, ≈ chance on random ones, fixed split scored separately."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from radio_curation.errors import RadioCurationError
+from radio_curation.evaluation.probes import evaluate_probe, knn_classifier, logistic_classifier
+
+
+def _separable(n: int = 240, dim: int = 16, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    centres = 6.0 * np.eye(classes, dim)
+    return (centres[labels] + rng.normal(size=(n, dim))).astype(np.float32), labels
+
+
+def _random(n: int = 300, dim: int = 16, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, dim)).astype(np.float32), rng.integers(0, 2, n)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda r: logistic_classifier(record=r), lambda r: knn_classifier()], ids=["logistic", "knn"]
+)
+def test_probe_separates_separable_features(make):
+    x, y = _separable()
+    result = evaluate_probe(x, y, make({}), folds=5)
+    assert len(result.accuracy) == 5
+    assert np.mean(result.accuracy) > 0.98
+    assert np.mean(result.macro_f1) > 0.98
+    assert result.confusion.sum() == len(y)
+    assert np.trace(result.confusion) >= 0.98 * len(y)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda r: logistic_classifier(record=r), lambda r: knn_classifier()], ids=["logistic", "knn"]
+)
+def test_probe_is_at_chance_on_random_features(make):
+    x, y = _random()
+    result = evaluate_probe(x, y, make({}), folds=5)
+    assert 0.35 < np.mean(result.accuracy) < 0.65
+
+
+def test_logistic_probe_records_chosen_regularisation_per_fold():
+    x, y = _separable(classes=2)
+    record: dict = {}
+    evaluate_probe(x, y, logistic_classifier(cs=[0.01, 1.0], record=record), folds=4)
+    assert len(record["chosen_C"]) == 4
+    assert set(record["chosen_C"]) <= {0.01, 1.0}
+
+
+def test_fixed_split_is_scored_on_its_test_part():
+    x, y = _separable(n=200, classes=2)
+    split = np.where(np.arange(200) < 150, "train", "test")
+    # Flip the labels of the test part: a probe trained on the train part must then score 0 there.
+    y_flipped = y.copy()
+    y_flipped[150:] = 1 - y_flipped[150:]
+    result = evaluate_probe(x, y_flipped, knn_classifier(k=5), folds=3, split=split)
+    assert result.split_accuracy == pytest.approx(0.0, abs=0.03)
+    assert result.split_confusion.sum() == 50
+    metrics = result.metrics("knn")
+    assert metrics["knn/split_accuracy"] == result.split_accuracy
+    assert metrics["knn/accuracy_mean"] == pytest.approx(np.mean(result.accuracy))
+
+
+def test_knn_votes_are_temperature_weighted():
+    # One very close neighbour of class 1 against two farther ones of class 0: a low temperature trusts
+    # the closest, a high temperature counts heads.
+    train = np.array([[1.0, 0.0], [0.6, 0.8], [0.6, -0.8]], dtype=np.float32)
+    labels = np.array([1, 0, 0])
+    query = np.array([[1.0, 0.05]], dtype=np.float32)
+    assert knn_classifier(k=3, temperature=0.05)(train, labels, query)[0] == 1
+    assert knn_classifier(k=3, temperature=100.0)(train, labels, query)[0] == 0
+
+
+def test_probe_rejects_too_small_classes():
+    x, y = _separable(n=20, classes=2)
+    y[:] = 0
+    y[:3] = 1
+    with pytest.raises(RadioCurationError, match=r"fewer than eval\.folds"):
+        evaluate_probe(x, y, knn_classifier(), folds=5)
