@@ -1,4 +1,5 @@
-"""Labelled image sets for evaluation: MiraBest (FITS folder or official pickled batches), any FITS folder.
+"""Labelled image sets for evaluation: MiraBest (FITS folder or official pickled batches), any FITS folder,
+windows of the synthetic sky labelled by its truth catalogue.
 
 Every dataset config (``configs/dataset/``) instantiates an object whose :meth:`load` returns one
 :class:`LabelledImages`: all images as ``[N, 1, H, W]`` float32 in their native units, integer labels,
@@ -16,10 +17,12 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from astropy.table import Table
 
 from radio_curation.errors import RadioCurationError
 from radio_curation.progress import progress
-from radio_curation.sky.fitsio import open_image
+from radio_curation.sky.fitsio import open_image, open_mosaic
+from radio_curation.sky.survey import SyntheticSurvey
 
 
 @dataclass(frozen=True)
@@ -366,4 +369,95 @@ class FitsFolder:
             class_names=tuple(str(c) for c in class_names),
             names=np.array(files),
             split=split,
+        )
+
+
+class SyntheticWindows:
+    """Windows centred on the sources of the synthetic sky, labelled with their true class.
+
+    Each selected truth-catalogue source is cut once, from the first mosaic that holds its whole window
+    without blank pixels.
+
+    Parameters
+    ----------
+    sky : SyntheticSurvey
+        The synthetic survey (generated under its data directory on first use).
+    window : int
+        Window side in pixels.
+    classes : sequence of str
+        Truth classes to keep (``compact``, ``resolved``, ``fri``, ``frii``, ``wat``, ``ht``, ``halo``,
+        ``relic``).
+    per_class : int
+        At most this many windows per class (a random choice).
+    min_flux : float
+        Only sources at least this bright [Jy], so that faint compact ones do not label noise.
+    seed : int
+        Seed of the per-class choice.
+    """
+
+    def __init__(
+        self,
+        sky: SyntheticSurvey,
+        window: int = 128,
+        classes: Sequence[str] = ("compact", "resolved", "fri", "frii"),
+        per_class: int = 200,
+        min_flux: float = 1e-3,
+        seed: int = 0,
+    ) -> None:
+        self.sky = sky
+        self.window = int(window)
+        self.classes = tuple(str(c) for c in classes)
+        self.per_class = int(per_class)
+        self.min_flux = float(min_flux)
+        self.seed = int(seed)
+
+    def load(self) -> LabelledImages:
+        """Generate the sky if needed, then cut and label the windows."""
+        mosaics = self.sky.mosaics()
+        truth = Table.read(Path(self.sky.root) / "truth.fits")
+        known = sorted(set(np.asarray(truth["class"]).astype(str).tolist()))
+        unknown = [c for c in self.classes if c not in known]
+        if unknown:
+            raise RadioCurationError(f"dataset.classes {unknown} are not truth classes; known: {known}")
+        cls = np.asarray(truth["class"]).astype(str)
+        wanted = np.isin(cls, self.classes) & (np.asarray(truth["flux"]) >= self.min_flux)
+        ra, dec = np.asarray(truth["ra"])[wanted], np.asarray(truth["dec"])[wanted]
+        source_ids, cls = np.asarray(truth["source_id"])[wanted], cls[wanted]
+        half = self.window // 2
+        images: dict[int, np.ndarray] = {}
+        with progress(len(mosaics), "cutting labelled windows", unit="mosaic") as bar:
+            for files in mosaics:
+                with open_mosaic(files) as mosaic:
+                    x, y = mosaic.world_to_pixel(ra, dec)
+                    ny, nx = mosaic.shape
+                    x0 = np.round(np.nan_to_num(x, nan=-1e9)).astype(np.int64) - half
+                    y0 = np.round(np.nan_to_num(y, nan=-1e9)).astype(np.int64) - half
+                    inside = (x0 >= 0) & (y0 >= 0) & (x0 + self.window <= nx) & (y0 + self.window <= ny)
+                    todo = np.flatnonzero(inside & ~np.isin(np.arange(len(ra)), list(images)))
+                    if len(todo):
+                        cut = mosaic.image.gather(y0[todo], x0[todo], self.window).astype(np.float32)
+                        for row, pixels in zip(todo, cut, strict=True):
+                            if np.isfinite(pixels).all():
+                                images[int(row)] = pixels
+                bar.advance()
+        rows = np.array(sorted(images), dtype=np.int64)
+        rng = np.random.default_rng(self.seed)
+        chosen = []
+        for name in self.classes:
+            of_class = rows[cls[rows] == name]
+            if len(of_class) > self.per_class:
+                of_class = np.sort(rng.choice(of_class, self.per_class, replace=False))
+            chosen.append(of_class)
+        rows = np.concatenate(chosen)
+        if len(rows) == 0:
+            raise RadioCurationError(
+                f"the synthetic sky at {self.sky.root} has no sources of classes {list(self.classes)} "
+                f"brighter than dataset.min_flux={self.min_flux} with a whole {self.window}-px window"
+            )
+        labels = np.array([self.classes.index(c) for c in cls[rows]], dtype=np.int64)
+        return LabelledImages(
+            images=np.stack([images[int(r)] for r in rows])[:, None],
+            labels=labels,
+            class_names=self.classes,
+            names=np.array([f"source_{source_ids[r]}" for r in rows]),
         )

@@ -1,15 +1,25 @@
-"""Labelled evaluation sets: the MiraBest folder, official pickled batches, any FITS folder."""
+"""Labelled evaluation sets: MiraBest folder and pickled batches, FITS folders, synthetic windows, catalogues."""
 
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.table import Table
 
-from radio_curation.data.datasets import MIRABEST_CODES, FitsFolder, MiraBest, mirabest_labels
+from radio_curation.data.catalogue import WindowCatalogue
+from radio_curation.data.datasets import (
+    MIRABEST_CODES,
+    FitsFolder,
+    MiraBest,
+    SyntheticWindows,
+    mirabest_labels,
+)
 from radio_curation.errors import RadioCurationError
+from radio_curation.sky.survey import SyntheticSurvey
 
 
 def test_mirabest_folder_reads_all_images_with_labels(shared_data):
@@ -120,3 +130,51 @@ def test_fits_folder_reports_missing_columns(tmp_path):
     (tmp_path / "labels.csv").write_text("path,class\nx.fits,a\n")
     with pytest.raises(RadioCurationError, match="lacks column"):
         FitsFolder(tmp_path).load()
+
+
+@pytest.fixture(scope="module")
+def small_sky(data_dir):
+    return SyntheticSurvey(str(data_dir), mosaics=1, size=512, seed=0)
+
+
+def test_synthetic_windows_are_centred_on_truth_sources(small_sky):
+    data = SyntheticWindows(
+        small_sky, window=32, classes=["compact", "resolved"], per_class=15, min_flux=0
+    ).load()
+    truth = Table.read(Path(small_sky.root) / "truth.fits")
+    assert data.class_names == ("compact", "resolved")
+    assert data.images.shape[1:] == (1, 32, 32) and np.isfinite(data.images).all()
+    counts = data.class_counts()
+    assert counts["compact"] == 15 and 1 <= counts["resolved"] <= 15
+    by_id = {int(s): str(c) for s, c in zip(truth["source_id"], truth["class"], strict=True)}
+    for name, label in zip(data.names, data.labels, strict=True):
+        assert by_id[int(name.removeprefix("source_"))] == data.class_names[label]
+    bright = SyntheticWindows(small_sky, window=32, classes=["compact"], per_class=50, min_flux=5e-3).load()
+    peaks = np.array([np.unravel_index(np.argmax(im[0]), im[0].shape) for im in bright.images])
+    assert (np.abs(peaks - 16).max(axis=1) <= 1).mean() > 0.7  # mostly the source itself
+
+
+def test_synthetic_windows_reject_unknown_classes(small_sky):
+    with pytest.raises(RadioCurationError, match="not truth classes"):
+        SyntheticWindows(small_sky, classes=["spiral"]).load()
+
+
+def test_catalogue_labels_windows_by_brightest_source_within_radius(tmp_path):
+    table = Table(
+        {
+            "RA": [10.0, 10.0 + 20 / 3600, 20.0],
+            "DEC": [5.0, 5.0, -3.0],
+            "kind": ["faint", "bright", "far"],
+            "S": [1.0, 9.0, 5.0],
+        }
+    )
+    path = tmp_path / "cat.ecsv"
+    table.write(path)
+    ra = np.array([10.0, 20.0 + 50 / 3600, 30.0])
+    dec = np.array([5.0, -3.0, 0.0])
+    brightest = WindowCatalogue(path, "RA", "DEC", "kind", "S", radius_arcsec=30.0)
+    assert brightest.labels(ra, dec).tolist() == ["bright", "empty", "empty"]
+    nearest = WindowCatalogue(path, "RA", "DEC", "kind", None, radius_arcsec=60.0, empty_label="none")
+    assert nearest.labels(ra, dec).tolist() == ["faint", "far", "none"]
+    with pytest.raises(RadioCurationError, match="lacks column"):
+        WindowCatalogue(path, label_column="class")

@@ -1,0 +1,96 @@
+"""Labels for windows from a source catalogue crossmatched to the window centres.
+
+Any table astropy reads (FITS, VOTable, CSV, ECSV) with sky positions and a class column works: the
+synthetic sky's truth catalogue, the LoTSS DR2 source catalogue (e.g. its ``S_Code``), or a morphology
+catalogue. A window takes the class of the brightest catalogue source within ``radius_arcsec`` of its
+centre (the nearest one when there is no flux column), or ``empty_label`` when none is that close.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+from astropy.coordinates import SkyCoord, search_around_sky
+from astropy.table import Table
+
+from radio_curation.errors import RadioCurationError
+
+
+class WindowCatalogue:
+    """A catalogue that labels windows by position.
+
+    Parameters
+    ----------
+    path : str or Path
+        The catalogue file.
+    ra_column, dec_column : str
+        Position columns (degrees).
+    label_column : str
+        The class column.
+    flux_column : str, optional
+        When set, the brightest source within the radius labels the window; else the nearest.
+    radius_arcsec : float
+        Largest distance from a window centre to a source that labels it.
+    empty_label : str
+        Label of windows with no source within the radius.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        ra_column: str = "ra",
+        dec_column: str = "dec",
+        label_column: str = "class",
+        flux_column: str | None = "flux",
+        radius_arcsec: float = 60.0,
+        empty_label: str = "empty",
+    ) -> None:
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise RadioCurationError(f"catalogue {self.path} not found; set eval.catalogue.path to the file")
+        table = Table.read(self.path)
+        wanted = [c for c in (ra_column, dec_column, label_column, flux_column) if c]
+        missing = [c for c in wanted if c not in table.colnames]
+        if missing:
+            raise RadioCurationError(
+                f"catalogue {self.path} lacks column(s) {missing}; it has {table.colnames[:30]}. "
+                "Set eval.catalogue.*_column to the right names."
+            )
+        self.ra = np.asarray(table[ra_column], dtype=np.float64)
+        self.dec = np.asarray(table[dec_column], dtype=np.float64)
+        self.label = np.char.strip(np.asarray(table[label_column]).astype(str))
+        self.flux = None if not flux_column else np.asarray(table[flux_column], dtype=np.float64)
+        self.radius_arcsec = float(radius_arcsec)
+        self.empty_label = str(empty_label)
+
+    def labels(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+        """The class of each window centred at ``(ra, dec)`` (degrees).
+
+        Parameters
+        ----------
+        ra, dec : np.ndarray
+            ``[N]`` window centres.
+
+        Returns
+        -------
+        np.ndarray
+            ``[N]`` str labels.
+        """
+        ra = np.asarray(ra, dtype=np.float64)
+        out = np.full(len(ra), self.empty_label, dtype=object)
+        if len(ra) == 0 or len(self.ra) == 0:
+            return out.astype(str)
+        windows = SkyCoord(ra * u.deg, np.asarray(dec, dtype=np.float64) * u.deg)
+        sources = SkyCoord(self.ra * u.deg, self.dec * u.deg)
+        win, src, sep, _ = search_around_sky(windows, sources, self.radius_arcsec * u.arcsec)
+        if len(win):
+            # Best match first: brightest (or nearest) source per window.
+            rank = -self.flux[src] if self.flux is not None else sep.to_value(u.arcsec)
+            order = np.lexsort((rank, win))
+            first = np.ones(len(order), bool)
+            first[1:] = win[order][1:] != win[order][:-1]
+            chosen = order[first]
+            out[win[chosen]] = self.label[src[chosen]]
+        return out.astype(str)
