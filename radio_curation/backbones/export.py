@@ -1,0 +1,102 @@
+"""``backbone.pt``: a trained backbone that ``backbone=run backbone.model_id=ID`` loads back.
+
+The file is a plain ``torch.save`` dict (loadable with ``weights_only=True``): the architecture spec,
+the tap, the config it was built from (for provenance) and the state dict.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from radio_curation.backbones.checkpoint import load_weights
+from radio_curation.backbones.extractor import FeatureExtractor
+from radio_curation.backbones.factory import build_architecture
+from radio_curation.errors import RadioCurationError
+
+#: Version of the backbone.pt layout.
+EXPORT_FORMAT = "radio_curation.backbone/1"
+
+
+def save_backbone(
+    extractor: FeatureExtractor, backbone_cfg: dict[str, Any] | DictConfig, path: str | Path
+) -> Path:
+    """Write ``extractor`` (architecture, tap, weights) to ``path`` atomically.
+
+    Parameters
+    ----------
+    extractor
+        The (trained) feature extractor.
+    backbone_cfg
+        The ``backbone`` config it was built from; stored for provenance, not needed to load.
+    path
+        Destination, conventionally ``<train run dir>/backbone.pt``.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    config = (
+        OmegaConf.to_container(backbone_cfg, resolve=True)
+        if isinstance(backbone_cfg, DictConfig)
+        else backbone_cfg
+    )
+    payload = {
+        "format": EXPORT_FORMAT,
+        "spec": extractor.spec,
+        "in_chans": extractor.in_chans,
+        "module_name": extractor.module_name,
+        "pooling": extractor.pooling,
+        "num_prefix_tokens": extractor.num_prefix_tokens,
+        "input_size": extractor.input_size,
+        "feature_dim": extractor.feature_dim,
+        "config": dict(config or {}),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in extractor.model.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_backbone(
+    path: str | Path, module_name: str | None = None, pooling: str | None = None
+) -> FeatureExtractor:
+    """Rebuild the extractor saved by :func:`save_backbone`.
+
+    Parameters
+    ----------
+    path
+        A ``backbone.pt``.
+    module_name, pooling
+        Override the saved tap; None keeps it.
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RadioCurationError(f"cannot read backbone file {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise RadioCurationError(
+            f"{path} is not a backbone file written by save_backbone (format {found!r}, "
+            f"expected {EXPORT_FORMAT!r})"
+        )
+    model = build_architecture(payload["spec"])
+    load_weights(model, payload["state_dict"], f"backbone file {path}", payload["in_chans"])
+    return FeatureExtractor(
+        model,
+        payload["spec"],
+        payload["in_chans"],
+        module_name or payload["module_name"],
+        pooling or payload["pooling"],
+        num_prefix_tokens=payload["num_prefix_tokens"],
+        input_size=payload["input_size"],
+    )
