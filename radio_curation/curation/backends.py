@@ -1,0 +1,284 @@
+"""k-means backends: faiss (CPU, or GPU with faiss-gpu), torch (CPU or CUDA) and cuML (CUDA).
+
+Every backend runs Lloyd iterations from the initial centroids it is given and assigns points to
+centroids; initialisation and training subsamples are chosen once, outside the backends
+(:mod:`radio_curation.curation.kmeans`), so one seed means the same start on every backend.
+
+Distances are squared L2 for ``spherical=False`` and cosine distance (``1 - cos``) for
+``spherical=True`` (points are then expected to be L2-normalised, and centroids are renormalised after
+every update, as in spherical k-means). The objective of an iteration is the sum of those distances at
+its assignment step, before the centroid update (faiss' convention); training stops early when the
+objective repeats exactly (a fixed point, where further iterations change nothing).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+
+from radio_curation.errors import RadioCurationError
+
+if TYPE_CHECKING:
+    import torch
+
+#: Elements of the [rows, k] distance block computed at once during assignment (64 MiB in float32).
+BLOCK_ELEMENTS = 1 << 24
+
+
+@dataclass
+class KMeansFit:
+    """What one k-means training run produced.
+
+    Attributes
+    ----------
+    centroids
+        ``[k, d]`` float32 centroids after the last update.
+    objective
+        Objective at each iteration's assignment step (sum of distances; see module docstring).
+    search_seconds
+        Seconds spent in the assignment steps (the distance computations).
+    n_train
+        Number of training points.
+    """
+
+    centroids: np.ndarray
+    objective: np.ndarray
+    search_seconds: float
+    n_train: int
+
+
+class KMeansBackend(ABC):
+    """One implementation of k-means training and nearest-centroid assignment."""
+
+    name: str = ""
+
+    @abstractmethod
+    def fit(self, x: np.ndarray, init: np.ndarray, n_iters: int, spherical: bool) -> KMeansFit:
+        """Run ``n_iters`` Lloyd iterations on ``x`` [n, d] starting from ``init`` [k, d]."""
+
+    @abstractmethod
+    def assign(self, x: np.ndarray, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest centroid (int64) and distance to it (float32) of every row of ``x``."""
+
+    device: str = "cpu"
+
+    def describe(self) -> dict[str, Any]:
+        """Backend name and device, for the run's manifest."""
+        return {"backend": self.name, "device": self.device}
+
+
+def _block_rows(k: int, n: int) -> int:
+    return int(max(1, min(n, BLOCK_ELEMENTS // max(k, 1))))
+
+
+def _normalize_rows(c: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(c, axis=1, keepdims=True)
+    return (c / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32)
+
+
+class FaissBackend(KMeansBackend):
+    """faiss ``Kmeans`` and flat indexes; on the GPU when faiss-gpu is installed and one is visible.
+
+    Parameters
+    ----------
+    device
+        ``auto`` (GPU if faiss has GPU support and sees a GPU, else CPU), ``cpu`` or ``cuda``.
+    """
+
+    name = "faiss"
+
+    def __init__(self, device: str = "auto") -> None:
+        n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        if device == "auto":
+            device = "cuda" if n_gpus > 0 else "cpu"
+        if device not in ("cpu", "cuda"):
+            raise RadioCurationError(f"clustering.backend.device={device!r}: use auto, cpu or cuda")
+        if device == "cuda" and n_gpus == 0:
+            raise RadioCurationError(
+                "clustering.backend.device=cuda needs faiss with GPU support and a visible GPU "
+                "(pip install faiss-gpu-cu12); use device=cpu or clustering/backend=torch"
+            )
+        self.device = device
+
+    def fit(self, x: np.ndarray, init: np.ndarray, n_iters: int, spherical: bool) -> KMeansFit:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n, d = x.shape
+        k = init.shape[0]
+        km = faiss.Kmeans(
+            d,
+            k,
+            niter=n_iters,
+            spherical=spherical,
+            # The caller already chose the training points: faiss must use all of them.
+            max_points_per_centroid=n // k + 1,
+            min_points_per_centroid=1,
+            gpu=self.device == "cuda",
+            verbose=False,
+        )
+        km.train(x, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
+        objective = np.asarray(km.obj, dtype=np.float64)
+        if spherical:
+            # faiss sums inner products for spherical k-means; report the cosine distance.
+            objective = n - objective
+        search = float(km.iteration_stats[-1]["time_search"]) if km.iteration_stats else 0.0
+        return KMeansFit(km.centroids.astype(np.float32), objective, search, n)
+
+    def _index(self, centroids: np.ndarray, spherical: bool) -> faiss.Index:
+        d = centroids.shape[1]
+        index = faiss.IndexFlatIP(d) if spherical else faiss.IndexFlatL2(d)
+        if self.device == "cuda":
+            index = faiss.index_cpu_to_all_gpus(index)
+        index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        return index
+
+    def assign(self, x: np.ndarray, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+        index = self._index(centroids, spherical)
+        n = x.shape[0]
+        labels = np.empty(n, dtype=np.int64)
+        dist = np.empty(n, dtype=np.float32)
+        rows = max(_block_rows(centroids.shape[0], n), 4096)
+        for start in range(0, n, rows):
+            block = np.ascontiguousarray(x[start : start + rows], dtype=np.float32)
+            d_blk, i_blk = index.search(block, 1)
+            labels[start : start + len(block)] = i_blk[:, 0]
+            dist[start : start + len(block)] = 1.0 - d_blk[:, 0] if spherical else np.maximum(d_blk[:, 0], 0)
+        return labels, dist
+
+
+class TorchBackend(KMeansBackend):
+    """Lloyd iterations in torch, blockwise, on the CPU or a CUDA device.
+
+    Empty clusters are moved onto the points farthest from their centroids (deterministic).
+
+    Parameters
+    ----------
+    device
+        ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:<n>``.
+    """
+
+    name = "torch"
+
+    def __init__(self, device: str = "auto") -> None:
+        import torch
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RadioCurationError(f"clustering.backend.device={device} but torch sees no CUDA device")
+        self.device = device
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)
+
+    def _assign_t(
+        self, x: torch.Tensor, c: torch.Tensor, spherical: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        n, k = x.shape[0], c.shape[0]
+        labels = torch.empty(n, dtype=torch.int64, device=x.device)
+        dist = torch.empty(n, dtype=torch.float32, device=x.device)
+        c_sq = (c * c).sum(1)
+        rows = _block_rows(k, n)
+        for start in range(0, n, rows):
+            xb = x[start : start + rows]
+            if spherical:
+                best, idx = (xb @ c.T).max(1)
+                d_blk = 1.0 - best
+            else:
+                best, idx = torch.addmm(c_sq, xb, c.T, beta=1.0, alpha=-2.0).min(1)
+                d_blk = (best + (xb * xb).sum(1)).clamp_min_(0.0)
+            labels[start : start + len(xb)] = idx
+            dist[start : start + len(xb)] = d_blk
+        return labels, dist
+
+    def fit(self, x: np.ndarray, init: np.ndarray, n_iters: int, spherical: bool) -> KMeansFit:
+        import torch
+
+        xt = self._tensor(x)
+        c = self._tensor(init)
+        if spherical:
+            c = torch.nn.functional.normalize(c, dim=1)
+        n, k = xt.shape[0], c.shape[0]
+        objective = []
+        search = 0.0
+        rows = _block_rows(k, n)
+        for _ in range(n_iters):
+            t0 = time.perf_counter()
+            labels, dist = self._assign_t(xt, c, spherical)
+            if xt.is_cuda:
+                torch.cuda.synchronize(xt.device)
+            search += time.perf_counter() - t0
+            objective.append(float(dist.sum(dtype=torch.float64)))
+            if len(objective) > 1 and objective[-1] == objective[-2]:
+                break
+            sums = torch.zeros(k, xt.shape[1], dtype=torch.float64, device=xt.device)
+            for start in range(0, n, rows):
+                part = torch.zeros(k, xt.shape[1], dtype=torch.float32, device=xt.device)
+                part.index_add_(0, labels[start : start + rows], xt[start : start + rows])
+                sums += part
+            counts = torch.bincount(labels, minlength=k)
+            new = (sums / counts.clamp_min(1).unsqueeze(1)).float()
+            empty = torch.nonzero(counts == 0).flatten()
+            if len(empty):
+                farthest = torch.topk(dist, len(empty)).indices
+                new[empty] = xt[farthest]
+            c = torch.nn.functional.normalize(new, dim=1) if spherical else new
+        return KMeansFit(c.cpu().numpy().astype(np.float32), np.asarray(objective), search, n)
+
+    def assign(self, x: np.ndarray, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+        labels, dist = self._assign_t(self._tensor(x), self._tensor(centroids), spherical)
+        return labels.cpu().numpy(), dist.cpu().numpy()
+
+
+class CumlBackend(KMeansBackend):
+    """RAPIDS cuML ``KMeans`` on a CUDA device (squared L2 only); assignment runs in torch on CUDA.
+
+    cuML reports only the final inertia, so the objective history has one entry.
+    """
+
+    name = "cuml"
+    device = "cuda"
+
+    def __init__(self, device: str = "cuda") -> None:
+        try:
+            import cuml  # noqa: F401
+        except ImportError as err:
+            raise RadioCurationError(
+                "clustering/backend=cuml needs RAPIDS cuML (pip install cuml-cu12) and a GPU; "
+                "use clustering/backend=faiss or clustering/backend=torch"
+            ) from err
+        if device not in ("auto", "cuda"):
+            raise RadioCurationError(f"the cuML backend runs on cuda only, not device={device!r}")
+
+    def fit(self, x: np.ndarray, init: np.ndarray, n_iters: int, spherical: bool) -> KMeansFit:
+        from cuml.cluster import KMeans
+
+        if spherical:
+            raise RadioCurationError(
+                "the cuML backend has no spherical k-means; use metric=l2 or another backend"
+            )
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        model = KMeans(
+            n_clusters=init.shape[0],
+            init=np.ascontiguousarray(init, dtype=np.float32),
+            n_init=1,
+            max_iter=n_iters,
+            tol=0.0,
+            output_type="numpy",
+        )
+        t0 = time.perf_counter()
+        model.fit(x)
+        seconds = time.perf_counter() - t0
+        centroids = np.asarray(model.cluster_centers_, dtype=np.float32)
+        return KMeansFit(centroids, np.asarray([float(model.inertia_)]), seconds, x.shape[0])
+
+    def assign(self, x: np.ndarray, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+        return TorchBackend("cuda").assign(x, centroids, spherical)

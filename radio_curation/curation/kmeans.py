@@ -1,0 +1,428 @@
+"""k-means and hierarchical k-means with resampling (Vo et al. 2024), on any backend.
+
+Level 1 clusters the points; level t clusters the centroids of level t-1. After each level's k-means,
+``n_resampling_steps`` times: take ``sample_size`` points of every cluster (closest to its centroid, or at
+random), run k-means again on those points only, and reassign every point of the level.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import h5py
+import numpy as np
+
+from radio_curation.curation.backends import FaissBackend, KMeansBackend
+from radio_curation.errors import RadioCurationError
+from radio_curation.progress import progress
+
+log = logging.getLogger(__name__)
+
+INITS = ("kmeans++", "random")
+METRICS = ("l2", "cosine")
+SAMPLING_STRATEGIES = ("closest", "random")
+
+
+def derive_seed(seed: int, *parts: int) -> int:
+    """A 31-bit seed for one step (level, resampling step ...) of a run seeded with ``seed``."""
+    return int(np.random.SeedSequence([int(seed), *map(int, parts)]).generate_state(1)[0] % (2**31 - 1))
+
+
+def init_centroids(x: np.ndarray, k: int, method: str, seed: int) -> np.ndarray:
+    """Initial centroids: ``k`` distinct rows of ``x`` (``random``) or k-means++ (D² sampling, faiss).
+
+    Parameters
+    ----------
+    x
+        ``[n, d]`` float32 points, ``n >= k``.
+    k
+        Number of centroids.
+    method
+        ``kmeans++`` or ``random``.
+    seed
+        Seed of the random choices; the same seed gives the same centroids on every backend.
+    """
+    n = x.shape[0]
+    if method == "random":
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+        return np.ascontiguousarray(x[rows], dtype=np.float32)
+    if method == "kmeans++":
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        init = faiss.ClusteringInitialization(x.shape[1], k)
+        init.method = faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS
+        init.seed = seed
+        out = np.empty((k, x.shape[1]), dtype=np.float32)
+        init.init_centroids(n, faiss.swig_ptr(x), faiss.swig_ptr(out))
+        return out
+    raise RadioCurationError(f"unknown k-means init {method!r}; use one of {', '.join(INITS)}")
+
+
+@dataclass
+class KMeansResult:
+    """One k-means run: centroids, every point's assignment, and diagnostics."""
+
+    centroids: np.ndarray
+    assignment: np.ndarray
+    distance: np.ndarray
+    objective: np.ndarray
+    n_train: int
+    search_seconds: float
+
+
+def kmeans(
+    x: np.ndarray,
+    k: int,
+    *,
+    n_iters: int,
+    init: str,
+    seed: int,
+    spherical: bool = False,
+    backend: KMeansBackend | None = None,
+    max_points_per_centroid: int | None = None,
+) -> KMeansResult:
+    """k-means of ``x`` into ``k`` clusters, then every point assigned to its nearest centroid.
+
+    Parameters
+    ----------
+    x
+        ``[n, d]`` float32 points (L2-normalised when ``spherical``).
+    k
+        Number of clusters, at most ``n``.
+    n_iters
+        Lloyd iterations.
+    init
+        ``kmeans++`` or ``random``.
+    seed
+        Seed of the initialisation and of the training subsample.
+    spherical
+        Spherical k-means (cosine distance; centroids renormalised each iteration).
+    backend
+        Where the work runs (faiss on the CPU by default).
+    max_points_per_centroid
+        Train on a random subsample of at most ``k * max_points_per_centroid`` points (``None``: all).
+        Every point is assigned either way.
+
+    Returns
+    -------
+    KMeansResult
+    """
+    backend = backend or FaissBackend("cpu")
+    n = x.shape[0]
+    if k < 1 or k > n:
+        raise RadioCurationError(
+            f"cannot make {k} clusters of {n} points: lower the number of clusters (clustering.n_clusters) "
+            f"to at most {n}"
+        )
+    train = x
+    if max_points_per_centroid is not None and n > k * max_points_per_centroid:
+        rows = np.random.default_rng(derive_seed(seed, 1)).choice(
+            n, size=k * max_points_per_centroid, replace=False
+        )
+        train = x[np.sort(rows)]
+        log.info(
+            "training k-means on %d of %d points (max_points_per_centroid=%d)",
+            len(train),
+            n,
+            max_points_per_centroid,
+        )
+    start = init_centroids(train, k, init, derive_seed(seed, 0))
+    fit = backend.fit(train, start, n_iters, spherical)
+    assignment, distance = backend.assign(x, fit.centroids, spherical)
+    return KMeansResult(fit.centroids, assignment, distance, fit.objective, fit.n_train, fit.search_seconds)
+
+
+def imbalance_factor(sizes: np.ndarray) -> float:
+    """``k * sum(s²) / (sum s)²``: 1 for equal cluster sizes, larger when uneven (faiss' definition)."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    total = sizes.sum()
+    return float(len(sizes) * (sizes**2).sum() / total**2) if total > 0 else float("nan")
+
+
+def select_per_cluster(assignment: np.ndarray, key: np.ndarray, per_cluster: np.ndarray | int) -> np.ndarray:
+    """Indices of the ``per_cluster`` rows with the smallest ``key`` in each cluster, ascending.
+
+    ``per_cluster`` is one number for all clusters or one per cluster; clusters smaller than it give all
+    their rows. Ties in ``key`` go to the lower row index.
+    """
+    order = np.lexsort((key, assignment))
+    sorted_labels = assignment[order]
+    n_clusters = int(assignment.max()) + 1 if len(assignment) else 0
+    starts = np.searchsorted(sorted_labels, np.arange(n_clusters))
+    rank = np.arange(len(order)) - starts[sorted_labels]
+    limit = per_cluster if np.isscalar(per_cluster) else np.asarray(per_cluster)[sorted_labels]
+    return np.sort(order[rank < limit])
+
+
+@dataclass
+class ClusterLevel:
+    """One level of a hierarchy.
+
+    Attributes
+    ----------
+    centroids
+        ``[k, d]`` float32.
+    assignment
+        ``[n_l]`` int64: the cluster of each point (level 1) or of each level l-1 centroid.
+    distance
+        ``[n_l]`` float32: distance to the assigned centroid (squared L2 or cosine distance).
+    sizes
+        ``[k]`` int64: number of points (level 1 rows) under each cluster.
+    objective
+        Objective per iteration of the level's first k-means.
+    resampling_objective
+        Objective over all of the level's inputs after the first k-means and after each resampling step.
+    n_train
+        Training points of the level's first k-means.
+    search_seconds
+        Seconds in assignment steps over the level's k-means runs.
+    """
+
+    centroids: np.ndarray
+    assignment: np.ndarray
+    distance: np.ndarray
+    sizes: np.ndarray
+    objective: np.ndarray
+    resampling_objective: np.ndarray
+    n_train: int
+    search_seconds: float
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def save(self, group: h5py.Group) -> None:
+        """Write the level into an HDF5 group (plain arrays, no pickles)."""
+        for name in ("centroids", "assignment", "distance", "sizes", "objective", "resampling_objective"):
+            group.create_dataset(name, data=getattr(self, name))
+        group.attrs["n_train"] = self.n_train
+        group.attrs["search_seconds"] = self.search_seconds
+        group.attrs["imbalance_factor"] = imbalance_factor(self.sizes)
+
+    @classmethod
+    def load(cls, group: h5py.Group) -> ClusterLevel:
+        """Read a level written by :meth:`save`."""
+        arrays = {
+            name: group[name][()]
+            for name in ("centroids", "assignment", "distance", "sizes", "objective", "resampling_objective")
+        }
+        return cls(
+            **arrays, n_train=int(group.attrs["n_train"]), search_seconds=float(group.attrs["search_seconds"])
+        )
+
+
+@dataclass
+class HierarchicalKMeans:
+    """Hierarchical k-means with resampling, configured by the ``clustering`` config group.
+
+    Parameters
+    ----------
+    n_clusters
+        Clusters per level, e.g. ``[60000, 4000, 300]``; each at most the previous one.
+    n_resampling_steps
+        Resampling steps per level (0: none).
+    sample_size
+        Points taken from each cluster in a resampling step, per level (1 turns resampling off, as a
+        k-means of one point per cluster would return those points).
+    sampling_strategy
+        ``closest`` (to the centroid) or ``random``.
+    n_iters
+        Lloyd iterations of every k-means run.
+    init
+        ``kmeans++`` or ``random``, for all levels or one per level. k-means++ costs about as much as
+        ``k`` passes over the level's points; for first levels of tens of thousands of clusters use
+        ``random`` (faiss' default).
+    metric
+        ``l2``, or ``cosine`` (features L2-normalised, spherical k-means).
+    max_points_per_centroid
+        Train each k-means on at most ``k * max_points_per_centroid`` random points (``None``: all);
+        every point is still assigned.
+    backend
+        A :class:`~radio_curation.curation.backends.KMeansBackend`.
+    """
+
+    n_clusters: Sequence[int]
+    n_resampling_steps: Sequence[int] | int = 0
+    sample_size: Sequence[int] | int = 1
+    sampling_strategy: str = "closest"
+    n_iters: int = 20
+    init: Sequence[str] | str = "kmeans++"
+    metric: str = "l2"
+    max_points_per_centroid: int | None = None
+    backend: KMeansBackend = field(default_factory=lambda: FaissBackend("cpu"))
+
+    def __post_init__(self) -> None:
+        self.n_clusters = [int(k) for k in self.n_clusters]
+        n_levels = len(self.n_clusters)
+        self.n_resampling_steps = self._per_level(self.n_resampling_steps, "n_resampling_steps", int)
+        self.sample_size = self._per_level(self.sample_size, "sample_size", int)
+        self.init = self._per_level(self.init, "init", str)
+        if n_levels == 0:
+            raise RadioCurationError("clustering.n_clusters is empty: give the number of clusters per level")
+        if any(b > a for a, b in zip(self.n_clusters, self.n_clusters[1:], strict=False)):
+            raise RadioCurationError(
+                f"clustering.n_clusters={self.n_clusters}: each level clusters the previous level's "
+                "centroids, so the numbers must not increase"
+            )
+        for name, value, allowed in (
+            ("sampling_strategy", self.sampling_strategy, SAMPLING_STRATEGIES),
+            ("metric", self.metric, METRICS),
+            *(("init", i, INITS) for i in self.init),
+        ):
+            if value not in allowed:
+                raise RadioCurationError(f"clustering.{name}={value!r}: use one of {', '.join(allowed)}")
+        if any(s < 1 for s in self.sample_size) or any(r < 0 for r in self.n_resampling_steps):
+            raise RadioCurationError("clustering.sample_size must be >= 1 and n_resampling_steps >= 0")
+
+    def _per_level(self, value: Any, name: str, cast: Callable[[Any], Any]) -> list[Any]:
+        n_levels = len(self.n_clusters)
+        if isinstance(value, str | int):
+            return [cast(value)] * n_levels
+        values = [cast(v) for v in value]
+        if len(values) != n_levels:
+            raise RadioCurationError(
+                f"clustering.{name} has {len(values)} entries but n_clusters has {n_levels} levels"
+            )
+        return values
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.n_clusters)
+
+    @property
+    def spherical(self) -> bool:
+        return self.metric == "cosine"
+
+    def fit_level(self, x: np.ndarray, level: int, seed: int) -> ClusterLevel:
+        """Cluster ``x`` (points or the previous level's centroids) as level ``level`` (1-based).
+
+        ``ClusterLevel.sizes`` counts ``x``'s rows; the caller weights upper levels by points.
+        """
+        i = level - 1
+        k = self.n_clusters[i]
+        if k > x.shape[0]:
+            what = "points" if level == 1 else f"level-{level - 1} centroids"
+            raise RadioCurationError(
+                f"level {level} asks for {k} clusters but there are only {x.shape[0]} {what}: "
+                f"lower clustering.n_clusters[{i}]"
+            )
+        first = kmeans(
+            x,
+            k,
+            n_iters=self.n_iters,
+            init=self.init[i],
+            seed=derive_seed(seed, level, 0),
+            spherical=self.spherical,
+            backend=self.backend,
+            max_points_per_centroid=self.max_points_per_centroid,
+        )
+        centroids, assignment, distance = first.centroids, first.assignment, first.distance
+        resampling_objective = [float(distance.sum(dtype=np.float64))]
+        search = first.search_seconds
+        steps = self.n_resampling_steps[i] if self.sample_size[i] > 1 else 0
+        if self.n_resampling_steps[i] and not steps:
+            log.info(
+                "level %d: sample_size 1 turns its %d resampling steps off", level, self.n_resampling_steps[i]
+            )
+        for step in range(1, steps + 1):
+            step_seed = derive_seed(seed, level, step)
+            if self.sampling_strategy == "closest":
+                key = distance
+            else:
+                key = np.random.default_rng(step_seed).random(len(assignment))
+            sample = x[select_per_cluster(assignment, key, self.sample_size[i])]
+            if sample.shape[0] < k:
+                # Only possible when many clusters are empty; the level keeps its k centroids.
+                log.warning(
+                    "level %d: the resampling sample has %d points for %d clusters; stopping resampling",
+                    level,
+                    sample.shape[0],
+                    k,
+                )
+                break
+            again = kmeans(
+                sample,
+                k,
+                n_iters=self.n_iters,
+                init=self.init[i],
+                seed=step_seed,
+                spherical=self.spherical,
+                backend=self.backend,
+            )
+            centroids = again.centroids
+            assignment, distance = self.backend.assign(x, centroids, self.spherical)
+            resampling_objective.append(float(distance.sum(dtype=np.float64)))
+            search += again.search_seconds
+        return ClusterLevel(
+            centroids=centroids,
+            assignment=assignment.astype(np.int64),
+            distance=distance.astype(np.float32),
+            sizes=np.bincount(assignment, minlength=centroids.shape[0]).astype(np.int64),
+            objective=first.objective,
+            resampling_objective=np.asarray(resampling_objective),
+            n_train=first.n_train,
+            search_seconds=search,
+        )
+
+    def fit(
+        self,
+        x: np.ndarray | None,
+        seed: int,
+        done: Sequence[ClusterLevel] = (),
+        on_level: Callable[[int, ClusterLevel], None] | None = None,
+    ) -> list[ClusterLevel]:
+        """All levels, continuing after the levels in ``done`` (a resumed run).
+
+        Parameters
+        ----------
+        x
+            ``[n, d]`` float32 points; only read when level 1 is not in ``done`` (may then be ``None``).
+        seed
+            Seed of the whole hierarchy; each level and resampling step derives its own.
+        done
+            Levels already computed, in order.
+        on_level
+            Called with ``(level, ClusterLevel)`` as each new level finishes (to save it).
+
+        Returns
+        -------
+        list of ClusterLevel
+            One per level; ``sizes`` count level-1 points at every level.
+        """
+        levels = list(done)
+        if not levels and x is None:
+            raise ValueError("level 1 is not done, so the points are needed")
+        with progress(self.n_levels, "hierarchical k-means", unit="level") as bar:
+            bar.advance(len(levels))
+            for level in range(len(levels) + 1, self.n_levels + 1):
+                inputs = x if level == 1 else levels[-1].centroids
+                result = self.fit_level(inputs, level, seed)
+                if level > 1:
+                    result.sizes = np.bincount(
+                        result.assignment, weights=levels[-1].sizes, minlength=result.k
+                    ).astype(np.int64)
+                levels.append(result)
+                if on_level is not None:
+                    on_level(level, result)
+                bar.advance(1)
+        return levels
+
+
+def save_level(path: Path, level: ClusterLevel, cutout_id: np.ndarray | None = None) -> None:
+    """Write one finished level to its own file (atomically), so a killed run resumes after it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with h5py.File(tmp, "w") as f:
+        level.save(f)
+        if cutout_id is not None:
+            f.create_dataset("cutout_id", data=cutout_id)
+    tmp.replace(path)
+
+
+def load_level(path: Path) -> tuple[ClusterLevel, np.ndarray | None]:
+    """Read a level file written by :func:`save_level` (and its ``cutout_id`` if it holds them)."""
+    with h5py.File(path, "r") as f:
+        return ClusterLevel.load(f), (f["cutout_id"][()] if "cutout_id" in f else None)

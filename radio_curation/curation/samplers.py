@@ -1,0 +1,435 @@
+"""Samplers: choose a subset of a clustered pool (random, balanced, semdedup, prototypicality), composable.
+
+A sampler is a pure function of (pool, candidate rows, target size, random generator). Samplers that
+reduce to a size (random, balanced, prototypicality) use ``target_size``; semdedup is a filter whose
+output size follows from its threshold. :class:`Compose` runs several in order, each on what the
+previous one kept (``sampler=dedup_then_balanced``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from radio_curation.curation.clusters import Hierarchy
+from radio_curation.curation.kmeans import derive_seed, select_per_cluster
+from radio_curation.errors import RadioCurationError
+from radio_curation.progress import progress
+
+log = logging.getLogger(__name__)
+
+#: Elements of a similarity block computed at once in semdedup (64 MiB in float32).
+SIMILARITY_BLOCK = 1 << 24
+#: Edges gathered before semdedup compresses them to one star per connected component.
+EDGE_BUDGET = 1 << 22
+
+
+@dataclass
+class Pool:
+    """What samplers choose from: the clustered points, their cluster paths and (lazily) their features.
+
+    Attributes
+    ----------
+    hierarchy
+        The clustering (row i is the point ``hierarchy.cutout_id[i]``).
+    features
+        Returns the ``[n, d]`` float32 features of all rows, aligned with ``hierarchy.cutout_id``; read
+        once, when a sampler first needs them.
+    """
+
+    hierarchy: Hierarchy
+    features: Callable[[], np.ndarray] | None = None
+    _paths: np.ndarray | None = field(default=None, repr=False)
+    _x: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n(self) -> int:
+        return self.hierarchy.n
+
+    @property
+    def paths(self) -> np.ndarray:
+        if self._paths is None:
+            self._paths = self.hierarchy.paths()
+        return self._paths
+
+    def x(self) -> np.ndarray:
+        """The pool's features (read on first use)."""
+        if self._x is None:
+            if self.features is None:
+                raise RadioCurationError("this sampler needs the features, but the pool has none")
+            self._x = self.features()
+        return self._x
+
+
+def _require_target(name: str, target_size: int | None, available: int) -> int:
+    if target_size is None:
+        raise RadioCurationError(f"sampler {name} needs target_size=<number of rows to keep>")
+    if target_size < 0:
+        raise RadioCurationError(f"target_size={target_size} must not be negative")
+    if target_size > available:
+        raise RadioCurationError(
+            f"target_size={target_size} is larger than the {available} rows sampler {name} can choose from; "
+            "lower target_size (or loosen the samplers before it)"
+        )
+    return int(target_size)
+
+
+def _group_rank(groups: np.ndarray, order: np.ndarray, n_groups: int) -> np.ndarray:
+    """Rank of each element of ``order`` within its group, where ``groups[order]`` is sorted."""
+    sorted_groups = groups[order]
+    starts = np.searchsorted(sorted_groups, np.arange(n_groups))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - starts[sorted_groups]
+    return rank
+
+
+def water_fill(
+    sizes: np.ndarray, groups: np.ndarray, quota: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Share each group's quota among its members as evenly as their sizes allow ("water-filling").
+
+    Within a group, member i gets ``min(cap, sizes[i])`` with ``cap`` the largest level the quota
+    allows; the remainder (smaller than the number of members above the cap) goes one each to members
+    above the cap chosen at random. Vectorised over all groups.
+
+    Parameters
+    ----------
+    sizes
+        ``[m]`` non-negative member sizes.
+    groups
+        ``[m]`` group of each member, in ``0..len(quota)-1``.
+    quota
+        ``[g]`` rows to take from each group, at most the group's total size.
+    rng
+        Chooses who gets the remainder.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[m]`` int64 rows to take from each member: per group they sum to its quota, and no member
+        gets more than its size.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    groups = np.asarray(groups, dtype=np.int64)
+    quota = np.asarray(quota, dtype=np.int64)
+    n_groups = len(quota)
+    totals = np.bincount(groups, weights=sizes, minlength=n_groups).astype(np.int64)
+    if np.any(quota > totals) or np.any(quota < 0):
+        raise ValueError("a group's quota exceeds its total size")
+    order = np.lexsort((sizes, groups))
+    s = sizes[order]
+    g = groups[order]
+    counts = np.bincount(groups, minlength=n_groups)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    rank = np.arange(len(s)) - starts[g]
+    cum = np.cumsum(s)
+    before_group = np.concatenate(([0], cum))[starts][g]
+    prefix = cum - before_group
+    # Taken in total if the cap sat at this member's size: smaller members whole, the rest capped.
+    filled_at = prefix + s * (counts[g] - rank - 1)
+    full = filled_at <= quota[g]
+    n_full = np.bincount(g, weights=full, minlength=n_groups).astype(np.int64)
+    last_full = starts + n_full - 1
+    taken_full = np.where(n_full > 0, np.concatenate(([0], prefix))[last_full + 1], 0)
+    n_rest = counts - n_full
+    cap = np.where(n_rest > 0, (quota - taken_full) // np.maximum(n_rest, 1), 0)
+    remainder = quota - taken_full - cap * n_rest
+    take_sorted = np.where(full, s, cap[g])
+    rest_idx = np.flatnonzero(~full)
+    rest_groups = g[rest_idx]
+    by_key = np.lexsort((rng.random(len(rest_idx)), rest_groups))
+    take_sorted[rest_idx] += _group_rank(rest_groups, by_key, n_groups) < remainder[rest_groups]
+    take = np.empty_like(take_sorted)
+    take[order] = take_sorted
+    return take
+
+
+def cluster_counts(hierarchy: Hierarchy, paths: np.ndarray) -> list[np.ndarray]:
+    """Rows under each cluster of each level, counting only the rows whose ``paths`` are given."""
+    counts = [np.bincount(paths[:, 0], minlength=hierarchy.levels[0].k).astype(np.int64)]
+    for level in range(2, hierarchy.n_levels + 1):
+        counts.append(
+            np.bincount(
+                hierarchy.parents(level), weights=counts[-1], minlength=hierarchy.levels[level - 1].k
+            ).astype(np.int64)
+        )
+    return counts
+
+
+class Sampler:
+    """Base class: ``select`` returns sorted pool rows and a dict of what it did."""
+
+    name = "sampler"
+    takes_target = True
+
+    def select(
+        self, pool: Pool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Choose among ``rows`` (sorted pool row indices)."""
+        raise NotImplementedError
+
+
+class RandomSampler(Sampler):
+    """``target_size`` rows uniformly at random (the baseline)."""
+
+    name = "random"
+
+    def select(
+        self, pool: Pool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        target = _require_target(self.name, target_size, len(rows))
+        return np.sort(rows[rng.choice(len(rows), size=target, replace=False)]), {}
+
+
+class BalancedSampler(Sampler):
+    """Hierarchical balanced sampling (Vo et al. 2024): water-filling top-down, then ``r``/``c`` at leaves.
+
+    Parameters
+    ----------
+    strategy
+        At the finest clusters take ``r`` random points or the ``c`` closest to the centroid.
+    """
+
+    name = "balanced"
+
+    def __init__(self, strategy: str = "r") -> None:
+        if strategy not in ("r", "c"):
+            raise RadioCurationError(f"sampler balanced strategy={strategy!r}: use r (random) or c (closest)")
+        self.strategy = strategy
+
+    def select(
+        self, pool: Pool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        target = _require_target(self.name, target_size, len(rows))
+        hierarchy = pool.hierarchy
+        leaf = pool.paths[rows, 0]
+        counts = cluster_counts(hierarchy, pool.paths[rows])
+        top = hierarchy.n_levels
+        quota = water_fill(counts[top - 1], np.zeros(len(counts[top - 1]), dtype=np.int64), [target], rng)
+        for level in range(top - 1, 0, -1):
+            quota = water_fill(counts[level - 1], hierarchy.parents(level + 1), quota, rng)
+        if self.strategy == "c":
+            key = hierarchy.levels[0].distance[rows]
+        else:
+            key = rng.random(len(rows))
+        chosen = rows[select_per_cluster(leaf, key, quota)]
+        return np.sort(chosen), {"leaf_clusters_used": int((quota > 0).sum())}
+
+
+def _edges_to_stars(n: int, ei: list[np.ndarray], ej: list[np.ndarray]) -> tuple[list, list]:
+    graph = coo_matrix(
+        (np.ones(sum(map(len, ei)), dtype=np.int8), (np.concatenate(ei), np.concatenate(ej))), (n, n)
+    )
+    _, labels = connected_components(graph, directed=False)
+    first = np.full(labels.max() + 1, -1, dtype=np.int64)
+    first[labels[::-1]] = np.arange(n)[::-1]
+    nodes = np.arange(n)
+    star = first[labels] != nodes
+    return [nodes[star]], [first[labels][star]]
+
+
+def duplicate_groups(
+    x: np.ndarray, clusters: np.ndarray, threshold: float, show_progress: bool = True
+) -> np.ndarray:
+    """Connected components of the graph "cosine similarity > ``threshold``", searched within clusters.
+
+    Parameters
+    ----------
+    x
+        ``[n, d]`` L2-normalised float32 features.
+    clusters
+        ``[n]`` cluster of each row; only pairs within a cluster are compared.
+    threshold
+        Similarity above which two rows are near-duplicates.
+    show_progress
+        Show a progress bar over clusters.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[n]`` group label per row (one group per connected component, singletons included). The groups
+        do not depend on the order of the rows.
+    """
+    n = len(x)
+    order = np.argsort(clusters, kind="stable")
+    bounds = np.flatnonzero(np.diff(clusters[order])) + 1
+    members_of = np.split(order, bounds)
+    ei: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
+    ej: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
+    pending = 0
+    with progress(len(members_of), "semdedup", unit="cluster") as bar:
+        for members in members_of:
+            bar.advance(1)
+            m = len(members)
+            if m < 2:
+                continue
+            xc = x[members]
+            step = max(1, SIMILARITY_BLOCK // m)
+            for start in range(0, m, step):
+                sim = xc[start : start + step] @ xc.T
+                i, j = np.nonzero(sim > threshold)
+                i += start
+                upper = j > i
+                ei.append(members[i[upper]])
+                ej.append(members[j[upper]])
+                pending += int(upper.sum())
+            if pending > EDGE_BUDGET:
+                ei, ej = _edges_to_stars(n, ei, ej)
+                pending = len(ei[0])
+    graph = coo_matrix(
+        (np.ones(sum(map(len, ei)), dtype=np.int8), (np.concatenate(ei), np.concatenate(ej))), (n, n)
+    )
+    return connected_components(graph, directed=False)[1]
+
+
+def keep_one_per_group(groups: np.ndarray, score: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
+    """Sorted indices of the row with the lowest ``score`` in each group (ties: lowest ``tiebreak``)."""
+    order = np.lexsort((tiebreak, score, groups))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = groups[order][1:] != groups[order][:-1]
+    return np.sort(order[first])
+
+
+def cosine_to_centroid(pool: Pool, rows: np.ndarray, level: int = 1) -> np.ndarray:
+    """Cosine distance of each row's features to the centroid of its cluster at ``level``."""
+    x = pool.x()[rows]
+    centroids = pool.hierarchy.levels[level - 1].centroids
+    c = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    return 1.0 - np.einsum("ij,ij->i", xn, c[pool.paths[rows, level - 1]])
+
+
+class SemDedupSampler(Sampler):
+    """SemDeDup (Abbas et al. 2023): near-duplicates within clusters form groups; one per group is kept.
+
+    Parameters
+    ----------
+    eps
+        Rows with cosine similarity above ``1 - eps`` are near-duplicates; groups are the connected
+        components of that relation (no order-dependent greedy pass).
+    keep
+        ``hard`` (farthest from the centroid), ``easy`` (closest) or ``random``.
+    level
+        The clustering level whose clusters bound the search.
+    """
+
+    name = "semdedup"
+    takes_target = False
+
+    def __init__(self, eps: float = 0.05, keep: str = "hard", level: int = 1) -> None:
+        if not 0 < eps < 2:
+            raise RadioCurationError(
+                f"sampler semdedup eps={eps}: use 0 < eps < 2 (similarity above 1 - eps)"
+            )
+        if keep not in ("hard", "easy", "random"):
+            raise RadioCurationError(f"sampler semdedup keep={keep!r}: use hard, easy or random")
+        self.eps = float(eps)
+        self.keep = keep
+        self.level = int(level)
+
+    def select(
+        self, pool: Pool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        if not 1 <= self.level <= pool.hierarchy.n_levels:
+            raise RadioCurationError(
+                f"sampler semdedup level={self.level}, but the clustering has {pool.hierarchy.n_levels} levels"
+            )
+        x = pool.x()[rows]
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+        groups = duplicate_groups(x, pool.paths[rows, self.level - 1], 1.0 - self.eps)
+        if self.keep == "random":
+            score = rng.random(pool.n)[rows]
+        else:
+            distance = cosine_to_centroid(pool, rows, self.level)
+            score = -distance if self.keep == "hard" else distance
+        kept = rows[keep_one_per_group(groups, score, pool.hierarchy.cutout_id[rows])]
+        sizes = np.bincount(groups)
+        return kept, {"duplicate_groups": int((sizes > 1).sum()), "removed": int(len(rows) - len(kept))}
+
+
+class PrototypicalitySampler(Sampler):
+    """Prototypicality pruning (Sorscher et al. 2022) by cosine distance to the cluster's centroid.
+
+    Parameters
+    ----------
+    keep
+        ``hard`` keeps the farthest rows (when data is abundant), ``easy`` the closest (when scarce).
+    fraction
+        Keep this fraction of the rows; ``None`` keeps ``target_size`` rows.
+    level
+        The clustering level whose centroids define the distance.
+    """
+
+    name = "prototypicality"
+
+    def __init__(self, keep: str = "hard", fraction: float | None = None, level: int = 1) -> None:
+        if keep not in ("hard", "easy"):
+            raise RadioCurationError(f"sampler prototypicality keep={keep!r}: use hard or easy")
+        if fraction is not None and not 0 < fraction <= 1:
+            raise RadioCurationError(f"sampler prototypicality fraction={fraction}: use 0 < fraction <= 1")
+        self.keep = keep
+        self.fraction = fraction
+        self.level = int(level)
+        self.takes_target = fraction is None
+
+    def select(
+        self, pool: Pool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        if self.fraction is None:
+            target = _require_target(self.name, target_size, len(rows))
+        else:
+            target = round(self.fraction * len(rows))
+        distance = cosine_to_centroid(pool, rows, self.level)
+        key = -distance if self.keep == "hard" else distance
+        order = np.lexsort((pool.hierarchy.cutout_id[rows], key))
+        kept = rows[np.sort(order[:target])]
+        return kept, {"distance_threshold": float(distance[order[target - 1]]) if target else None}
+
+
+class Compose:
+    """Several samplers in order, each choosing among what the previous one kept.
+
+    Parameters
+    ----------
+    steps
+        Named samplers in order (the ``sampler`` config node: ``{semdedup: ..., balanced: ...}``).
+    """
+
+    def __init__(self, steps: Mapping[str, Sampler] | Sequence[Sampler]) -> None:
+        items = list(steps.items()) if isinstance(steps, Mapping) else [(s.name, s) for s in steps]
+        if not items:
+            raise RadioCurationError("the sampler config is empty: choose one, e.g. sampler=balanced")
+        self.steps = items
+
+    def __call__(
+        self, pool: Pool, target_size: int | None, seed: int
+    ) -> tuple[np.ndarray, dict[str, dict[str, Any]]]:
+        """Pool rows chosen by all steps (sorted) and, per step, its input/output sizes and details."""
+        rows = np.arange(pool.n, dtype=np.int64)
+        report: dict[str, dict[str, Any]] = {}
+        if not any(s.takes_target for _, s in self.steps) and target_size is not None:
+            log.info("target_size=%s is not used by samplers %s", target_size, [n for n, _ in self.steps])
+        for i, (name, sampler) in enumerate(self.steps):
+            rng = np.random.default_rng(derive_seed(seed, i))
+            before = len(rows)
+            rows, details = sampler.select(pool, rows, target_size, rng)
+            report[name] = {"in": before, "out": len(rows), **details}
+            log.info("sampler %s: %d -> %d rows", name, before, len(rows))
+        return rows, report
+
+
+def share_of_largest(
+    counts_before: np.ndarray, counts_after: np.ndarray, fraction: float = 0.1
+) -> dict[str, float]:
+    """Share of rows in the largest ``fraction`` of clusters (by size before), before and after sampling."""
+    n_top = max(1, round(fraction * len(counts_before)))
+    top = np.argsort(counts_before, kind="stable")[::-1][:n_top]
+    before = counts_before[top].sum() / max(counts_before.sum(), 1)
+    after = counts_after[top].sum() / max(counts_after.sum(), 1)
+    return {"clusters": int(n_top), "before": float(before), "after": float(after)}
