@@ -1,0 +1,280 @@
+"""Merging cutout indexes: global IDs, quality filters and cross-mosaic deduplication.
+
+LoTSS mosaics overlap (each is built from its pointing and the neighbouring ones), so the same sky appears
+in two or three mosaics. Deduplication matches window centres on the sphere (a KD-tree on unit vectors)
+and keeps, of every group of same-sized windows from different mosaics centred within the tolerance, the
+preferred copy: the lowest rms or the one farthest from its mosaic's edge.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from radio_curation.cutouts.index import WindowIndex
+from radio_curation.errors import RadioCurationError
+
+__all__ = ["PREFERENCES", "Merger", "concatenate", "cross_mosaic_duplicates"]
+
+PREFERENCES = ("lowest_rms", "farthest_from_edge")
+
+
+def concatenate(indexes: list[WindowIndex]) -> WindowIndex:
+    """Concatenate indexes into one table over the union of their mosaics, with a ``parent`` column.
+
+    Rows are sorted by (mosaic name, size, y0, x0) and numbered: ``cutout_id`` is the row number of this
+    unfiltered table, so identical inputs always give identical IDs and filter settings never renumber
+    the windows they keep; neighbouring IDs are neighbouring windows of one mosaic (sequential reads).
+
+    Raises
+    ------
+    RadioCurationError
+        If two inputs hold different files under the same mosaic name, or record different NaN fills.
+    """
+    paths: dict[str, str] = {}
+    masks: dict[str, str] = {}
+    scales: dict[str, float] = {}
+    for index in indexes:
+        for name, path, mask, scale in zip(
+            *(index.mosaics[k] for k in ("name", "path", "mask_path", "pixel_scale")), strict=True
+        ):
+            if paths.setdefault(name, path) != path:
+                raise RadioCurationError(
+                    f"mosaic {name} is {paths[name]} in one cutouts run and {path} in another; "
+                    "merge runs whose mosaic names identify the same files."
+                )
+            masks[name], scales[name] = mask, scale
+    fills = {float(index.attrs.get("nan_fill", 0.0)) for index in indexes}
+    if len(fills) > 1:
+        raise RadioCurationError(
+            f"the cutouts runs fill NaN pixels with different values {sorted(fills)}; merge runs made with the "
+            "same cutouts.nan_fill."
+        )
+    names = sorted(paths)
+    code = {name: i for i, name in enumerate(names)}
+    columns: dict[str, list[np.ndarray]] = {}
+    for parent, index in enumerate(indexes):
+        remap = np.array([code[n] for n in index.mosaics["name"]], dtype=np.int32)
+        for key, values in index.columns.items():
+            columns.setdefault(key, []).append(remap[values] if key == "mosaic" else values)
+        columns.setdefault("parent", []).append(np.full(len(index), parent, dtype=np.int16))
+    table = {key: np.concatenate(parts) for key, parts in columns.items()}
+    order = np.lexsort((table["x0"], table["y0"], table["size"], table["mosaic"]))
+    table = {key: values[order] for key, values in table.items()}
+    table["cutout_id"] = np.arange(len(order), dtype=np.int64)
+    mosaics = {
+        "name": names,
+        "path": [paths[n] for n in names],
+        "mask_path": [masks[n] for n in names],
+        "pixel_scale": [scales[n] for n in names],
+    }
+    return WindowIndex(mosaics, table, {"nan_fill": fills.pop() if fills else 0.0})
+
+
+def _unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    ra, dec = np.radians(ra), np.radians(dec)
+    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=1)
+
+
+def cross_mosaic_duplicates(
+    index: WindowIndex, rows: np.ndarray, tolerance: float, prefer: str
+) -> np.ndarray:
+    """Rows (among ``rows``) that duplicate a preferred window of another mosaic.
+
+    Two windows are duplicates when they have the same size, come from different mosaics and their
+    centres lie within ``tolerance`` × the window side of each other on the sphere. Of each duplicate
+    pair the less preferred window is removed (ties broken by ``cutout_id``), so a sky position covered
+    by several mosaics keeps exactly one window.
+
+    Parameters
+    ----------
+    index
+        Table with ``ra, dec, size, mosaic, rms, edge_distance, cutout_id``.
+    rows
+        Candidate rows (e.g. those that passed the quality filters).
+    tolerance
+        Matching radius as a fraction of the window side.
+    prefer
+        ``lowest_rms`` or ``farthest_from_edge``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted row numbers to remove.
+    """
+    if prefer not in PREFERENCES:
+        raise RadioCurationError(f"merge.dedup_prefer={prefer!r}; use one of {', '.join(PREFERENCES)}.")
+    col = index.columns
+    scale = np.asarray(index.mosaics["pixel_scale"], dtype=float)
+    worse = col["rms"].astype(float) if prefer == "lowest_rms" else -col["edge_distance"].astype(float)
+    worse = np.where(np.isnan(worse), np.inf, worse)
+    rank = np.empty(len(worse), dtype=np.int64)
+    rank[np.lexsort((col["cutout_id"], worse))] = np.arange(len(worse))
+    removed = []
+    for size in np.unique(col["size"][rows]):
+        group = rows[col["size"][rows] == size]
+        if len(group) < 2:
+            continue
+        angle = tolerance * size * float(np.max(scale[col["mosaic"][group]])) / 3600.0
+        chord = 2.0 * math.sin(math.radians(angle) / 2.0)
+        tree = cKDTree(_unit_vectors(col["ra"][group], col["dec"][group]))
+        pairs = tree.query_pairs(chord, output_type="ndarray")
+        if len(pairs) == 0:
+            continue
+        a, b = group[pairs[:, 0]], group[pairs[:, 1]]
+        other = col["mosaic"][a] != col["mosaic"][b]
+        a, b = a[other], b[other]
+        removed.append(np.where(rank[a] > rank[b], a, b))
+    return np.unique(np.concatenate(removed)) if removed else np.zeros(0, dtype=np.int64)
+
+
+class Merger:
+    """Merge settings (the ``merge`` config group) and the merge itself.
+
+    Parameters
+    ----------
+    max_nan_fraction
+        Remove windows with a larger NaN fraction (null: keep all).
+    min_peak_snr
+        Remove windows whose peak S/N is lower (null: off).
+    min_mask_fraction
+        Remove windows with less of their area in source-mask islands (null: off; windows of mosaics
+        without a mask have no mask fraction and are removed when this is set).
+    rms_min, rms_max
+        Keep windows whose robust rms [Jy/beam] lies in this range (null: open).
+    grid
+        Keep only windows whose corners lie on a non-overlapping grid (``y0`` and ``x0`` multiples of the
+        window size), as the old pipeline's grid script did.
+    dedup
+        Remove cross-mosaic duplicates (see :func:`cross_mosaic_duplicates`).
+    dedup_tolerance
+        Matching radius as a fraction of the window side (0.36: with 50 % overlap every window in another
+        mosaic's overlap zone finds its counterpart).
+    dedup_prefer
+        ``lowest_rms`` or ``farthest_from_edge``.
+    """
+
+    def __init__(
+        self,
+        max_nan_fraction: float | None = None,
+        min_peak_snr: float | None = None,
+        min_mask_fraction: float | None = None,
+        rms_min: float | None = None,
+        rms_max: float | None = None,
+        grid: bool = False,
+        dedup: bool = True,
+        dedup_tolerance: float = 0.36,
+        dedup_prefer: str = "lowest_rms",
+    ) -> None:
+        if dedup_prefer not in PREFERENCES:
+            raise RadioCurationError(
+                f"merge.dedup_prefer={dedup_prefer!r}; use one of {', '.join(PREFERENCES)}."
+            )
+        if not 0.0 < float(dedup_tolerance) <= 2.0:
+            raise RadioCurationError(
+                f"merge.dedup_tolerance={dedup_tolerance} must be in (0, 2] (window sides)."
+            )
+        self.max_nan_fraction = max_nan_fraction
+        self.min_peak_snr = min_peak_snr
+        self.min_mask_fraction = min_mask_fraction
+        self.rms_min = rms_min
+        self.rms_max = rms_max
+        self.grid = bool(grid)
+        self.dedup = bool(dedup)
+        self.dedup_tolerance = float(dedup_tolerance)
+        self.dedup_prefer = dedup_prefer
+
+    def _filters(self, col: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray | None]]:
+        """(name, rows-to-keep mask) per quality filter, in the order they apply."""
+        with np.errstate(invalid="ignore"):
+            return [
+                (
+                    "nan",
+                    None if self.max_nan_fraction is None else col["nan_fraction"] <= self.max_nan_fraction,
+                ),
+                ("peak_snr", None if self.min_peak_snr is None else col["peak_snr"] >= self.min_peak_snr),
+                (
+                    "mask_fraction",
+                    None
+                    if self.min_mask_fraction is None
+                    else col["mask_fraction"] >= self.min_mask_fraction,
+                ),
+                (
+                    "rms",
+                    None
+                    if self.rms_min is None and self.rms_max is None
+                    else (col["rms"] >= (self.rms_min if self.rms_min is not None else -np.inf))
+                    & (col["rms"] <= (self.rms_max if self.rms_max is not None else np.inf)),
+                ),
+                (
+                    "grid",
+                    None
+                    if not self.grid
+                    else (col["y0"] % col["size"] == 0) & (col["x0"] % col["size"] == 0),
+                ),
+            ]
+
+    def merge(self, indexes: list[WindowIndex]) -> tuple[WindowIndex, dict[str, int]]:
+        """Concatenate, number, filter and deduplicate.
+
+        Parameters
+        ----------
+        indexes
+            The cutouts runs' indexes, in parent order.
+
+        Returns
+        -------
+        tuple
+            The merged :class:`WindowIndex` (rows in ``cutout_id`` order) and counts: ``input`` rows,
+            ``removed_<filter>`` for each step, and ``windows`` kept.
+        """
+        table = concatenate(indexes)
+        col = table.columns
+        counts = {"input": len(table)}
+        keep = np.ones(len(table), dtype=bool)
+        same = np.zeros(len(table), dtype=bool)
+        if len(table) > 1:
+            same[1:] = (
+                (np.diff(col["mosaic"]) == 0)
+                & (np.diff(col["size"]) == 0)
+                & (np.diff(col["y0"]) == 0)
+                & (np.diff(col["x0"]) == 0)
+            )
+        keep &= ~same
+        counts["removed_duplicate_rows"] = int(same.sum())
+        for name, passing in self._filters(col):
+            if passing is None:
+                continue
+            removed = keep & ~passing
+            counts[f"removed_{name}"] = int(removed.sum())
+            keep &= passing
+        if self.dedup:
+            duplicates = cross_mosaic_duplicates(
+                table, np.flatnonzero(keep), self.dedup_tolerance, self.dedup_prefer
+            )
+            counts["removed_cross_mosaic"] = len(duplicates)
+            keep[duplicates] = False
+        counts["windows"] = int(keep.sum())
+        merged = WindowIndex(
+            table.mosaics,
+            {key: values[keep] for key, values in col.items()},
+            {**table.attrs, "settings": self.settings()},
+        )
+        return merged, counts
+
+    def settings(self) -> dict[str, Any]:
+        """The settings as a plain dict (recorded in ``merged.h5``)."""
+        return {
+            "max_nan_fraction": self.max_nan_fraction,
+            "min_peak_snr": self.min_peak_snr,
+            "min_mask_fraction": self.min_mask_fraction,
+            "rms_min": self.rms_min,
+            "rms_max": self.rms_max,
+            "grid": self.grid,
+            "dedup": self.dedup,
+            "dedup_tolerance": self.dedup_tolerance,
+            "dedup_prefer": self.dedup_prefer,
+        }
