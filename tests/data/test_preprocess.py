@@ -1,0 +1,62 @@
+"""Batched Preprocess equals the per-sample torchvision pipeline the old extraction used."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+
+from radio_curation.data.normalization import IntervalStretch, MinMaxInterval, Standardize
+from radio_curation.data.preprocess import Preprocess
+from radio_curation.errors import RadioCurationError
+
+
+def windows(n: int = 5, size: int = 64) -> torch.Tensor:
+    rng = np.random.default_rng(1)
+    return torch.from_numpy(rng.normal(2e-5, 3e-3, (n, 1, size, size)).astype(np.float32))
+
+
+@pytest.mark.parametrize(("size", "resize"), [(64, 224), (128, 96), (64, 64)])
+def test_matches_per_sample_torchvision_transforms(size, resize):
+    x = windows(size=size)
+    per_sample = T.Compose(
+        [T.Lambda(lambda t: t.repeat(3, 1, 1)), T.Normalize((0.45,) * 3, (0.225,) * 3), T.Resize(resize)]
+    )
+    want = torch.stack([per_sample(w) for w in x])
+    got = Preprocess(Standardize(0.45, 0.225), in_chans=3, resize=resize)(x)
+    assert got.shape == (len(x), 3, resize, resize)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_one_channel_and_no_resize_keep_the_window():
+    x = windows(size=48)
+    got = Preprocess(IntervalStretch(MinMaxInterval()), in_chans=1, resize=None)(x)
+    assert got.shape == x.shape
+    flat = got.reshape(len(x), -1)
+    torch.testing.assert_close(flat.amin(1), torch.zeros(len(x)))
+    torch.testing.assert_close(flat.amax(1), torch.ones(len(x)))
+
+
+def test_normalises_before_resizing():
+    # Min-max before a downsampling resize keeps the exact [0, 1] extremes out of the averaged pixels.
+    x = windows(n=2, size=64)
+    got = Preprocess(IntervalStretch(MinMaxInterval()), in_chans=1, resize=32)(x)
+    want = T.Resize(32)(IntervalStretch(MinMaxInterval())(x))
+    torch.testing.assert_close(got, want)
+
+
+def test_half_precision_windows_come_out_float32():
+    x = windows(n=2).half()
+    got = Preprocess(None, in_chans=3, resize=32)(x)
+    assert got.dtype == torch.float32 and got.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(got[:, 0], got[:, 2])
+
+
+def test_bad_arguments_and_shapes_are_user_errors():
+    with pytest.raises(RadioCurationError, match="in_chans"):
+        Preprocess(None, in_chans=2)
+    with pytest.raises(RadioCurationError, match="resize"):
+        Preprocess(None, resize=0)
+    with pytest.raises(RadioCurationError, match=r"\[B, 1, S, S\]"):
+        Preprocess(None)(torch.zeros(2, 3, 8, 8))
