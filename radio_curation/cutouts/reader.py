@@ -190,3 +190,14 @@ class WindowReader:
         for hdul, _ in self._open.values():
             hdul.close()
         self._open.clear()
+
+    def __enter__(self) -> WindowReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Readers handed to DataLoader workers are never closed explicitly; release their files here.
+        if getattr(self, "_pid", None) == os.getpid():
+            self.close()

@@ -1,0 +1,105 @@
+"""``extract.py stage=cutouts``: index the windows of a survey's mosaics into ``cutouts.h5``.
+
+Mosaics are cut in a process pool (``survey.num_workers``); each mosaic's rows go to a part file first, so
+an interrupted run resumes with the mosaics it had not finished. ``survey.shard=i/n`` spreads a survey over
+the tasks of a SLURM array (one run per shard; merge them afterwards).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import shutil
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from typing import Any
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from radio_curation.cutouts.cut import combine_parts, cut_mosaic, part_path
+from radio_curation.cutouts.index import write_index
+from radio_curation.errors import RadioCurationError
+from radio_curation.progress import progress
+from radio_curation.sky.fitsio import MosaicFiles
+from radio_curation.tasks.stage import Run, run_stage
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or reuse) the cutouts stage for ``cfg.survey`` and ``cfg.cutouts``.
+
+    Returns
+    -------
+    dict
+        The run summary from :func:`radio_curation.tasks.stage.run_stage`.
+    """
+    return run_stage(cfg, cfg.stage, _work)
+
+
+def _work(run: Run) -> None:
+    survey = instantiate(run.cfg.survey)
+    strategy = instantiate(run.cfg.cutouts)
+    with run.timer("discover"):
+        mosaics = survey.mosaics()
+    parts_dir = run.dir / "parts"
+    parts_dir.mkdir(exist_ok=True)
+    todo = [m for m in mosaics if not part_path(parts_dir, m).is_file()]
+    skipped: list[dict[str, str]] = []
+    if len(todo) < len(mosaics):
+        log.info("resuming: %d of %d mosaics already cut", len(mosaics) - len(todo), len(mosaics))
+
+    def done(files: MosaicFiles, outcome: dict[str, int] | RadioCurationError) -> None:
+        if isinstance(outcome, RadioCurationError):
+            if survey.on_error == "fail":
+                raise RadioCurationError(
+                    f"{outcome} (survey.on_error=skip leaves unreadable mosaics out and lists them in the manifest)"
+                ) from outcome
+            log.warning("skipping mosaic %s: %s", files.name, outcome)
+            skipped.append({"mosaic": files.name, "path": str(files.image), "error": str(outcome)})
+
+    with run.timer("cut"), progress(len(mosaics), "cutting mosaics", unit="mosaic") as bar:
+        bar.advance(len(mosaics) - len(todo))
+        workers = min(survey.num_workers, len(todo))
+        if workers > 1:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures: dict[Future, MosaicFiles] = {
+                    pool.submit(cut_mosaic, m, strategy, part_path(parts_dir, m)): m for m in todo
+                }
+                for future in as_completed(futures):
+                    error = future.exception()
+                    if error is not None and not isinstance(error, RadioCurationError):
+                        raise error
+                    done(futures[future], error or future.result())
+                    bar.advance()
+        else:
+            for files in todo:
+                try:
+                    done(files, cut_mosaic(files, strategy, part_path(parts_dir, files)))
+                except RadioCurationError as err:
+                    done(files, err)
+                bar.advance()
+
+    skipped_names = {s["mosaic"] for s in skipped}
+    kept = [m for m in mosaics if m.name not in skipped_names]
+    with run.timer("combine"):
+        index, counts = combine_parts([part_path(parts_dir, m) for m in kept], strategy.attrs())
+        with run.artifact("cutouts.h5") as tmp:
+            write_index(tmp, index)
+    shutil.rmtree(parts_dir)
+    sizes, per_size = np.unique(index.columns["size"], return_counts=True)
+    run.counts.update(counts)
+    run.counts.update({"mosaics": len(kept), "skipped_mosaics": len(skipped)})
+    run.info.update(
+        {
+            "mosaics": [str(m.image) for m in kept],
+            "skipped": skipped,
+            "windows_per_size": {int(s): int(n) for s, n in zip(sizes, per_size, strict=True)},
+            "strategy": strategy.attrs(),
+        }
+    )
+    if len(index):
+        run.metrics["median_rms"] = float(np.nanmedian(index.columns["rms"]))
+        run.metrics["median_peak_snr"] = float(np.nanmedian(index.columns["peak_snr"]))
