@@ -2,8 +2,8 @@
 
 LoTSS mosaics overlap (each is built from its pointing and the neighbouring ones), so the same sky appears
 in two or three mosaics. Deduplication matches window centres on the sphere (a KD-tree on unit vectors)
-and keeps, of every group of same-sized windows from different mosaics centred within the tolerance, the
-preferred copy: the lowest rms or the one farthest from its mosaic's edge.
+and keeps one window per sky position and size, preferring the copy with the lowest rms or the one farthest
+from its mosaic's edge.
 """
 
 from __future__ import annotations
@@ -79,15 +79,34 @@ def _unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=1)
 
 
+def _greedy_keep(better: np.ndarray, worse: np.ndarray, n: int) -> np.ndarray:
+    """Greedy suppression in preference order, decided in vectorised rounds.
+
+    A node is kept when every preferred neighbour is removed, and removed as soon as a preferred neighbour
+    is kept; each round settles at least the best undecided node, so the rounds are as many as the longest
+    chain of overlapping copies (two or three for LoTSS).
+    """
+    state = np.zeros(n, dtype=np.int8)  # 0 undecided, 1 kept, 2 removed
+    while True:
+        undecided = state == 0
+        if not undecided.any():
+            return state == 1
+        blocked = np.zeros(n, dtype=bool)
+        blocked[worse[state[better] != 2]] = True
+        state[undecided & ~blocked] = 1
+        removed = worse[state[better] == 1]
+        state[removed[state[removed] == 0]] = 2
+
+
 def cross_mosaic_duplicates(
     index: WindowIndex, rows: np.ndarray, tolerance: float, prefer: str
 ) -> np.ndarray:
     """Rows (among ``rows``) that duplicate a preferred window of another mosaic.
 
-    Two windows are duplicates when they have the same size, come from different mosaics and their
-    centres lie within ``tolerance`` × the window side of each other on the sphere. Of each duplicate
-    pair the less preferred window is removed (ties broken by ``cutout_id``), so a sky position covered
-    by several mosaics keeps exactly one window.
+    Two windows match when they have the same size, come from different mosaics and their centres lie
+    within ``tolerance`` × the window side of each other on the sphere. Windows are taken in order of
+    preference (ties broken by ``cutout_id``); one is kept unless it matches a window already kept. So no
+    two kept windows of different mosaics match, and every removed window matches a kept, preferred one.
 
     Parameters
     ----------
@@ -109,10 +128,10 @@ def cross_mosaic_duplicates(
         raise RadioCurationError(f"merge.dedup_prefer={prefer!r}; use one of {', '.join(PREFERENCES)}.")
     col = index.columns
     scale = np.asarray(index.mosaics["pixel_scale"], dtype=float)
-    worse = col["rms"].astype(float) if prefer == "lowest_rms" else -col["edge_distance"].astype(float)
-    worse = np.where(np.isnan(worse), np.inf, worse)
-    rank = np.empty(len(worse), dtype=np.int64)
-    rank[np.lexsort((col["cutout_id"], worse))] = np.arange(len(worse))
+    badness = col["rms"].astype(float) if prefer == "lowest_rms" else -col["edge_distance"].astype(float)
+    badness = np.where(np.isnan(badness), np.inf, badness)
+    rank = np.empty(len(badness), dtype=np.int64)
+    rank[np.lexsort((col["cutout_id"], badness))] = np.arange(len(badness))
     removed = []
     for size in np.unique(col["size"][rows]):
         group = rows[col["size"][rows] == size]
@@ -124,10 +143,12 @@ def cross_mosaic_duplicates(
         pairs = tree.query_pairs(chord, output_type="ndarray")
         if len(pairs) == 0:
             continue
-        a, b = group[pairs[:, 0]], group[pairs[:, 1]]
-        other = col["mosaic"][a] != col["mosaic"][b]
+        a, b = pairs[:, 0], pairs[:, 1]
+        other = col["mosaic"][group[a]] != col["mosaic"][group[b]]
         a, b = a[other], b[other]
-        removed.append(np.where(rank[a] > rank[b], a, b))
+        a_first = rank[group[a]] < rank[group[b]]
+        keep = _greedy_keep(np.where(a_first, a, b), np.where(a_first, b, a), len(group))
+        removed.append(group[~keep])
     return np.unique(np.concatenate(removed)) if removed else np.zeros(0, dtype=np.int64)
 
 

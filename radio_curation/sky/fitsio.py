@@ -228,10 +228,14 @@ def open_image(path: str | Path) -> tuple[fits.HDUList, ImageData, fits.Header]:
         header = hdu.header
         with warnings.catch_warnings(record=True) as caught_data:
             warnings.simplefilter("always")
-            data = hdu.data
-        truncated = [w for w in (*caught, *caught_data) if "truncated" in str(w.message)]
-        if truncated or data is None:
-            reason = str(truncated[0].message) if truncated else "no data"
+            try:
+                data = hdu.data
+                problems = []
+            except (TypeError, ValueError, OSError) as err:
+                data, problems = None, [str(err)]
+        problems += [str(w.message) for w in (*caught, *caught_data) if "truncated" in str(w.message)]
+        if problems or data is None:
+            reason = problems[-1] if problems else "no data"
             raise MosaicReadError(f"{path}: the file is truncated or damaged ({reason}); re-download it.")
         if data.ndim > 2:
             if any(n != 1 for n in data.shape[:-2]):

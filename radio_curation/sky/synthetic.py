@@ -75,6 +75,7 @@ _SIZE = {
     "halo": (120.0, 400.0),
     "relic": (100.0, 400.0),
 }
+_SINGLE = ("compact", "resolved")
 #: Differential source counts dN/dS ∝ S^-(1 + _COUNT_SLOPE) (integral slope 0.7, faint LoTSS counts).
 _COUNT_SLOPE = 0.7
 #: Sources brighter than this [Jy] get calibration ripples around them.
@@ -289,17 +290,7 @@ def _path(
 
 
 def _components(cls: str, flux: float, size: float, pa: float, rng: np.random.Generator) -> list[np.ndarray]:
-    """Components of one source as arrays (east, north [arcsec], flux [Jy], major, minor FWHM [arcsec], pa)."""
-    if cls in ("compact", "resolved"):
-        ratio = 1.0 if cls == "compact" else rng.uniform(0.4, 1.0)
-        return [
-            np.zeros(1),
-            np.zeros(1),
-            np.array([flux]),
-            np.array([size]),
-            np.array([size * ratio]),
-            np.array([pa]),
-        ]
+    """Components of one extended source: arrays (east, north [arcsec], flux [Jy], major, minor FWHM [arcsec], pa)."""
     parts: list[tuple] = []
     if cls == "fri":
         parts.append((0.0, 0.0, 0.08, 3.0, 3.0, pa))
@@ -402,15 +393,25 @@ def sky_model(params: SkyParams, centres: list[tuple[float, float]]) -> SkyModel
         size[sel] = lo + (hi - lo) * rng.random(int(sel.sum())) ** 1.5
     pa = rng.uniform(0.0, 180.0, n)
     classes = np.array(names)[cls_index]
-    comps: list[list[np.ndarray]] = [[] for _ in range(6)]
-    owners = []
-    for i in range(n):
+    # Compact and resolved sources are one Gaussian each (vectorised); extended ones are built per source.
+    single = np.isin(classes, _SINGLE)
+    axis_ratio = np.where(classes == "resolved", rng.uniform(0.4, 1.0, n), 1.0)
+    comps: list[list[np.ndarray]] = [
+        [np.zeros(int(single.sum()))],
+        [np.zeros(int(single.sum()))],
+        [flux[single]],
+        [size[single]],
+        [(size * axis_ratio)[single]],
+        [pa[single]],
+    ]
+    owners = [np.flatnonzero(single)]
+    for i in np.flatnonzero(~single):
         parts = _components(str(classes[i]), float(flux[i]), float(size[i]), float(pa[i]), rng)
         for store, part in zip(comps, parts, strict=True):
             store.append(part)
         owners.append(np.full(len(parts[0]), i))
-    east, north, cflux, major, minor, cpa = (np.concatenate(c) if c else np.zeros(0) for c in comps)
-    owner = np.concatenate(owners) if owners else np.zeros(0, dtype=int)
+    east, north, cflux, major, minor, cpa = (np.concatenate(c) for c in comps)
+    owner = np.concatenate(owners)
     cdec = dec[owner] + north / 3600.0
     cra = (ra[owner] + east / 3600.0 / np.cos(np.radians(cdec))) % 360.0
     sources = Table(
