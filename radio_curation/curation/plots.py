@@ -12,7 +12,11 @@ from radio_curation.curation.kmeans import ClusterLevel, imbalance_factor
 
 
 def _panels(n: int, width: float = 4.0, height: float = 3.2) -> tuple[Figure, list]:
-    fig = Figure(figsize=(width * n, height), layout="constrained")
+    # Fixed margins: matplotlib's automatic layouts cost more than the clustering on small runs.
+    fig = Figure(figsize=(width * n, height))
+    fig.subplots_adjust(
+        left=0.6 / (width * n), right=1 - 0.2 / (width * n), bottom=0.16, top=0.88, wspace=0.35
+    )
     axes = fig.subplots(1, n, squeeze=False)[0]
     return fig, list(axes)
 
