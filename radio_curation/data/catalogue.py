@@ -3,7 +3,8 @@
 Any table astropy reads (FITS, VOTable, CSV, ECSV) with sky positions and a class column works: the
 synthetic sky's truth catalogue, the LoTSS DR2 source catalogue (e.g. its ``S_Code``), or a morphology
 catalogue. A window takes the class of the brightest catalogue source within ``radius_arcsec`` of its
-centre (the nearest one when there is no flux column), or ``empty_label`` when none is that close.
+centre (the nearest one when there is no flux column), or ``empty_label`` when none is that close. The
+radius may differ per window (e.g. half the window side, so a source inside the window labels it).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ class WindowCatalogue:
         The class column.
     flux_column : str, optional
         When set, the brightest source within the radius labels the window; else the nearest.
-    radius_arcsec : float
-        Largest distance from a window centre to a source that labels it.
+    radius_arcsec : float, optional
+        Largest distance from a window centre to a source that labels it; None: give it per window to
+        :meth:`labels`.
     empty_label : str
         Label of windows with no source within the radius.
     """
@@ -44,7 +46,7 @@ class WindowCatalogue:
         dec_column: str = "dec",
         label_column: str = "class",
         flux_column: str | None = "flux",
-        radius_arcsec: float = 60.0,
+        radius_arcsec: float | None = None,
         empty_label: str = "empty",
     ) -> None:
         self.path = Path(path).expanduser()
@@ -62,16 +64,18 @@ class WindowCatalogue:
         self.dec = np.asarray(table[dec_column], dtype=np.float64)
         self.label = np.char.strip(np.asarray(table[label_column]).astype(str))
         self.flux = None if not flux_column else np.asarray(table[flux_column], dtype=np.float64)
-        self.radius_arcsec = float(radius_arcsec)
+        self.radius_arcsec = None if radius_arcsec is None else float(radius_arcsec)
         self.empty_label = str(empty_label)
 
-    def labels(self, ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    def labels(self, ra: np.ndarray, dec: np.ndarray, radius_arcsec: np.ndarray | None = None) -> np.ndarray:
         """The class of each window centred at ``(ra, dec)`` (degrees).
 
         Parameters
         ----------
         ra, dec : np.ndarray
             ``[N]`` window centres.
+        radius_arcsec : np.ndarray, optional
+            ``[N]`` match radius of each window; required when the catalogue has no fixed radius.
 
         Returns
         -------
@@ -79,12 +83,20 @@ class WindowCatalogue:
             ``[N]`` str labels.
         """
         ra = np.asarray(ra, dtype=np.float64)
+        if self.radius_arcsec is not None:
+            radius = np.full(len(ra), self.radius_arcsec)
+        elif radius_arcsec is not None:
+            radius = np.broadcast_to(np.asarray(radius_arcsec, dtype=np.float64), ra.shape)
+        else:
+            raise RadioCurationError("a match radius is needed: set eval.catalogue.radius_arcsec")
         out = np.full(len(ra), self.empty_label, dtype=object)
         if len(ra) == 0 or len(self.ra) == 0:
             return out.astype(str)
         windows = SkyCoord(ra * u.deg, np.asarray(dec, dtype=np.float64) * u.deg)
         sources = SkyCoord(self.ra * u.deg, self.dec * u.deg)
-        win, src, sep, _ = search_around_sky(windows, sources, self.radius_arcsec * u.arcsec)
+        win, src, sep, _ = search_around_sky(windows, sources, float(radius.max()) * u.arcsec)
+        close = sep.to_value(u.arcsec) <= radius[win]
+        win, src, sep = win[close], src[close], sep[close]
         if len(win):
             # Best match first: brightest (or nearest) source per window.
             rank = -self.flux[src] if self.flux is not None else sep.to_value(u.arcsec)

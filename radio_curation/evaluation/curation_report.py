@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from radio_curation.errors import RadioCurationError
-from radio_curation.evaluation.similarity import FeatureSource, nearest_other_similarity
+from radio_curation.evaluation.similarity import FeatureSource, l2_normalise, nearest_other_similarity
 
 
 def cluster_paths(assignments: Sequence[np.ndarray]) -> np.ndarray:
@@ -198,9 +198,14 @@ def curation_figures(
 
 
 def top_level_exemplars(
-    features: FeatureSource, paths: np.ndarray, centroids: np.ndarray, per_cluster: int, chunk: int = 262_144
+    features: FeatureSource,
+    paths: np.ndarray,
+    centroids: np.ndarray,
+    per_cluster: int,
+    metric: str = "l2",
+    chunk: int = 262_144,
 ) -> dict[int, np.ndarray]:
-    """The pool rows closest (L2) to each top-level centroid among the points of that cluster.
+    """The pool rows closest to each top-level centroid among the points of that cluster.
 
     Parameters
     ----------
@@ -212,6 +217,8 @@ def top_level_exemplars(
         ``[k_L, D]`` top-level centroids.
     per_cluster : int
         Exemplars per cluster.
+    metric : {"l2", "cosine"}
+        The clustering's metric (``clusters.h5`` attribute ``metric``).
 
     Returns
     -------
@@ -221,8 +228,14 @@ def top_level_exemplars(
     top = paths[:, -1]
     centroids = np.asarray(centroids, dtype=np.float32)
     distance = np.empty(features.n, dtype=np.float32)
+    if metric == "cosine":
+        centroids = l2_normalise(centroids)
     for start, x in features.iter_chunks(chunk):
-        distance[start : start + len(x)] = np.linalg.norm(x - centroids[top[start : start + len(x)]], axis=1)
+        mine = centroids[top[start : start + len(x)]]
+        if metric == "cosine":
+            distance[start : start + len(x)] = 1.0 - np.einsum("ij,ij->i", l2_normalise(x), mine)
+        else:
+            distance[start : start + len(x)] = np.linalg.norm(x - mine, axis=1)
     order = np.lexsort((distance, top))
     boundaries = np.searchsorted(top[order], np.unique(top))
     groups = np.split(order, boundaries[1:])

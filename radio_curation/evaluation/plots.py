@@ -15,7 +15,7 @@ MAX_LEGEND = 20
 
 def _save(fig: Figure, path: Path, dpi: int) -> Path:
     path = Path(path)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", format="png")
     return path
 
 
@@ -142,28 +142,30 @@ def bar_plot(
 
 
 def image_grid(
-    rows: Sequence[tuple[str, np.ndarray]], path: Path, title: str, dpi: int = 100, cell: float = 1.2
+    rows: Sequence[tuple[str, Sequence[np.ndarray]]],
+    path: Path,
+    title: str,
+    dpi: int = 100,
+    cell: float = 1.2,
 ) -> Path:
     """Rows of images, each row labelled (e.g. a query and its nearest neighbours, a cluster's exemplars).
 
     Parameters
     ----------
     rows : sequence of (label, images)
-        ``images`` is ``[K, H, W]`` or ``[K, 1, H, W]``; each image gets its own asinh stretch.
+        ``images`` is a sequence of ``[H, W]`` or ``[1, H, W]`` arrays (sizes may differ); each image gets
+        its own asinh stretch.
     """
     ncols = max((len(images) for _, images in rows), default=1)
     fig = Figure(figsize=(cell * ncols + 1.5, cell * max(len(rows), 1) + 0.6))
     axes = fig.subplots(max(len(rows), 1), ncols, squeeze=False)
     for r, (label, images) in enumerate(rows):
-        images = np.asarray(images)
-        if images.ndim == 4:
-            images = images[:, 0]
         for c in range(ncols):
             ax = axes[r, c]
             ax.set_xticks([])
             ax.set_yticks([])
             if c < len(images):
-                img = np.nan_to_num(images[c])
+                img = np.nan_to_num(np.asarray(images[c], dtype=np.float32).reshape(images[c].shape[-2:]))
                 norm = ImageNormalize(img, interval=PercentileInterval(99.5), stretch=AsinhStretch())
                 ax.imshow(img, origin="lower", cmap="inferno", norm=norm)
             else:

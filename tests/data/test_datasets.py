@@ -176,5 +176,9 @@ def test_catalogue_labels_windows_by_brightest_source_within_radius(tmp_path):
     assert brightest.labels(ra, dec).tolist() == ["bright", "empty", "empty"]
     nearest = WindowCatalogue(path, "RA", "DEC", "kind", None, radius_arcsec=60.0, empty_label="none")
     assert nearest.labels(ra, dec).tolist() == ["faint", "far", "none"]
+    per_window = WindowCatalogue(path, "RA", "DEC", "kind", "S")
+    assert per_window.labels(ra, dec, np.array([10.0, 60.0, 1.0])).tolist() == ["faint", "far", "empty"]
+    with pytest.raises(RadioCurationError, match="match radius"):
+        per_window.labels(ra, dec)
     with pytest.raises(RadioCurationError, match="lacks column"):
         WindowCatalogue(path, label_column="class")

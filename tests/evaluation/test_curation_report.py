@@ -71,6 +71,10 @@ def test_exemplars_are_the_points_closest_to_each_top_centroid():
     exemplars = top_level_exemplars(FEATURES, PATHS, centroids, per_cluster=2, chunk=3)
     np.testing.assert_array_equal(exemplars[0], [0, 1])
     np.testing.assert_array_equal(exemplars[1], [6, 7])
+    # Cosine distance ignores the centroids' length.
+    cosine = top_level_exemplars(FEATURES, PATHS, 5.0 * centroids, per_cluster=3, metric="cosine")
+    np.testing.assert_array_equal(cosine[0], [0, 1, 2])
+    np.testing.assert_array_equal(cosine[1], [6, 7, 4])
 
 
 def test_html_page_is_self_contained(tmp_path):

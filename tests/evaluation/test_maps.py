@@ -58,7 +58,9 @@ def test_plots_write_pngs(tmp_path):
         histogram_plot({"a": rng.random(50), "b": rng.random(40)}, tmp_path / "h.png", "h", "d"),
         bar_plot({"pool": {"l1": 1.0, "l2": 1.0}, "sub": {"l1": 0.5}}, tmp_path / "b.png", "b", "y"),
         image_grid(
-            [("q", rng.random((3, 1, 16, 16))), ("r", rng.random((2, 16, 16)))], tmp_path / "g.png", "g"
+            [("q", list(rng.random((3, 1, 16, 16)))), ("r", [rng.random((8, 8)), rng.random((16, 16))])],
+            tmp_path / "g.png",
+            "g",
         ),
     ]
     for path in written:
