@@ -1,0 +1,179 @@
+"""Merge: global IDs, filters and their counts, cross-mosaic deduplication."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from radio_curation.cutouts.index import WindowIndex
+from radio_curation.cutouts.merge import Merger, concatenate, cross_mosaic_duplicates
+from radio_curation.cutouts.strategies import SlidingWindow
+from radio_curation.errors import RadioCurationError
+from radio_curation.sky.fitsio import MosaicFiles
+from radio_curation.sky.survey import SyntheticSurvey
+from tests.cutouts.helpers import cutout_index
+from tests.sky.helpers import sin_header, write_image
+
+SHIFT = 128  # B starts 128 px (4 strides of 32) to the right of A on one tangent plane
+
+
+@pytest.fixture(scope="module")
+def overlapping(tmp_path_factory):
+    """Two 224 × 256 mosaics cut from one projection plane, overlapping by 128 columns; B is noisier."""
+    root = tmp_path_factory.mktemp("overlap")
+    rng = np.random.default_rng(0)
+    plane = rng.normal(0.0, 1e-4, (224, 256 + SHIFT))
+    a = plane[:, :256]
+    b = plane[:, SHIFT:] + rng.normal(0.0, 2e-4, (224, 256))
+    crpix = (200.0, 112.0)
+    write_image(root / "A.fits", a, sin_header(224, 256, crpix=crpix))
+    write_image(root / "B.fits", b, sin_header(224, 256, crpix=(crpix[0] - SHIFT, crpix[1])))
+    files = [MosaicFiles("A", root / "A.fits"), MosaicFiles("B", root / "B.fits")]
+    return cutout_index(root / "run", files, SlidingWindow(64, 0.5))
+
+
+def test_dedup_removes_exactly_the_windows_both_mosaics_hold(overlapping):
+    merged, counts = Merger().merge([overlapping])
+    rows_per_column = (224 - 64) // 32 + 1
+    # A's windows with x0 in {128, 160, 192} are B's windows with x0 in {0, 32, 64}.
+    assert counts["removed_cross_mosaic"] == 3 * rows_per_column
+    assert counts["windows"] == counts["input"] - 3 * rows_per_column
+    names = merged.mosaic_names()
+    removed_b = set(
+        zip(
+            overlapping.columns["y0"][overlapping.columns["mosaic"] == 1].tolist(),
+            overlapping.columns["x0"][overlapping.columns["mosaic"] == 1].tolist(),
+            strict=True,
+        )
+    ) - set(
+        zip(
+            merged.columns["y0"][names == "B"].tolist(),
+            merged.columns["x0"][names == "B"].tolist(),
+            strict=True,
+        )
+    )
+    # B is noisier, so lowest_rms keeps A's copies and drops B's.
+    assert removed_b == {(y, x) for y in range(0, 161, 32) for x in (0, 32, 64)}
+    assert (names == "A").sum() == ((224 - 64) // 32 + 1) * ((256 - 64) // 32 + 1)
+
+
+def test_without_dedup_nothing_is_removed(overlapping):
+    merged, counts = Merger(dedup=False).merge([overlapping])
+    assert "removed_cross_mosaic" not in counts and len(merged) == len(overlapping)
+
+
+def _index(ra_deg, mosaic, rms, edge):
+    n = len(ra_deg)
+    return WindowIndex(
+        {
+            "name": ["A", "B", "C"],
+            "path": ["a", "b", "c"],
+            "mask_path": ["", "", ""],
+            "pixel_scale": [1.5] * 3,
+        },
+        {
+            "ra": np.asarray(ra_deg, dtype=float),
+            "dec": np.zeros(n),
+            "size": np.full(n, 64),
+            "mosaic": np.asarray(mosaic),
+            "rms": np.asarray(rms, dtype=np.float32),
+            "edge_distance": np.asarray(edge, dtype=np.float32),
+            "cutout_id": np.arange(n),
+        },
+    )
+
+
+def test_preference_chooses_which_copy_stays():
+    step = 10 / 3600  # 10″ apart: well within 0.36 × 64 × 1.5″ = 34.6″
+    index = _index([0.0, step, 1.0], [0, 1, 0], rms=[2.0, 1.0, 5.0], edge=[100.0, 20.0, 5.0])
+    rows = np.arange(3)
+    assert cross_mosaic_duplicates(index, rows, 0.36, "lowest_rms").tolist() == [0]
+    assert cross_mosaic_duplicates(index, rows, 0.36, "farthest_from_edge").tolist() == [1]
+    # 40″ apart is beyond the tolerance: both stay.
+    far = _index([0.0, 40 / 3600], [0, 1], rms=[1.0, 2.0], edge=[1.0, 1.0])
+    assert cross_mosaic_duplicates(far, np.arange(2), 0.36, "lowest_rms").size == 0
+
+
+def test_chains_keep_every_position_covered():
+    # A0 – B – A1 in a row, 30″ apart: B matches both A windows, which do not match each other (same mosaic,
+    # and 60″ apart). B is best: it stays and both A windows go. If B is worst, both A windows stay.
+    step = 30 / 3600
+    best_b = _index([0.0, step, 2 * step], [0, 1, 0], rms=[2.0, 1.0, 3.0], edge=[0, 0, 0])
+    assert cross_mosaic_duplicates(best_b, np.arange(3), 0.36, "lowest_rms").tolist() == [0, 2]
+    worst_b = _index([0.0, step, 2 * step], [0, 1, 0], rms=[1.0, 3.0, 2.0], edge=[0, 0, 0])
+    assert cross_mosaic_duplicates(worst_b, np.arange(3), 0.36, "lowest_rms").tolist() == [1]
+    # A0 (best) – B – C: B goes because of A0, so C (which only matches B) stays.
+    chain = _index([0.0, step, 2 * step], [0, 1, 2], rms=[1.0, 2.0, 3.0], edge=[0, 0, 0])
+    assert cross_mosaic_duplicates(chain, np.arange(3), 0.36, "lowest_rms").tolist() == [1]
+
+
+def _unit(table):
+    ra, dec = np.radians(table["ra"]), np.radians(table["dec"])
+    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=1)
+
+
+def test_synthetic_overlap_keeps_one_window_per_sky_position(data_dir, tmp_path):
+    mosaics = SyntheticSurvey(str(data_dir), mosaics=2, size=512, seed=0).mosaics()
+    index = cutout_index(tmp_path, mosaics, SlidingWindow(64, 0.5))
+    merged, counts = Merger().merge([index])
+    assert counts["removed_cross_mosaic"] > 10
+    chord = 2 * math.sin(math.radians(0.36 * 64 * 1.5 / 3600) / 2)
+    kept = merged.columns
+    tree = cKDTree(_unit(kept))
+    # No two kept windows of different mosaics are centred within the tolerance ...
+    pairs = tree.query_pairs(chord, output_type="ndarray")
+    assert len(pairs) == 0 or not (kept["mosaic"][pairs[:, 0]] != kept["mosaic"][pairs[:, 1]]).any()
+    # ... and every removed window has a kept copy from the other mosaic with a lower rms.
+    every = concatenate([index]).columns
+    gone = ~np.isin(every["cutout_id"], kept["cutout_id"])
+    assert gone.sum() == counts["removed_cross_mosaic"]
+    gone_table = {key: values[gone] for key, values in every.items()}
+    for vector, mosaic, rms in zip(_unit(gone_table), gone_table["mosaic"], gone_table["rms"], strict=True):
+        partners = tree.query_ball_point(vector, chord)
+        assert any(kept["mosaic"][p] != mosaic and kept["rms"][p] <= rms for p in partners)
+
+
+def test_filters_count_what_they_remove_and_ids_are_stable(overlapping):
+    everything, _ = Merger(dedup=False).merge([overlapping])
+    median_snr = float(np.median(everything.columns["peak_snr"]))
+    rms_cut = float(np.quantile(everything.columns["rms"], 0.9))
+    merged, counts = Merger(min_peak_snr=median_snr, rms_max=rms_cut, grid=True).merge([overlapping])
+    col = everything.columns
+    snr_fail = col["peak_snr"] < median_snr
+    rms_fail = ~snr_fail & (col["rms"] > rms_cut)
+    grid_fail = ~snr_fail & ~rms_fail & ((col["y0"] % 64 != 0) | (col["x0"] % 64 != 0))
+    assert counts["removed_peak_snr"] == snr_fail.sum()
+    assert counts["removed_rms"] == rms_fail.sum()
+    assert counts["removed_grid"] == grid_fail.sum()
+    removed = sum(v for k, v in counts.items() if k.startswith("removed_"))
+    assert counts["input"] == len(everything) == removed + counts["windows"]
+    assert (merged.columns["y0"] % 64 == 0).all() and (merged.columns["x0"] % 64 == 0).all()
+    # Filters never renumber: each surviving ID points at the same window as without filters.
+    position = np.searchsorted(col["cutout_id"], merged.columns["cutout_id"])
+    for key in ("mosaic", "y0", "x0", "size"):
+        np.testing.assert_array_equal(col[key][position], merged.columns[key])
+
+
+def test_same_window_in_two_runs_is_kept_once(overlapping):
+    merged, counts = Merger(dedup=False).merge([overlapping, overlapping])
+    assert counts["removed_duplicate_rows"] == len(overlapping)
+    assert len(merged) == len(overlapping)
+    assert set(np.unique(merged.columns["parent"]).tolist()) == {0}
+
+
+def test_inconsistent_inputs_are_user_errors(overlapping):
+    moved = WindowIndex(
+        {**overlapping.mosaics, "path": ["/elsewhere/A.fits", "/elsewhere/B.fits"]},
+        overlapping.columns,
+        overlapping.attrs,
+    )
+    with pytest.raises(RadioCurationError, match="mosaic A is"):
+        concatenate([overlapping, moved])
+    refilled = WindowIndex(overlapping.mosaics, overlapping.columns, {**overlapping.attrs, "nan_fill": 1.0})
+    with pytest.raises(RadioCurationError, match="different values"):
+        concatenate([overlapping, refilled])
+    with pytest.raises(RadioCurationError, match="dedup_prefer"):
+        Merger(dedup_prefer="random")
