@@ -1,0 +1,185 @@
+"""``curate.py``: the cluster stage (hierarchical k-means of a features run), then the sample stage."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from radio_curation.curation.clusters import Hierarchy, write_subsample
+from radio_curation.curation.kmeans import HierarchicalKMeans, imbalance_factor, load_level, save_level
+from radio_curation.curation.loading import LoadedFeatures, load_features
+from radio_curation.curation.plots import plot_cluster_sizes, plot_objective, plot_sampling
+from radio_curation.curation.samplers import Compose, Pool, cluster_counts, share_of_largest
+from radio_curation.errors import RadioCurationError
+from radio_curation.features.io import FeatureFile
+from radio_curation.runs.store import RunRecord, RunStore
+from radio_curation.tasks.stage import Run, run_stage
+
+log = logging.getLogger(__name__)
+
+LEVELS_DIR = "levels"
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Cluster ``features_id`` (unless ``clusters_id`` names a clustering), then sample from the clusters.
+
+    Prints ``run_id=<cluster run>`` (when it clusters) and then ``run_id=<sample run>`` last.
+
+    Returns
+    -------
+    dict
+        The sample run's result (see :func:`radio_curation.tasks.stage.run_stage`), with ``clusters_id``.
+    """
+    store = RunStore(cfg.paths.runs_dir)
+    if cfg.clusters_id is not None:
+        clusters = store.resolve(cfg.clusters_id, stage="cluster")
+        if cfg.features_id is not None:
+            features = store.resolve(cfg.features_id, stage="features")
+            if features.run_id not in clusters.parents:
+                raise RadioCurationError(
+                    f"clustering {clusters.run_id} was made from {clusters.parents}, not from features run "
+                    f"{features.run_id}; drop features_id or clusters_id"
+                )
+        clusters_id = clusters.run_id
+    elif cfg.features_id is not None:
+        features = store.resolve(cfg.features_id, stage="features")
+        clusters_id = run_stage(cfg, cfg.cluster_stage, cluster, parents=[features.run_id])["run_id"]
+    else:
+        raise RadioCurationError(
+            "curate.py needs features_id=<features run ID> (to cluster it) or clusters_id=<cluster run ID>; "
+            "list them with `radio-curation runs list --stage features`"
+        )
+    result = run_stage(cfg, cfg.stage, sample, parents=[clusters_id])
+    return {**result, "clusters_id": clusters_id}
+
+
+def _read_features(record: RunRecord, **kwargs: Any) -> LoadedFeatures:
+    with FeatureFile(record.artifact("features.h5")) as source:
+        return load_features(source, label=f"features run {record.run_id}", **kwargs)
+
+
+def _log_plot(run: Run, name: str, draw: Any, *args: Any) -> None:
+    with run.artifact(name) as tmp, open(tmp, "wb") as fh:
+        draw(*args, fh)
+    run.tracker.log_image(run.dir / name)
+
+
+def cluster(run: Run) -> None:
+    """Work of the cluster stage: levels saved one by one under ``levels/``, then ``clusters.h5``."""
+    cfg = run.cfg
+    algo: HierarchicalKMeans = instantiate(cfg.clustering)
+    features_run = run.parents[0]
+    levels_dir = run.dir / LEVELS_DIR
+    levels_dir.mkdir(exist_ok=True)
+    done = []
+    cutout_id = None
+    for level in range(1, algo.n_levels + 1):
+        path = levels_dir / f"level_{level}.h5"
+        if not path.exists():
+            break
+        finished, ids = load_level(path)
+        done.append(finished)
+        cutout_id = ids if level == 1 else cutout_id
+    if done:
+        log.info("resuming clustering %s after level %d", run.run_id, len(done))
+        run.info["resumed_after_level"] = len(done)
+    x = None
+    if not done:
+        with run.timer("read_features"):
+            loaded = _read_features(
+                features_run, drop_nonfinite=bool(cfg.drop_nonfinite), normalize=algo.spherical
+            )
+        x, cutout_id = loaded.x, loaded.cutout_id
+        run.counts["nonfinite_rows_dropped"] = loaded.n_nonfinite
+        if loaded.n_nonfinite:
+            run.info["nonfinite_cutout_ids"] = loaded.nonfinite_ids
+    run.counts["points"] = len(cutout_id)
+    run.info["backend"] = algo.backend.describe()
+    run.info["max_points_per_centroid"] = algo.max_points_per_centroid
+    started = time.perf_counter()
+
+    def on_level(level: int, result: Any) -> None:
+        nonlocal started
+        save_level(levels_dir / f"level_{level}.h5", result, cutout_id if level == 1 else None)
+        run.timings[f"level_{level}"] = round(time.perf_counter() - started, 3)
+        started = time.perf_counter()
+        run.save("running")
+
+    levels = algo.fit(x, seed=int(cfg.seed), done=done, on_level=on_level)
+    del x
+    hierarchy = Hierarchy(cutout_id, levels, algo.metric)
+    with run.artifact("clusters.h5") as tmp:
+        hierarchy.save(tmp, attrs={"features_id": features_run.run_id, "backend": algo.backend.name})
+    run.metrics["levels"] = {}
+    for i, level in enumerate(levels, start=1):
+        sizes = level.sizes
+        run.metrics["levels"][f"level_{i}"] = {
+            "k": level.k,
+            "imbalance_factor": round(imbalance_factor(sizes), 4),
+            "empty_clusters": int((sizes == 0).sum()),
+            "size_min": int(sizes.min()),
+            "size_median": float(np.median(sizes)),
+            "size_max": int(sizes.max()),
+            "objective_first": float(level.objective[0]),
+            "objective_last": float(level.objective[-1]),
+            "objective_after_resampling": float(level.resampling_objective[-1]),
+            "training_points": level.n_train,
+        }
+        for step, value in enumerate(level.objective, start=1):
+            run.tracker.log_metrics({f"level_{i}.objective": float(value)}, step=step)
+    _log_plot(run, "cluster_sizes.png", plot_cluster_sizes, levels)
+    _log_plot(run, "objective.png", plot_objective, levels)
+
+
+def build_sampler(node: DictConfig) -> Compose:
+    """The samplers of the ``sampler`` config node (``{name: sampler config}``), in order."""
+    return Compose({str(name): instantiate(step) for name, step in node.items()})
+
+
+def sample(run: Run) -> None:
+    """Work of the sample stage: ``subsample.h5`` from the parent clustering."""
+    cfg = run.cfg
+    clusters_run = run.parents[0]
+    hierarchy = Hierarchy.load(clusters_run.artifact("clusters.h5"))
+    store = RunStore(cfg.paths.runs_dir)
+
+    def features() -> np.ndarray:
+        features_run = store.resolve(clusters_run.parents[0], stage="features")
+        with run.timer("read_features"):
+            loaded = _read_features(features_run, drop_nonfinite=True, keep_ids=hierarchy.cutout_id)
+        return loaded.x
+
+    pool = Pool(hierarchy, features)
+    sampler = build_sampler(cfg.sampler)
+    target = None if cfg.target_size is None else int(cfg.target_size)
+    with run.timer("sample"):
+        rows, report = sampler(pool, target, int(cfg.seed))
+    with run.artifact("subsample.h5") as tmp:
+        write_subsample(
+            tmp,
+            hierarchy.cutout_id[rows],
+            pool.paths[rows],
+            OmegaConf.to_container(cfg.sampler, resolve=True),
+            target,
+        )
+    before = cluster_counts(hierarchy, pool.paths)
+    after = cluster_counts(hierarchy, pool.paths[rows])
+    run.counts["pool"] = pool.n
+    run.counts["selected"] = len(rows)
+    run.metrics["target_size"] = target
+    run.metrics["achieved_size"] = len(rows)
+    run.metrics["share_of_largest_clusters"] = {
+        f"level_{i}": share_of_largest(b, a)
+        for i, (b, a) in enumerate(zip(before, after, strict=True), start=1)
+    }
+    run.metrics["imbalance_factor"] = {
+        f"level_{i}": {"before": round(imbalance_factor(b), 4), "after": round(imbalance_factor(a), 4)}
+        for i, (b, a) in enumerate(zip(before, after, strict=True), start=1)
+    }
+    run.info["samplers"] = report
+    _log_plot(run, "sampling.png", plot_sampling, before, after)
