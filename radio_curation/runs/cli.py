@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -32,13 +33,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub = runs.add_subparsers(dest="runs_command", required=True)
     listing = sub.add_parser("list", help="every run, oldest first")
     listing.add_argument("--stage", help="only runs of this stage")
-    listing.set_defaults(func=cmd_list)
+    listing.set_defaults(func=_with_store(cmd_list))
     show = sub.add_parser("show", help="a run's manifest")
     show.add_argument("run_id")
-    show.set_defaults(func=cmd_show)
+    show.set_defaults(func=_with_store(cmd_show))
     lineage = sub.add_parser("lineage", help="the tree of a run's parents down to the mosaics")
     lineage.add_argument("run_id")
-    lineage.set_defaults(func=cmd_lineage)
+    lineage.set_defaults(func=_with_store(cmd_lineage))
     find = sub.add_parser("find", help="the ID of the one run whose config matches key=value ...")
     find.add_argument("--stage", required=True)
     find.add_argument("conditions", nargs="*", metavar="key=value")
@@ -47,11 +48,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="print every matching ID, comma-separated (e.g. the shards of a sharded cutouts sweep)",
     )
-    find.set_defaults(func=cmd_find)
+    find.set_defaults(func=_with_store(cmd_find))
     compare = sub.add_parser("compare", help="runs side by side: params that differ, and metrics")
     compare.add_argument("run_ids", nargs="+")
     compare.add_argument("--all", action="store_true", help="show params that are equal too")
-    compare.set_defaults(func=cmd_compare)
+    compare.set_defaults(func=_with_store(cmd_compare))
+
+
+def _with_store(
+    command: Callable[[RunStore, argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return command(RunStore(args.runs_dir), args)
+
+    return run
 
 
 def _params(record: RunRecord) -> dict[str, Any]:
@@ -168,12 +178,3 @@ def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "—" if value is None else str(value)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Dispatch a parsed ``runs`` command; user errors become one message and exit status 2."""
-    try:
-        return args.func(RunStore(args.runs_dir), args)
-    except RadioCurationError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
