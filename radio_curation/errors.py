@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-log = logging.getLogger(__name__)
 
 #: Exit status of a run stopped by a user-facing error (bad input, bad config, wrong run ID).
 USER_ERROR_EXIT = 2
@@ -23,6 +20,5 @@ def exit_on_user_error() -> Iterator[None]:
     try:
         yield
     except RadioCurationError as err:
-        log.error("%s", err)
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT)
