@@ -7,6 +7,7 @@ from typing import BinaryIO
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from radio_curation.curation.kmeans import ClusterLevel, imbalance_factor
 
@@ -30,6 +31,8 @@ def plot_cluster_sizes(levels: Sequence[ClusterLevel], path: BinaryIO | str) -> 
         ax.hist(sizes, bins=bins, color="tab:blue")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         empty = int((level.sizes == 0).sum())
         ax.set_title(f"level {i}: k={level.k}, imbalance {imbalance_factor(level.sizes):.2f}, {empty} empty")
         ax.set_xlabel("points per cluster")
@@ -56,6 +59,7 @@ def plot_objective(levels: Sequence[ClusterLevel], path: BinaryIO | str) -> None
     axes[1].set_title("after resampling")
     for ax in axes:
         ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.legend()
     fig.savefig(path, dpi=100, format="png")
 
@@ -70,6 +74,8 @@ def plot_sampling(before: Sequence[np.ndarray], after: Sequence[np.ndarray], pat
         ax.plot(ranks, a[order], label="subsample")
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=1)
+        ax.set_ylim(bottom=0)
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("cluster rank (by pool size)")
         ax.set_ylabel("rows")
         ax.set_title(f"level {i}")
