@@ -206,3 +206,13 @@ def test_dedup_then_balanced_hits_the_target_without_duplicates():
 def test_share_of_largest():
     share = share_of_largest(np.array([80, 10, 5, 5]), np.array([10, 10, 5, 5]), fraction=0.25)
     assert share == {"clusters": 1, "before": 0.8, "after": pytest.approx(10 / 30)}
+
+
+def test_balanced_on_a_single_level_clustering():
+    x, labels = planted([900, 60, 40], dim=8, separation=20.0, seed=4)
+    hierarchy = Hierarchy(
+        np.arange(len(x), dtype=np.int64), HierarchicalKMeans([3], n_iters=10).fit(x, seed=0)
+    )
+    rows, _ = Compose([BalancedSampler("c")])(Pool(hierarchy), 90, seed=0)
+    assert len(rows) == 90
+    assert sorted(np.bincount(labels[rows]).tolist()) == [30, 30, 30]
