@@ -29,6 +29,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 
 from radio_curation.errors import RadioCurationError
+from radio_curation.progress import progress
 
 if TYPE_CHECKING:
     import torch
@@ -74,14 +75,17 @@ class KMeansBackend(ABC):
         centroids = _normalize_rows(init) if spherical else np.ascontiguousarray(init, dtype=np.float32)
         objective: list[float] = []
         search = 0.0
-        for _ in range(n_iters):
-            start = time.perf_counter()
-            labels, dist = self.assign(x, centroids, spherical)
-            search += time.perf_counter() - start
-            objective.append(float(dist.sum(dtype=np.float64)))
-            if len(objective) > 1 and objective[-1] == objective[-2]:
-                break
-            centroids = update_centroids(x, labels, dist, centroids.shape[0], spherical)
+        with progress(n_iters, f"k-means k={len(centroids)}", unit="iter") as bar:
+            for _ in range(n_iters):
+                start = time.perf_counter()
+                labels, dist = self.assign(x, centroids, spherical)
+                search += time.perf_counter() - start
+                objective.append(float(dist.sum(dtype=np.float64)))
+                bar.advance(1)
+                bar.describe(f"objective {objective[-1]:.6g}")
+                if len(objective) > 1 and objective[-1] == objective[-2]:
+                    break
+                centroids = update_centroids(x, labels, dist, centroids.shape[0], spherical)
         return KMeansFit(centroids, np.asarray(objective), search, x.shape[0])
 
     def describe(self) -> dict[str, Any]:
@@ -211,6 +215,24 @@ class TorchBackend(KMeansBackend):
             dist[start : start + len(xb)] = d_blk
         return labels, dist
 
+    def _update(
+        self, x: torch.Tensor, labels: torch.Tensor, dist: torch.Tensor, k: int, spherical: bool
+    ) -> torch.Tensor:
+        import torch
+
+        sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
+        rows = _block_rows(k, x.shape[0])
+        for start in range(0, x.shape[0], rows):
+            part = torch.zeros(k, x.shape[1], dtype=torch.float32, device=x.device)
+            part.index_add_(0, labels[start : start + rows], x[start : start + rows])
+            sums += part
+        counts = torch.bincount(labels, minlength=k)
+        new = (sums / counts.clamp_min(1).unsqueeze(1)).float()
+        empty = torch.nonzero(counts == 0).flatten()
+        if len(empty):
+            new[empty] = x[torch.argsort(-dist, stable=True)[: len(empty)]]
+        return torch.nn.functional.normalize(new, dim=1) if spherical else new
+
     def fit(self, x: np.ndarray, init: np.ndarray, n_iters: int, spherical: bool) -> KMeansFit:
         import torch
 
@@ -218,31 +240,22 @@ class TorchBackend(KMeansBackend):
         c = self._tensor(init)
         if spherical:
             c = torch.nn.functional.normalize(c, dim=1)
-        n, k = xt.shape[0], c.shape[0]
-        objective = []
+        objective: list[float] = []
         search = 0.0
-        rows = _block_rows(k, n)
-        for _ in range(n_iters):
-            t0 = time.perf_counter()
-            labels, dist = self._assign_t(xt, c, spherical)
-            if xt.is_cuda:
-                torch.cuda.synchronize(xt.device)
-            search += time.perf_counter() - t0
-            objective.append(float(dist.sum(dtype=torch.float64)))
-            if len(objective) > 1 and objective[-1] == objective[-2]:
-                break
-            sums = torch.zeros(k, xt.shape[1], dtype=torch.float64, device=xt.device)
-            for start in range(0, n, rows):
-                part = torch.zeros(k, xt.shape[1], dtype=torch.float32, device=xt.device)
-                part.index_add_(0, labels[start : start + rows], xt[start : start + rows])
-                sums += part
-            counts = torch.bincount(labels, minlength=k)
-            new = (sums / counts.clamp_min(1).unsqueeze(1)).float()
-            empty = torch.nonzero(counts == 0).flatten()
-            if len(empty):
-                new[empty] = xt[torch.argsort(-dist, stable=True)[: len(empty)]]
-            c = torch.nn.functional.normalize(new, dim=1) if spherical else new
-        return KMeansFit(c.cpu().numpy().astype(np.float32), np.asarray(objective), search, n)
+        with progress(n_iters, f"k-means k={len(c)}", unit="iter") as bar:
+            for _ in range(n_iters):
+                t0 = time.perf_counter()
+                labels, dist = self._assign_t(xt, c, spherical)
+                if xt.is_cuda:
+                    torch.cuda.synchronize(xt.device)
+                search += time.perf_counter() - t0
+                objective.append(float(dist.sum(dtype=torch.float64)))
+                bar.advance(1)
+                bar.describe(f"objective {objective[-1]:.6g}")
+                if len(objective) > 1 and objective[-1] == objective[-2]:
+                    break
+                c = self._update(xt, labels, dist, len(c), spherical)
+        return KMeansFit(c.cpu().numpy().astype(np.float32), np.asarray(objective), search, xt.shape[0])
 
     def assign(self, x: np.ndarray, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
         labels, dist = self._assign_t(self._tensor(x), self._tensor(centroids), spherical)
