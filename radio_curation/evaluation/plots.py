@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterval
+from astropy.visualization import AsinhStretch, ImageNormalize
 from matplotlib.figure import Figure
 
 #: Beyond this many categories a map gets no legend (colours cycle through ``tab20``).
@@ -141,6 +141,17 @@ def bar_plot(
     return _save(fig, path, dpi)
 
 
+def _radio_norm(img: np.ndarray) -> ImageNormalize:
+    """From the median (noise below it black) to the peak, but at least 20 robust σ, asinh-stretched.
+
+    The floor on the range keeps noise-only windows dim instead of stretching noise to full contrast.
+    """
+    low = float(np.median(img))
+    sigma = float(1.4826 * np.median(np.abs(img - low)))
+    high = max(float(img.max()), low + 20.0 * sigma, low + 1e-12)
+    return ImageNormalize(vmin=low, vmax=high, stretch=AsinhStretch(0.1), clip=True)
+
+
 def image_grid(
     rows: Sequence[tuple[str, Sequence[np.ndarray]]],
     path: Path,
@@ -154,7 +165,7 @@ def image_grid(
     ----------
     rows : sequence of (label, images)
         ``images`` is a sequence of ``[H, W]`` or ``[1, H, W]`` arrays (sizes may differ); each image gets
-        its own asinh stretch.
+        its own stretch (:func:`_radio_norm`).
     """
     ncols = max((len(images) for _, images in rows), default=1)
     fig = Figure(figsize=(cell * ncols + 1.5, cell * max(len(rows), 1) + 0.6))
@@ -166,8 +177,7 @@ def image_grid(
             ax.set_yticks([])
             if c < len(images):
                 img = np.nan_to_num(np.asarray(images[c], dtype=np.float32).reshape(images[c].shape[-2:]))
-                norm = ImageNormalize(img, interval=PercentileInterval(99.5), stretch=AsinhStretch())
-                ax.imshow(img, origin="lower", cmap="inferno", norm=norm)
+                ax.imshow(img, origin="lower", cmap="inferno", norm=_radio_norm(img))
             else:
                 ax.set_axis_off()
         axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize="small")

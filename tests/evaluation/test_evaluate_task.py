@@ -137,3 +137,48 @@ def test_umap_of_a_labelled_dataset(compose, labelled_folder):
 def test_evaluations_that_need_a_run_say_so(compose, name, needs):
     with pytest.raises(RadioCurationError, match=needs):
         evaluate.run(compose("evaluate", [f"eval={name}"]))
+
+
+def _train_run(runs_dir: Path, global_size: int) -> str:
+    """A complete train run holding a tiny exported backbone, made through the run store."""
+    from omegaconf import OmegaConf
+
+    from radio_curation.backbones.export import save_backbone
+    from radio_curation.backbones.factory import timm_backbone
+    from radio_curation.tasks.stage import run_stage
+
+    cfg = OmegaConf.create(
+        {
+            "paths": {"runs_dir": str(runs_dir)},
+            "force": False,
+            "experiment_name": "tests",
+            "logger": None,
+            "store": {"execution_keys": []},
+            "normalization": {
+                "_target_": "radio_curation.data.normalization.Standardize",
+                "mean": None,
+                "std": None,
+            },
+            "augmentation": {"global_size": global_size},
+        }
+    )
+
+    def work(run):
+        with run.artifact("backbone.pt") as tmp:
+            save_backbone(timm_backbone("test_vit", in_chans=1, input_size=32), {"name": "test_vit"}, tmp)
+
+    spec = OmegaConf.create({"name": "train", "keys": ["augmentation"], "parents": []})
+    return run_stage(cfg, spec, work)["run_id"]
+
+
+def test_model_id_uses_the_train_runs_backbone_and_preprocessing(compose, labelled_folder, runs_dir):
+    model_id = _train_run(runs_dir, global_size=48)
+    overrides = ["eval=knn", "eval.folds=3", f"model_id={model_id}", *_folder(labelled_folder)]
+    metrics = _metrics(evaluate.run(compose("evaluate", overrides)))
+    info = metrics["info"]
+    assert metrics["parents"] == [model_id]
+    assert info["model"] == model_id and info["preprocess_from"] == f"train run {model_id}"
+    assert info["resize"] == 48  # the train run's view size, not resize=32
+    assert info["normalization"]["_target_"].endswith("Standardize")
+    own = _metrics(evaluate.run(compose("evaluate", [*overrides, "preprocess_from_model=false"])))
+    assert own["info"]["resize"] == 32 and own["info"]["preprocess_from"] == "evaluate config"

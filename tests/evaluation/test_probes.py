@@ -22,7 +22,9 @@ def _random(n: int = 300, dim: int = 16, seed: int = 1) -> tuple[np.ndarray, np.
 
 
 @pytest.mark.parametrize(
-    "make", [lambda r: logistic_classifier(record=r), lambda r: knn_classifier()], ids=["logistic", "knn"]
+    "make",
+    [lambda r: logistic_classifier(cs=[0.01, 1.0, 100.0], record=r), lambda r: knn_classifier()],
+    ids=["logistic", "knn"],
 )
 def test_probe_separates_separable_features(make):
     x, y = _separable()
@@ -35,7 +37,9 @@ def test_probe_separates_separable_features(make):
 
 
 @pytest.mark.parametrize(
-    "make", [lambda r: logistic_classifier(record=r), lambda r: knn_classifier()], ids=["logistic", "knn"]
+    "make",
+    [lambda r: logistic_classifier(cs=[0.01, 1.0, 100.0], record=r), lambda r: knn_classifier()],
+    ids=["logistic", "knn"],
 )
 def test_probe_is_at_chance_on_random_features(make):
     x, y = _random()
