@@ -1,0 +1,229 @@
+"""``extract.py stage=features source_id=<merge ID>``: features of every cutout into ``features.h5``.
+
+Resumable: rows are computed in fixed blocks written atomically under ``<run>/shards/`` (see
+:mod:`radio_curation.features.io`); a run stopped at any moment (SIGKILL included) and started again
+with the same command computes only the missing blocks, then joins them into ``features.h5`` (rows in
+``cutout_id`` order) and removes the shards.
+
+Distributed: with ``devices``/``num_nodes`` > 1 and ``strategy=ddp`` every rank runs this entry point
+(Lightning starts them, or SLURM / torchrun does). Rank 0 owns the run (lease, manifest, final file);
+the other ranks only compute and write their blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from radio_curation.backbones import build_backbone, instantiate_user
+from radio_curation.cutouts.reader import WindowReader
+from radio_curation.data.preprocess import Preprocess
+from radio_curation.errors import RadioCurationError
+from radio_curation.features.extraction import BlockWriter, FeatureDataModule, FeatureModule, RateBar
+from radio_curation.features.io import BlockShards, FeatureFile, consolidate
+from radio_curation.runs.store import RunRecord, RunStore
+from radio_curation.tasks.stage import Run, run_stage
+
+log = logging.getLogger(__name__)
+
+#: Batches per block: the unit of work a restart may have to redo.
+BATCHES_PER_BLOCK = 8
+FEATURES = "features.h5"
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def _launched_rank() -> int:
+    """This process's global rank when a launcher started several (0 otherwise)."""
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
+        if int(os.environ.get(key, "0") or 0) > 0:
+            return int(os.environ[key])
+    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+        return int(os.environ.get("SLURM_PROCID", "0") or 0)
+    return 0
+
+
+def _source(cfg: DictConfig) -> RunRecord:
+    if not cfg.source_id:
+        raise RadioCurationError(
+            "no source: give the merge run to extract features of, e.g. "
+            "extract.py stage=features source_id=merge-1a2b3c4d5e"
+        )
+    return RunStore(cfg.paths.runs_dir).resolve(str(cfg.source_id), stage="merge")
+
+
+def _precision(cfg: DictConfig) -> str:
+    precision = str(cfg.precision)
+    if precision != "auto":
+        return precision
+    on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    if not on_gpu:
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def _dtype(cfg: DictConfig) -> np.dtype:
+    if cfg.features_dtype not in DTYPES:
+        raise RadioCurationError(
+            f"features_dtype must be one of {', '.join(DTYPES)}, got {cfg.features_dtype!r}"
+        )
+    return np.dtype(DTYPES[cfg.features_dtype])
+
+
+def _check_settings(cfg: DictConfig) -> None:
+    if int(cfg.batch_size) < 1:
+        raise RadioCurationError(f"batch_size must be positive, got {cfg.batch_size}")
+    if cfg.limit_batches is not None and int(cfg.limit_batches) < 1:
+        raise RadioCurationError(
+            f"limit_batches must be a positive number of batches or null, got {cfg.limit_batches}"
+        )
+    _dtype(cfg)
+
+
+def _models(cfg: DictConfig, sizes: np.ndarray) -> tuple[torch.nn.Module, Preprocess]:
+    """The backbone and its preprocessing, checked on one window of each size in the index."""
+    extractor = build_backbone(cfg.backbone)
+    preprocess = Preprocess(instantiate_user(cfg.normalization), extractor.in_chans, cfg.resize)
+    extractor.eval()
+    for size in np.unique(sizes):
+        try:
+            with torch.no_grad():
+                extractor(preprocess(torch.zeros(1, 1, int(size), int(size))))
+        except RadioCurationError:
+            raise
+        except Exception as err:
+            raise RadioCurationError(
+                f"the backbone cannot take {size} px windows resized to {cfg.resize}: {type(err).__name__}: "
+                f"{err}. Set resize= to a size it accepts (or backbone.model_kwargs.dynamic_img_size=true "
+                "for a timm ViT)."
+            ) from err
+    return extractor, preprocess
+
+
+def _predict(cfg: DictConfig, module: FeatureModule, datamodule: FeatureDataModule) -> BlockWriter:
+    writer = BlockWriter(_dtype(cfg))
+    trainer = pl.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=_precision(cfg),
+        logger=False,
+        callbacks=[writer, RateBar()],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+        benchmark=torch.cuda.is_available(),
+        inference_mode=True,
+    )
+    trainer.predict(module, datamodule=datamodule, return_predictions=False)
+    return writer
+
+
+def _feature_module(extractor: torch.nn.Module, preprocess: Preprocess, cfg: DictConfig) -> FeatureModule:
+    on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    return FeatureModule(extractor, preprocess, channels_last=on_gpu)
+
+
+def _attrs(cfg: DictConfig, extractor: Any, source_id: str, dtype: np.dtype) -> dict[str, Any]:
+    def as_json(node: Any) -> str:
+        return json.dumps(OmegaConf.to_container(node, resolve=True), sort_keys=True)
+
+    return {
+        "backbone": as_json(cfg.backbone),
+        "tap": extractor.tap,
+        "pooling": extractor.pooling or "default",
+        "normalization": as_json(cfg.normalization),
+        "resize": int(cfg.resize) if cfg.resize is not None else 0,
+        "precision": _precision(cfg),
+        "dtype": dtype.name,
+        "source_id": source_id,
+        "limit_batches": int(cfg.limit_batches) if cfg.limit_batches is not None else 0,
+    }
+
+
+def _finish(run: Run, final: Path, shards: BlockShards) -> None:
+    with FeatureFile(final) as ff:
+        run.counts.update({"rows": ff.n, "dim": ff.dim})
+    shutil.rmtree(shards.directory, ignore_errors=True)
+
+
+def _work(run: Run) -> None:
+    cfg = run.cfg
+    source = next(p for p in run.parents if p.stage == "merge")
+    final = run.dir / FEATURES
+    shards = BlockShards(run.dir / "shards")
+    run.info["limit_batches"] = cfg.limit_batches
+    if final.is_file():
+        # An earlier attempt joined the blocks and was stopped before the manifest was written.
+        run.register(FEATURES)
+        _finish(run, final, shards)
+        return
+    merged = source.artifact("merged.h5")
+    reader = WindowReader(merged)
+    ids, sizes = reader.cutout_ids, reader.table()["size"]
+    n_rows = len(ids)
+    if cfg.limit_batches is not None:
+        n_rows = min(n_rows, int(cfg.limit_batches) * int(cfg.batch_size))
+    plan = shards.load_or_create_plan(n_rows, BATCHES_PER_BLOCK * int(cfg.batch_size), source.run_id)
+    extractor, preprocess = _models(cfg, sizes[: plan.n_rows])
+    pending = shards.pending(plan)
+    run.info["blocks"] = plan.n_blocks
+    run.info["blocks_done_before"] = plan.n_blocks - len(pending)
+    run.info["precision"] = _precision(cfg)
+    if pending:
+        datamodule = FeatureDataModule(merged, cfg.batch_size, cfg.num_workers, shards, plan)
+        module = _feature_module(extractor, preprocess, cfg)
+        start = time.perf_counter()
+        with run.timer("extract"):
+            writer = _predict(cfg, module, datamodule)
+        elapsed = time.perf_counter() - start
+        run.metrics["windows_per_s"] = round(writer.rows_written / elapsed, 2) if elapsed > 0 else None
+        run.info["world_size"] = int(cfg.devices) * int(cfg.num_nodes)
+    dtype = _dtype(cfg)
+    with run.timer("join"), run.artifact(FEATURES) as tmp:
+        attrs = _attrs(cfg, extractor, source.run_id, dtype)
+        run.info["blocks_by_rank"] = consolidate(shards, plan, ids, tmp, extractor.feature_dim, dtype, attrs)
+    _finish(run, final, shards)
+
+
+def _rank_worker(cfg: DictConfig, source: RunRecord) -> dict[str, Any]:
+    """A non-zero DDP rank: build the same model and compute the blocks rank 0 hands out."""
+    merged = source.artifact("merged.h5")
+    reader = WindowReader(merged)
+    extractor, preprocess = _models(cfg, reader.table()["size"])
+    datamodule = FeatureDataModule(merged, cfg.batch_size, cfg.num_workers)
+    writer = _predict(cfg, _feature_module(extractor, preprocess, cfg), datamodule)
+    return {"rank": _launched_rank(), "rows": writer.rows_written}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Extract features of the merge run ``cfg.source_id`` with ``cfg.backbone`` (or reuse that run).
+
+    Returns
+    -------
+    dict
+        The run summary of :func:`radio_curation.tasks.stage.run_stage` (on a non-zero DDP rank: that
+        rank's row count).
+
+    Raises
+    ------
+    RadioCurationError
+        No or a wrong source ID (e.g. a cutouts ID), a bad checkpoint or module name, a backbone that
+        cannot take the windows, bad settings.
+    """
+    _check_settings(cfg)
+    source = _source(cfg)
+    if _launched_rank() > 0:
+        return _rank_worker(cfg, source)
+    return run_stage(cfg, cfg.stage, _work)

@@ -1,0 +1,236 @@
+"""The features stage: rows equal a direct forward, limits, dtypes, resume after a kill, DDP, errors."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from radio_curation.backbones import build_backbone, instantiate_user
+from radio_curation.cutouts.reader import WindowReader
+from radio_curation.data.preprocess import Preprocess
+from radio_curation.errors import RadioCurationError
+from radio_curation.features import io as features_io
+from radio_curation.features.io import FeatureFile
+from radio_curation.runs.store import RunStore
+from radio_curation.tasks import features as features_task
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _merged(runs_dir: Path, merge_id: str) -> WindowReader:
+    return WindowReader(RunStore(runs_dir).resolve(merge_id, stage="merge").artifact("merged.h5"))
+
+
+def _features(runs_dir: Path, run_id: str) -> FeatureFile:
+    return FeatureFile(RunStore(runs_dir).resolve(run_id, stage="features").artifact("features.h5"))
+
+
+def _cli(overrides: list[str], runs_dir: Path, data_dir: Path, cwd: Path) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "extract.py"),
+        *overrides,
+        f"paths.runs_dir={runs_dir}",
+        f"paths.data_dir={data_dir}",
+        "logger=csv",
+    ]
+
+
+def test_rows_are_the_direct_forward_of_every_cutout(compose, features_overrides, runs_dir, merge_id):
+    cfg = compose("extract", features_overrides)
+    result = features_task.run(cfg)
+    reader = _merged(runs_dir, merge_id)
+    assert set(np.unique(reader.table()["size"])) == {32, 64}
+    with _features(runs_dir, result["run_id"]) as ff:
+        assert ff.n == len(reader.cutout_ids) == result["counts"]["rows"]
+        np.testing.assert_array_equal(ff.cutout_ids, reader.cutout_ids)
+        assert np.all(np.diff(ff.cutout_ids) > 0)
+        extractor = build_backbone(cfg.backbone).eval()
+        preprocess = Preprocess(instantiate_user(cfg.normalization), extractor.in_chans, 32)
+        sizes = reader.table()["size"]
+        for size in (32, 64):
+            rows = np.flatnonzero(sizes == size)[:7]
+            with torch.no_grad():
+                want = extractor(preprocess(torch.from_numpy(reader.read(reader.cutout_ids[rows])))).numpy()
+            np.testing.assert_allclose(ff.read(rows), want, rtol=1e-4, atol=1e-5)
+        attrs = ff.attrs
+        assert (attrs["tap"], attrs["pooling"], attrs["resize"], attrs["dim"]) == (
+            "output",
+            "default",
+            32,
+            ff.dim,
+        )
+        assert "MinMaxInterval" in attrs["normalization"] and "test_vit" in attrs["backbone"]
+        assert attrs["source_id"] == merge_id and ff.dtype == np.float32
+    run_dir = Path(result["run_dir"])
+    assert not (run_dir / "shards").exists()
+    assert features_task.run(cfg)["reused"] is True
+
+
+def test_limit_batches_takes_the_first_batches_and_is_recorded(
+    compose, features_overrides, runs_dir, merge_id
+):
+    full = features_task.run(compose("extract", features_overrides))
+    quick = features_task.run(compose("extract", [*features_overrides, "limit_batches=3", "batch_size=8"]))
+    assert quick["run_id"] != full["run_id"]
+    manifest = yaml.safe_load((Path(quick["run_dir"]) / "manifest.yaml").read_text())
+    assert manifest["info"]["limit_batches"] == 3 and manifest["config"]["limit_batches"] == 3
+    with _features(runs_dir, quick["run_id"]) as ff, _features(runs_dir, full["run_id"]) as whole:
+        assert ff.n == 24
+        np.testing.assert_array_equal(ff.cutout_ids, whole.cutout_ids[:24])
+        np.testing.assert_allclose(ff.read(), whole.read(np.arange(24)), rtol=1e-5, atol=1e-6)
+
+
+def test_float16_storage(compose, features_overrides, runs_dir):
+    full = features_task.run(compose("extract", features_overrides))
+    half = features_task.run(compose("extract", [*features_overrides, "features_dtype=float16"]))
+    with _features(runs_dir, half["run_id"]) as ff, _features(runs_dir, full["run_id"]) as whole:
+        assert ff.dtype == np.float16 and ff.attrs["dtype"] == "float16"
+        chunks = list(ff.iter_chunks(50))
+        assert [start for start, _ in chunks] == list(range(0, ff.n, 50))
+        assert all(chunk.dtype == np.float32 for _, chunk in chunks)
+        np.testing.assert_allclose(np.concatenate([c for _, c in chunks]), whole.read(), rtol=2e-3, atol=2e-3)
+
+
+def test_resume_after_a_failure_recomputes_only_missing_blocks(
+    compose, features_overrides, runs_dir, monkeypatch
+):
+    reference = features_task.run(compose("extract", features_overrides))
+    with _features(runs_dir, reference["run_id"]) as ff:
+        want_ids, want = ff.cutout_ids.copy(), ff.read()
+    overrides = [*features_overrides, "batch_size=4", "force=true"]
+    original = features_io.BlockShards.write
+    written: list[int] = []
+
+    def failing_write(self, block, *args, **kwargs):
+        if len(written) == 3:
+            raise OSError("disk full")
+        original(self, block, *args, **kwargs)
+        written.append(block)
+
+    monkeypatch.setattr(features_io.BlockShards, "write", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        features_task.run(compose("extract", overrides))
+    monkeypatch.setattr(features_io.BlockShards, "write", original)
+    run_dir = runs_dir / "features" / f"{reference['run_id']}-2"
+    shards = features_io.BlockShards(run_dir / "shards")
+    assert shards.done() == {0, 1, 2}
+    # Leftovers of a write cut short never count as a block.
+    (shards.directory / ".block-00000003.h5.tmp-999").write_bytes(b"half a block")
+    resumed = features_task.run(compose("extract", overrides))
+    assert resumed["run_id"] == f"{reference['run_id']}-2"
+    manifest = yaml.safe_load((run_dir / "manifest.yaml").read_text())
+    assert manifest["attempts"] == 2 and manifest["info"]["blocks_done_before"] == 3
+    with _features(runs_dir, resumed["run_id"]) as ff:
+        np.testing.assert_array_equal(ff.cutout_ids, want_ids)
+        # Another batch size than the reference run: the same rows up to float rounding.
+        np.testing.assert_allclose(ff.read(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_sigkill_and_restart_gives_the_uninterrupted_result(
+    compose, features_overrides, runs_dir, data_dir, tmp_path
+):
+    reference = features_task.run(compose("extract", features_overrides))
+    with _features(runs_dir, reference["run_id"]) as ff:
+        want_ids, want = ff.cutout_ids.copy(), ff.read()
+    # The same command as a forced new run, killed once it has written its first blocks.
+    command = _cli([*features_overrides, "batch_size=4", "force=true"], runs_dir, data_dir, tmp_path)
+    run_dir = runs_dir / "features" / f"{reference['run_id']}-2"
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as out, subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=out) as proc:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list((run_dir / "shards").glob("block-*.h5"))) >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+    assert not (run_dir / "features.h5").exists()
+    done = len(list((run_dir / "shards").glob("block-*.h5")))
+    finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert finished.stdout.strip().splitlines()[-1] == f"run_id={run_dir.name}"
+    manifest = yaml.safe_load((run_dir / "manifest.yaml").read_text())
+    assert manifest["status"] == "complete" and manifest["attempts"] == 2
+    assert manifest["info"]["blocks_done_before"] >= done >= 2
+    with FeatureFile(run_dir / "features.h5") as ff:
+        np.testing.assert_array_equal(ff.cutout_ids, want_ids)
+        np.testing.assert_allclose(ff.read(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_gives_the_single_process_rows(
+    compose, features_overrides, runs_dir, data_dir, tmp_path
+):
+    single = features_task.run(compose("extract", features_overrides))
+    with _features(runs_dir, single["run_id"]) as ff:
+        want_ids, want = ff.cutout_ids.copy(), ff.read()
+    command = _cli(
+        [*features_overrides, "strategy=ddp", "devices=2", "force=true"], runs_dir, data_dir, tmp_path
+    )
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-4000:]
+    run_id = done.stdout.strip().splitlines()[-1].removeprefix("run_id=")
+    assert run_id == f"{single['run_id']}-2"
+    manifest = yaml.safe_load((runs_dir / "features" / run_id / "manifest.yaml").read_text())
+    assert set(manifest["info"]["blocks_by_rank"]) == {0, 1}
+    with _features(runs_dir, run_id) as ff:
+        np.testing.assert_array_equal(ff.cutout_ids, want_ids)
+        np.testing.assert_allclose(ff.read(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_wrong_or_missing_source_id(compose, features_overrides, runs_dir):
+    cutouts_id = next(r.run_id for r in RunStore(runs_dir).runs("cutouts"))
+    overrides = [o for o in features_overrides if not o.startswith("source_id=")]
+    with pytest.raises(RadioCurationError, match=r"is a 'cutouts' run, but a 'merge' run is needed"):
+        features_task.run(compose("extract", [*overrides, f"source_id={cutouts_id}"]))
+    with pytest.raises(RadioCurationError, match=r"no source: give the merge run"):
+        features_task.run(compose("extract", overrides))
+    with pytest.raises(RadioCurationError, match=r"no run 'merge-nope'"):
+        features_task.run(compose("extract", [*overrides, "source_id=merge-nope"]))
+
+
+def test_bad_checkpoint_module_name_and_settings(compose, features_overrides, tmp_path):
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"\x00" * 64)
+    with pytest.raises(RadioCurationError, match=r"cannot read checkpoint .*broken\.pth"):
+        features_task.run(compose("extract", [*features_overrides, f"backbone.checkpoint={broken}"]))
+    with pytest.raises(RadioCurationError, match=r"'blocks\.9' is not a module.*Closest names: blocks\.5"):
+        features_task.run(compose("extract", [*features_overrides, "backbone.module_name=blocks.9"]))
+    with pytest.raises(RadioCurationError, match="features_dtype must be one of"):
+        features_task.run(compose("extract", [*features_overrides, "features_dtype=int8"]))
+    with pytest.raises(RadioCurationError, match="cannot take 32 px windows"):
+        features_task.run(
+            compose(
+                "extract",
+                [*features_overrides, "backbone.name=vit_tiny_patch16_224", "backbone.checkpoint=null"],
+            )
+        )
+
+
+def test_feature_file_reader_checks(tmp_path: Path):
+    with pytest.raises(RadioCurationError, match="does not exist"):
+        FeatureFile(tmp_path / "none.h5")
+    with h5py.File(tmp_path / "bad.h5", "w") as f:
+        f["features"] = np.zeros((3, 2), np.float32)
+    with pytest.raises(RadioCurationError, match="is not a features file"):
+        FeatureFile(tmp_path / "bad.h5")
+    with h5py.File(tmp_path / "ok.h5", "w") as f:
+        f["features"] = np.arange(12, dtype=np.float32).reshape(6, 2)
+        f["cutout_id"] = np.array([2, 4, 6, 8, 10, 12])
+    with FeatureFile(tmp_path / "ok.h5") as ff:
+        np.testing.assert_array_equal(ff.read([5, 0, 5]), [[10, 11], [0, 1], [10, 11]])
+        np.testing.assert_array_equal(ff.rows_of([12, 2]), [5, 0])
+        with pytest.raises(RadioCurationError, match="not in"):
+            ff.rows_of([3])
+        with pytest.raises(RadioCurationError, match="out of range"):
+            ff.read([6])
