@@ -25,7 +25,7 @@ def part_path(parts_dir: Path, files: MosaicFiles) -> Path:
     return parts_dir / f"{digest}.h5"
 
 
-def cut_mosaic(files: MosaicFiles, strategy: CutoutStrategy, out: Path) -> dict[str, int]:
+def cut_mosaic(files: MosaicFiles, strategy: CutoutStrategy, out: Path, threads: int = 1) -> dict[str, int]:
     """Cut one mosaic with ``strategy`` and write its rows to ``out`` (atomically).
 
     Parameters
@@ -36,6 +36,8 @@ def cut_mosaic(files: MosaicFiles, strategy: CutoutStrategy, out: Path) -> dict[
         The cutout strategy.
     out
         Part file to write.
+    threads
+        Threads working on this mosaic (results do not depend on it).
 
     Returns
     -------
@@ -48,7 +50,7 @@ def cut_mosaic(files: MosaicFiles, strategy: CutoutStrategy, out: Path) -> dict[
         If the mosaic cannot be read.
     """
     with open_mosaic(files) as mosaic:
-        rows, counts = strategy.windows(mosaic)
+        rows, counts = strategy.windows(mosaic, threads)
         scale = mosaic.pixel_scale_arcsec
     counts = {**counts, "windows": len(rows["y0"])}
     rows["mosaic"] = np.zeros(len(rows["y0"]), dtype=np.int32)

@@ -23,6 +23,8 @@ from radio_curation.sky.fitsio import Mosaic
 __all__ = ["CatalogWindows", "CutoutStrategy", "SlidingWindow", "load_catalog"]
 
 NAN_POLICIES = ("drop", "max_fraction")
+#: With ``rms_step`` null, the robust rms uses about this many samples along each side of a window.
+RMS_SAMPLES_PER_SIDE = 16
 
 #: Row columns every strategy returns (besides ``mosaic``, added by the stage).
 COLUMNS = {
@@ -54,7 +56,9 @@ class CutoutStrategy(ABC):
     nan_fill
         Value the window reader puts in NaN pixels (recorded in the index).
     rms_step
-        Step of the sub-grid the robust rms is computed on (see :mod:`radio_curation.cutouts.stats`).
+        Step [px] of the sub-grid the robust rms is computed on (see :mod:`radio_curation.cutouts.stats`);
+        ``None``: about ``window_size / RMS_SAMPLES_PER_SIDE`` (16 × 16 samples per window, 8 px for 128-px
+        windows: two beams apart, so nearly independent), the largest divisor of the stride not above it.
     """
 
     def __init__(
@@ -62,7 +66,7 @@ class CutoutStrategy(ABC):
         nan_policy: str = "drop",
         max_nan_fraction: float = 0.0,
         nan_fill: float = 0.0,
-        rms_step: int = 4,
+        rms_step: int | None = None,
     ) -> None:
         if nan_policy not in NAN_POLICIES:
             raise RadioCurationError(
@@ -70,19 +74,31 @@ class CutoutStrategy(ABC):
             )
         if not 0.0 <= float(max_nan_fraction) < 1.0:
             raise RadioCurationError(f"cutouts.max_nan_fraction={max_nan_fraction} must be in [0, 1).")
-        if int(rms_step) < 1:
-            raise RadioCurationError(f"cutouts.rms_step={rms_step}; use 1 or more.")
+        if rms_step is not None and int(rms_step) < 1:
+            raise RadioCurationError(f"cutouts.rms_step={rms_step}; use 1 or more, or null (automatic).")
         self.nan_policy = nan_policy
         self.max_nan_fraction = float(max_nan_fraction) if nan_policy == "max_fraction" else 0.0
         self.nan_fill = float(nan_fill)
-        self.rms_step = int(rms_step)
+        self.rms_step = None if rms_step is None else int(rms_step)
+
+    def rms_step_for(self, size: int, stride: int | None = None) -> int:
+        """The rms sub-grid step for windows of ``size`` px placed ``stride`` px apart (if on a grid)."""
+        if self.rms_step is not None:
+            return self.rms_step
+        step = max(1, size // RMS_SAMPLES_PER_SIDE)
+        while stride is not None and stride % step:
+            step -= 1
+        return step
 
     def _nan_ok(self, nan_fraction: np.ndarray) -> np.ndarray:
         return (nan_fraction <= self.max_nan_fraction) & (nan_fraction < 1.0)
 
     @abstractmethod
-    def windows(self, mosaic: Mosaic) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-        """Index rows (columns of :data:`COLUMNS`) of one mosaic, and counts of left-out windows."""
+    def windows(self, mosaic: Mosaic, threads: int = 1) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """Index rows (columns of :data:`COLUMNS`) of one mosaic, and counts of left-out windows.
+
+        ``threads`` share the work within the mosaic; results do not depend on it.
+        """
 
     def attrs(self) -> dict[str, Any]:
         """Settings recorded in the index file."""
@@ -90,7 +106,7 @@ class CutoutStrategy(ABC):
             "nan_policy": self.nan_policy,
             "max_nan_fraction": self.max_nan_fraction,
             "nan_fill": self.nan_fill,
-            "rms_step": self.rms_step,
+            "rms_step": "auto" if self.rms_step is None else self.rms_step,
         }
 
 
@@ -141,10 +157,11 @@ class SlidingWindow(CutoutStrategy):
         self.window_size = int(window_size)
         self.overlap = float(overlap)
         self.stride = max(1, round(self.window_size * (1.0 - self.overlap)))
-        if self.stride % self.rms_step:
+        if self.rms_step is not None and self.stride % self.rms_step:
             raise RadioCurationError(
                 f"cutouts.rms_step={self.rms_step} must divide the window stride {self.stride} px "
-                f"(window_size × (1 − overlap)); e.g. cutouts.rms_step={math.gcd(self.stride, self.rms_step)}."
+                f"(window_size × (1 − overlap)); e.g. cutouts.rms_step={math.gcd(self.stride, self.rms_step)}, "
+                "or null to choose automatically."
             )
 
     def attrs(self) -> dict[str, Any]:
@@ -155,11 +172,13 @@ class SlidingWindow(CutoutStrategy):
             "overlap": self.overlap,
             "stride": self.stride,
             **super().attrs(),
+            "rms_step_px": self.rms_step_for(self.window_size, self.stride),
         }
 
-    def windows(self, mosaic: Mosaic) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    def windows(self, mosaic: Mosaic, threads: int = 1) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """Grid windows of ``mosaic`` that pass the NaN policy, with their statistics."""
-        grid = grid_window_stats(mosaic, self.window_size, self.stride, self.rms_step)
+        step = self.rms_step_for(self.window_size, self.stride)
+        grid = grid_window_stats(mosaic, self.window_size, self.stride, step, threads)
         keep = np.flatnonzero(self._nan_ok(grid.nan_fraction))
         stats = {
             "nan_fraction": grid.nan_fraction[keep],
@@ -308,7 +327,7 @@ class CatalogWindows(CutoutStrategy):
         choices = np.asarray(self.size_choices)
         return choices[np.minimum(np.searchsorted(choices, wanted), len(choices) - 1)]
 
-    def windows(self, mosaic: Mosaic) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    def windows(self, mosaic: Mosaic, threads: int = 1) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """Windows centred on the catalogue sources that fall inside ``mosaic``."""
         ra, dec, size_arcsec = self.sources()
         ny, nx = mosaic.shape
@@ -328,7 +347,9 @@ class CatalogWindows(CutoutStrategy):
         dropped = 0
         for s in np.unique(size):
             sel = np.flatnonzero(size == s)
-            stats = gathered_window_stats(mosaic, y0[sel], x0[sel], int(s), self.rms_step, finite_grid)
+            stats = gathered_window_stats(
+                mosaic, y0[sel], x0[sel], int(s), self.rms_step_for(int(s)), finite_grid, threads
+            )
             keep = self._nan_ok(stats["nan_fraction"])
             dropped += int((~keep).sum())
             parts.append(

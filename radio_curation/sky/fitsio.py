@@ -169,6 +169,25 @@ class ImageData:
         """Read rows ``start:stop`` (all columns) as a native-endian float array."""
         return self._physical(np.asarray(self.raw[start:stop]))
 
+    def read_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Read rows ``start:stop`` into ``out`` (shape ``(stop - start, nx)``, :attr:`dtype`) and return it.
+
+        Reusing one buffer for a streaming pass avoids allocating (and page-faulting) a new array per strip.
+        """
+        raw = self.raw[start:stop]
+        np.copyto(out, raw, casting="unsafe")
+        if self.scaled:
+            out *= self.bscale
+            out += self.bzero
+            if self.blank is not None:
+                out[raw == self.blank] = np.nan
+        return out
+
+    def positive(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """``rows(start, stop) > 0`` written into the boolean array ``out`` (one pass, no float copy)."""
+        source = self.rows(start, stop) if self.scaled else self.raw[start:stop]
+        return np.greater(source, 0, out=out)
+
     def gather(self, y0: np.ndarray, x0: np.ndarray, size: int) -> np.ndarray:
         """Read ``len(y0)`` square windows of ``size`` pixels with top-left corners ``(y0, x0)``.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import shutil
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from typing import Any
@@ -62,11 +63,13 @@ def _work(run: Run) -> None:
     with run.timer("cut"), progress(len(mosaics), "cutting mosaics", unit="mosaic") as bar:
         bar.advance(len(mosaics) - len(todo))
         workers = min(survey.num_workers, len(todo))
+        # The cores this job may use (SLURM sets the affinity) are shared among the worker processes.
+        threads = max(1, len(os.sched_getaffinity(0)) // max(workers, 1))
         if workers > 1:
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 futures: dict[Future, MosaicFiles] = {
-                    pool.submit(cut_mosaic, m, strategy, part_path(parts_dir, m)): m for m in todo
+                    pool.submit(cut_mosaic, m, strategy, part_path(parts_dir, m), threads): m for m in todo
                 }
                 for future in as_completed(futures):
                     error = future.exception()
@@ -77,7 +80,7 @@ def _work(run: Run) -> None:
         else:
             for files in todo:
                 try:
-                    done(files, cut_mosaic(files, strategy, part_path(parts_dir, files)))
+                    done(files, cut_mosaic(files, strategy, part_path(parts_dir, files), threads))
                 except RadioCurationError as err:
                     done(files, err)
                 bar.advance()

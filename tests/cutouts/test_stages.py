@@ -111,9 +111,9 @@ def test_interrupted_run_resumes_with_the_mosaics_left(compose, glob_survey, tmp
     calls = []
     original = cutouts_task.cut_mosaic
 
-    def counting(files, strategy, out):
+    def counting(files, strategy, out, threads):
         calls.append(files.name)
-        return original(files, strategy, out)
+        return original(files, strategy, out, threads)
 
     monkeypatch.setattr(cutouts_task, "cut_mosaic", counting)
     result = extract.run(compose("extract", ["stage=cutouts", *glob_survey]))

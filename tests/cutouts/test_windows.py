@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
+from radio_curation.cutouts import stats
 from radio_curation.cutouts.stats import robust_rms
 from radio_curation.cutouts.strategies import CatalogWindows, SlidingWindow
 from radio_curation.errors import RadioCurationError
@@ -76,6 +77,23 @@ def test_sliding_statistics_equal_direct_numpy(blanked, rms_step):
         assert rows["peak_snr"][i] == pytest.approx(expected["peak"] / expected["rms"], rel=1e-5)
 
 
+def test_strips_and_threads_do_not_change_the_statistics(blanked, monkeypatch):
+    files, data, mask = blanked
+    strategy = SlidingWindow(64, 0.5, nan_policy="max_fraction", max_nan_fraction=0.6)
+    with open_mosaic(files) as mosaic:
+        whole, _ = strategy.windows(mosaic)
+        # Strips of 64 rows (the smallest the grid allows) read by three threads.
+        monkeypatch.setattr(stats, "_STRIP_BYTES", 1)
+        monkeypatch.setattr(stats, "_BATCH", 7)
+        striped, _ = strategy.windows(mosaic, threads=3)
+    for key, values in whole.items():
+        np.testing.assert_array_equal(values, striped[key], err_msg=key)
+    for i in range(0, len(whole["y0"]), 5):
+        expected = _direct(data, mask, whole["y0"][i], whole["x0"][i], 64, strategy.rms_step_for(64, 32))
+        assert whole["rms"][i] == pytest.approx(expected["rms"], rel=1e-5)
+        assert whole["mask_fraction"][i] == pytest.approx(expected["mask_fraction"])
+
+
 def test_nan_policies(blanked):
     files, data, _ = blanked
     with open_mosaic(files) as mosaic:
@@ -123,6 +141,20 @@ def test_robust_rms_handles_nan_and_both_parities():
             assert np.isnan(value)
         else:
             assert value == pytest.approx(1.4826 * np.median(np.abs(finite - np.median(finite))))
+
+
+def test_automatic_rms_step_gives_about_16_samples_per_side(blanked):
+    assert SlidingWindow(128, 0.5).rms_step_for(128, 64) == 8
+    assert SlidingWindow(64, 0.5).rms_step_for(64, 32) == 4
+    # 100 // 16 = 6 does not divide the stride of 50: the largest divisor below is used.
+    assert SlidingWindow(100, 0.5).rms_step_for(100, 50) == 5
+    assert CatalogWindows("x.fits").rms_step_for(256) == 16
+    files, data, mask = blanked
+    with open_mosaic(files) as mosaic:
+        rows, _ = SlidingWindow(96, 0.5).windows(mosaic)
+    for i in range(0, len(rows["y0"]), 3):
+        expected = _direct(data, mask, rows["y0"][i], rows["x0"][i], 96, 6)
+        assert rows["rms"][i] == pytest.approx(expected["rms"], rel=1e-5)
 
 
 def test_invalid_options_are_user_errors():
