@@ -1,0 +1,342 @@
+"""``train.py``: self-supervised pretraining on a subsample (or on all / a random part of a merge run).
+
+The run directory holds Lightning's checkpoints (``checkpoints/last.ckpt`` and one every N steps), the
+exported ``backbone.pt`` (loadable with ``backbone=run backbone.model_id=<run ID>``) and, with
+``data.cache=true``, the pixel cache. Running the same command again resumes from ``last.ckpt``.
+
+Under DDP every rank runs this task. Rank 0 owns the run (store lease, manifest, trackers, export); the
+other ranks train in rank 0's run directory without touching the store, since rank 0 holds the run's lock
+for the whole fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning_fabric.plugins.environments import SLURMEnvironment
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from radio_curation.backbones.export import save_backbone
+from radio_curation.cutouts.reader import WindowReader
+from radio_curation.data.datamodule import TrainingWindows
+from radio_curation.data.preprocess import Preprocess
+from radio_curation.errors import RadioCurationError
+from radio_curation.runs.identity import stage_identity
+from radio_curation.runs.store import RunRecord, RunStore
+from radio_curation.ssl.base import SSLModule
+from radio_curation.ssl.monitor import OnlineKNN, TrackerLogger
+from radio_curation.tasks.stage import Run, run_stage
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.ckpt"
+
+
+@dataclass(frozen=True)
+class TrainingSource:
+    """The windows a run trains on.
+
+    Attributes
+    ----------
+    record
+        The sample run (``subsample_id``) or merge run (``source_id``) they come from.
+    merged
+        The ``merged.h5`` the windows are read from.
+    cutout_ids
+        The windows, ascending.
+    window_size
+        Their common side in pixels.
+    """
+
+    record: RunRecord
+    merged: Path
+    cutout_ids: np.ndarray
+    window_size: int
+
+
+def _merge_ancestor(store: RunStore, record: RunRecord) -> RunRecord:
+    """The merge run a sample run descends from (through its clusters and features runs)."""
+    queue, seen = [record], set()
+    while queue:
+        current = queue.pop(0)
+        if current.stage == "merge":
+            return current
+        for parent in current.parents:
+            if parent not in seen:
+                seen.add(parent)
+                queue.append(store.resolve(parent))
+    raise RadioCurationError(
+        f"run {record.run_id} does not descend from a merge run, so its windows cannot be read; "
+        f"check its lineage with `radio-curation runs lineage {record.run_id}`."
+    )
+
+
+def _select_size(
+    cutout_ids: np.ndarray, reader: WindowReader, window_size: int | None, what: str
+) -> np.ndarray:
+    table = reader.table()
+    sizes = table["size"][np.searchsorted(table["cutout_id"], cutout_ids)]
+    present = sorted(int(s) for s in np.unique(sizes))
+    if window_size is None:
+        if len(present) > 1:
+            raise RadioCurationError(
+                f"{what} mixes window sizes {present} px; choose one with data.window_size=<size>."
+            )
+        return cutout_ids
+    keep = sizes == int(window_size)
+    if not keep.any():
+        raise RadioCurationError(f"data.window_size={window_size}: {what} has only {present} px windows.")
+    return cutout_ids[keep]
+
+
+def resolve_source(cfg: DictConfig) -> TrainingSource:
+    """Find the windows to train on from ``subsample_id`` or ``source_id`` (+ ``random_subset``).
+
+    Raises
+    ------
+    RadioCurationError
+        Neither or both IDs given, an ID of the wrong stage, ``random_subset`` without ``source_id`` or
+        larger than the source.
+    """
+    store = RunStore(cfg.paths.runs_dir)
+    subsample_id, source_id, subset = cfg.subsample_id, cfg.source_id, cfg.random_subset
+    if (subsample_id is None) == (source_id is None):
+        raise RadioCurationError(
+            "give exactly one of subsample_id=<sample run ID> (a curated subsample) or source_id=<merge run "
+            f"ID> (all its cutouts, or random_subset=N of them); got subsample_id={subsample_id}, "
+            f"source_id={source_id}."
+        )
+    if subsample_id is not None:
+        if subset is not None:
+            raise RadioCurationError(
+                "random_subset draws from all cutouts of a merge run: use it with source_id=<merge run ID>, "
+                "not with subsample_id."
+            )
+        record = store.resolve(str(subsample_id), stage="sample")
+        with h5py.File(record.artifact("subsample.h5"), "r") as f:
+            ids = np.sort(f["cutout_id"][:].astype(np.int64))
+        merge = _merge_ancestor(store, record)
+        what = f"subsample {record.run_id}"
+    else:
+        record = merge = store.resolve(str(source_id), stage="merge")
+        ids = None
+        what = f"merge run {record.run_id}"
+    merged = merge.artifact("merged.h5")
+    reader = WindowReader(str(merged))
+    ids = reader.cutout_ids if ids is None else ids
+    ids = _select_size(np.asarray(ids, dtype=np.int64), reader, cfg.data.window_size, what)
+    if subset is not None:
+        if not 0 < int(subset) <= len(ids):
+            raise RadioCurationError(
+                f"random_subset={subset} must be between 1 and the {len(ids)} windows of {what}."
+            )
+        rng = np.random.default_rng(int(cfg.seed))
+        ids = np.sort(rng.choice(ids, size=int(subset), replace=False))
+    size = int(reader.table()["size"][np.searchsorted(reader.cutout_ids, ids[0])])
+    return TrainingSource(record=record, merged=merged, cutout_ids=ids, window_size=size)
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0 as set by the launcher (Lightning's DDP children, torchrun, SLURM)."""
+    return all(
+        int(os.environ.get(key, 0)) == 0 for key in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
+    )
+
+
+def _build_model(cfg: DictConfig) -> SSLModule:
+    backbone = instantiate(cfg.backbone)
+    make_views = instantiate(cfg.augmentation)
+    augmentation = make_views(normalization=instantiate(cfg.normalization), in_chans=backbone.in_chans)
+    method = instantiate(cfg.ssl, _convert_="all")
+    return method(backbone=backbone, augmentation=augmentation, rankme_samples=cfg.monitor.rankme_samples)
+
+
+def _knn_monitor(cfg: DictConfig, model: SSLModule) -> OnlineKNN | None:
+    monitor = cfg.monitor
+    if monitor.dataset is None:
+        return None
+    if monitor.dataset not in monitor.datasets:
+        raise RadioCurationError(
+            f"monitor.dataset={monitor.dataset} is not one of {', '.join(monitor.datasets)} (or null for no online kNN)."
+        )
+    if monitor.root is None:
+        raise RadioCurationError(
+            f"monitor.dataset={monitor.dataset} needs monitor.root=<folder of the labelled set>."
+        )
+    labelled = instantiate(monitor.datasets[monitor.dataset], root=monitor.root).load()
+    train_mask = None if labelled.split is None else torch.from_numpy(labelled.split == "train")
+    preprocess = Preprocess(
+        instantiate(cfg.normalization), model.backbone.in_chans, resize=model.augmentation.global_size
+    )
+    return OnlineKNN(
+        torch.from_numpy(labelled.images),
+        torch.from_numpy(labelled.labels),
+        preprocess,
+        train_mask=train_mask,
+        k=monitor.k,
+        temperature=monitor.temperature,
+        every_n_epochs=monitor.every_n_epochs,
+    )
+
+
+def _callbacks(cfg: DictConfig, run_dir: Path, knn: OnlineKNN | None) -> list[pl.Callback]:
+    callbacks: list[pl.Callback] = []
+    for name, node in (cfg.callbacks or {}).items():
+        if node is None:
+            continue
+        if name == "checkpoint":
+            callbacks.append(instantiate(node, dirpath=str(run_dir / CHECKPOINT_DIR)))
+        else:
+            callbacks.append(instantiate(node))
+    if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        raise RadioCurationError("callbacks.checkpoint is needed: training resumes from its last.ckpt.")
+    if knn is not None:
+        callbacks.append(knn)
+    return callbacks
+
+
+def _plugins() -> list[Any]:
+    # Under SLURM the job is requeued by submitit, not by Lightning's signal handler.
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+def fit(
+    cfg: DictConfig, source: TrainingSource, run_dir: Path, run: Run | None = None
+) -> tuple[pl.Trainer, SSLModule]:
+    """Train in ``run_dir``, resuming from its ``last.ckpt`` if there is one.
+
+    Parameters
+    ----------
+    cfg
+        The composed ``train`` config.
+    source
+        The windows to train on.
+    run_dir
+        The run directory (checkpoints, cache).
+    run
+        Rank 0's run handle (trackers); None on the other ranks.
+
+    Returns
+    -------
+    tuple
+        The trainer and the trained module.
+    """
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    model = _build_model(cfg)
+    data = cfg.data
+    datamodule = TrainingWindows(
+        source.merged,
+        source.cutout_ids,
+        batch_size=data.batch_size,
+        num_workers=data.num_workers,
+        cache_path=run_dir / "cache" / "pixels.h5" if data.cache else None,
+        nan_fill=data.nan_fill,
+        pin_memory=data.pin_memory,
+        prefetch_factor=data.prefetch_factor,
+    )
+    knn = _knn_monitor(cfg, model)
+    logger = TrackerLogger(run.tracker, run.run_id) if run is not None else False
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=_callbacks(cfg, run_dir, knn),
+        logger=logger,
+        plugins=_plugins(),
+        default_root_dir=str(run_dir),
+    )
+    if trainer.strategy.root_device.type == "cpu" and cfg.trainer.sync_batchnorm:
+        raise RadioCurationError(
+            "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm has no CPU implementation); "
+            "set trainer.sync_batchnorm=false to train with DDP on CPUs."
+        )
+    last = run_dir / LAST_CHECKPOINT
+    ckpt_path = str(last) if last.exists() else None
+    with warnings.catch_warnings():
+        if ckpt_path is not None:
+            log.info("resuming from %s", ckpt_path)
+            # Resuming writes into the checkpoint directory of the interrupted attempt on purpose.
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            # A step checkpoint resumes mid-epoch: the rest of that epoch is drawn from a fresh shuffle, which
+            # self-supervised training on shuffled windows does not care about.
+            warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.save_checkpoint(last)
+    return trainer, model
+
+
+def _metrics(trainer: pl.Trainer) -> dict[str, float]:
+    names = {
+        "train/loss_epoch": "loss",
+        "train/embedding_std": "embedding_std",
+        "train/rankme": "rankme",
+        "train/images_per_sec": "images_per_sec",
+        "monitor/knn_top1": "knn_top1",
+    }
+    metrics = trainer.callback_metrics
+    return {short: float(metrics[name]) for name, short in names.items() if name in metrics}
+
+
+def _work(run: Run, source: TrainingSource) -> None:
+    cfg = run.cfg
+    resumed_at = None
+    last = run.dir / LAST_CHECKPOINT
+    if last.exists():
+        resumed_at = int(torch.load(last, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    with run.timer("fit"):
+        trainer, model = fit(cfg, source, run.dir, run)
+    run.register(LAST_CHECKPOINT)
+    with run.artifact("backbone.pt") as tmp:
+        save_backbone(model.export_backbone(), OmegaConf.to_container(cfg.backbone, resolve=True), tmp)
+    run.counts.update(
+        {
+            "images": len(source.cutout_ids),
+            "steps": int(trainer.global_step),
+            "epochs": int(trainer.current_epoch),
+        }
+    )
+    run.metrics.update(_metrics(trainer))
+    run.info.update(
+        {
+            "source": source.record.run_id,
+            "source_stage": source.record.stage,
+            "window_size": source.window_size,
+            "global_batch_size": int(cfg.data.batch_size)
+            * trainer.world_size
+            * trainer.accumulate_grad_batches,
+            "world_size": trainer.world_size,
+            "resumed_from_step": resumed_at,
+        }
+    )
+
+
+def _run_dir_of_rank_zero(cfg: DictConfig) -> Path:
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return RunStore(cfg.paths.runs_dir).run_dir(stage_identity(cfg, cfg.stage).base_id)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Pretrain the ``ssl`` method on the windows of ``subsample_id`` or ``source_id``; see the module doc."""
+    source = resolve_source(cfg)
+    if not is_rank_zero():
+        run_dir = _run_dir_of_rank_zero(cfg)
+        trainer, _ = fit(cfg, source, run_dir)
+        return {
+            "run_id": run_dir.name,
+            "run_dir": str(run_dir),
+            "stage": cfg.stage.name,
+            "rank": trainer.global_rank,
+        }
+    return run_stage(cfg, cfg.stage, lambda handle: _work(handle, source))
