@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import shutil
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,18 +72,24 @@ def _work(run: Run) -> None:
                 futures: dict[Future, MosaicFiles] = {
                     pool.submit(cut_mosaic, m, strategy, part_path(parts_dir, m), threads): m for m in todo
                 }
-                for future in as_completed(futures):
-                    error = future.exception()
-                    if error is not None and not isinstance(error, RadioCurationError):
-                        raise error
-                    done(futures[future], error or future.result())
-                    bar.advance()
+                try:
+                    for future in as_completed(futures):
+                        error = future.exception()
+                        if error is not None and not isinstance(error, RadioCurationError):
+                            raise error
+                        done(futures[future], error or future.result())
+                        bar.advance()
+                except BaseException:
+                    # Stop promptly: mosaics already cut keep their parts for the resumed run.
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
         else:
             for files in todo:
                 try:
-                    done(files, cut_mosaic(files, strategy, part_path(parts_dir, files), threads))
+                    outcome = cut_mosaic(files, strategy, part_path(parts_dir, files), threads)
                 except RadioCurationError as err:
-                    done(files, err)
+                    outcome = err
+                done(files, outcome)
                 bar.advance()
 
     skipped_names = {s["mosaic"] for s in skipped}
@@ -97,7 +104,7 @@ def _work(run: Run) -> None:
     run.counts.update({"mosaics": len(kept), "skipped_mosaics": len(skipped)})
     run.info.update(
         {
-            "mosaics": [str(m.image) for m in kept],
+            "mosaics": [str(Path(m.image).resolve()) for m in kept],
             "skipped": skipped,
             "windows_per_size": {int(s): int(n) for s, n in zip(sizes, per_size, strict=True)},
             "strategy": strategy.attrs(),

@@ -91,8 +91,17 @@ def glob_survey(tmp_path):
 
 
 def test_unreadable_mosaic_fails_the_run_with_its_name(compose, glob_survey):
-    with pytest.raises(RadioCurationError, match=r"field1\.fits.*survey\.on_error=skip"):
+    with pytest.raises(RadioCurationError, match=r"field1\.fits.*survey\.on_error=skip") as caught:
         extract.run(compose("extract", ["stage=cutouts", *glob_survey]))
+    assert str(caught.value).count("on_error=skip") == 1
+
+
+def test_worker_processes_report_unreadable_mosaics(compose, glob_survey):
+    result = extract.run(
+        compose("extract", ["stage=cutouts", *glob_survey, "survey.on_error=skip", "survey.num_workers=2"])
+    )
+    assert result["counts"]["skipped_mosaics"] == 1 and result["counts"]["windows"] == 2 * 16
+    assert "field1.fits" in _manifest(result)["info"]["skipped"][0]["error"]
 
 
 def test_skipped_mosaics_are_listed_in_the_manifest(compose, glob_survey):
