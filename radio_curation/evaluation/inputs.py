@@ -18,6 +18,7 @@ from radio_curation.data.catalogue import WindowCatalogue
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.similarity import FeatureSource
+from radio_curation.features.io import FeatureFile
 from radio_curation.runs.store import RunRecord, RunStore
 
 
@@ -83,6 +84,42 @@ class RowView:
         """Yield ``(start, rows start:start+rows of the view)``."""
         for start in range(0, self.n, rows):
             yield start, self.source.read(self.rows[start : start + rows])
+
+
+class StoredFeatures:
+    """A ``features.h5`` as a feature source that opens the file only while reading.
+
+    Parameters
+    ----------
+    path : Path
+        The features file of a features run.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with FeatureFile(self.path) as f:
+            self._n, self._dim = f.n, f.dim
+            self.cutout_ids = np.asarray(f.cutout_ids, dtype=np.int64)
+
+    @property
+    def n(self) -> int:
+        """Number of rows."""
+        return self._n
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension."""
+        return self._dim
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (any order) as float32."""
+        with FeatureFile(self.path) as f:
+            return f.read(np.asarray(rows, dtype=np.int64))
+
+    def iter_chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, rows start:start+rows)`` as float32."""
+        with FeatureFile(self.path) as f:
+            yield from f.iter_chunks(rows)
 
 
 def positions(all_ids: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:

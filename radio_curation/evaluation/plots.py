@@ -39,16 +39,19 @@ def confusion_plot(
     return _save(fig, path, dpi)
 
 
-def spectrum_plot(singular_values: np.ndarray, path: Path, title: str, dpi: int = 120) -> Path:
-    """Normalised singular-value spectrum on a log scale (dimensional-collapse plot)."""
-    s = np.asarray(singular_values, dtype=np.float64)
+def spectrum_plot(spectra: Mapping[str, np.ndarray], path: Path, title: str, dpi: int = 120) -> Path:
+    """Normalised singular-value spectra on a log scale (dimensional-collapse plot), one curve per set."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    ax.semilogy(np.arange(1, len(s) + 1), np.maximum(s / max(s[0], 1e-30), 1e-12))
+    for name, values in spectra.items():
+        s = np.asarray(values, dtype=np.float64)
+        ax.semilogy(np.arange(1, len(s) + 1), np.maximum(s / max(s[0], 1e-30), 1e-12), label=name)
     ax.set_xlabel("singular value index")
     ax.set_ylabel("σ / σ₁ (centred features)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    if len(spectra) > 1:
+        ax.legend()
     return _save(fig, path, dpi)
 
 

@@ -30,6 +30,14 @@ class GramAccumulator:
         self.total += x.sum(axis=0)
         self.gram += x.T @ x
 
+    def mean_covariance(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean ``[D]`` and sample covariance ``[D, D]`` of the accumulated rows."""
+        if self.n < 2:
+            raise RadioCurationError("a covariance needs at least two feature rows")
+        mean = self.total / self.n
+        cov = (self.gram - self.n * np.outer(mean, mean)) / (self.n - 1)
+        return mean, (cov + cov.T) / 2
+
     def singular_values(self, centred: bool) -> np.ndarray:
         """Singular values of the accumulated matrix (mean-subtracted if ``centred``), descending."""
         if self.n == 0:
@@ -121,3 +129,34 @@ def uniformity(x: np.ndarray, t: float = 2.0) -> float:
         raise RadioCurationError("uniformity needs at least two feature rows")
     sq = pdist(l2_normalise(x).astype(np.float64), "sqeuclidean")
     return float(np.log(np.mean(np.exp(-t * sq))))
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    eig, vec = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vec * np.sqrt(np.clip(eig, 0.0, None))) @ vec.T
+
+
+def frechet_distance(mean1: np.ndarray, cov1: np.ndarray, mean2: np.ndarray, cov2: np.ndarray) -> float:
+    """Fréchet distance between the Gaussians fitted to two feature sets (as in FID).
+
+    ``‖μ₁ − μ₂‖² + Tr(C₁ + C₂ − 2 (C₁^{½} C₂ C₁^{½})^{½})``, computed with symmetric eigendecompositions so
+    that rank-deficient covariances (collapsed features) are handled exactly.
+
+    Parameters
+    ----------
+    mean1, cov1, mean2, cov2 : np.ndarray
+        Means ``[D]`` and covariances ``[D, D]`` (e.g. :meth:`GramAccumulator.mean_covariance`).
+
+    Returns
+    -------
+    float
+    """
+    if np.shape(mean1) != np.shape(mean2):
+        raise RadioCurationError(
+            f"the two feature sets have different dimensions ({np.shape(mean1)[0]} vs {np.shape(mean2)[0]}); "
+            "a distribution distance needs features of the same space"
+        )
+    root1 = _psd_sqrt(cov1)
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ cov2 @ root1), 0.0, None)).sum()
+    diff = np.asarray(mean1, dtype=np.float64) - np.asarray(mean2, dtype=np.float64)
+    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * cross)

@@ -35,6 +35,7 @@ from radio_curation.evaluation.embed import dihedral, embed_images, resolve_devi
 from radio_curation.evaluation.html import Section, Table, render_html
 from radio_curation.evaluation.inputs import (
     RowView,
+    StoredFeatures,
     ancestor,
     build_model,
     positions,
@@ -45,7 +46,13 @@ from radio_curation.evaluation.inputs import (
 from radio_curation.evaluation.maps import umap_embedding
 from radio_curation.evaluation.neighbours import adjacent_pairs, distance_test, gallery_neighbours
 from radio_curation.evaluation.probes import evaluate_probe, knn_classifier, logistic_classifier
-from radio_curation.evaluation.representation import accumulate, alignment, spectrum_metrics, uniformity
+from radio_curation.evaluation.representation import (
+    accumulate,
+    alignment,
+    frechet_distance,
+    spectrum_metrics,
+    uniformity,
+)
 from radio_curation.evaluation.similarity import ArrayFeatures, FeatureSource
 from radio_curation.runs.store import RunRecord, RunStore
 from radio_curation.tasks.stage import Run, run_stage
@@ -111,10 +118,8 @@ class Pool:
     """The feature rows of a features run with their windows: what the map/neighbour/report evals use."""
 
     def __init__(self, store: RunStore, features_run: RunRecord) -> None:
-        from radio_curation.features.io import FeatureFile
-
         self.features_run = features_run
-        self.file = FeatureFile(features_run.artifact("features.h5"))
+        self.file = StoredFeatures(features_run.artifact("features.h5"))
         self.merge_run = require_ancestor(store, features_run, "merge", "reading window positions and pixels")
         self.merged = self.merge_run.artifact("merged.h5")
         self.cutout_ids = np.asarray(self.file.cutout_ids, dtype=np.int64)
@@ -247,9 +252,12 @@ def _representation(run: Run) -> None:
     cfg, ev = run.cfg, run.cfg.eval
     out, info = Outputs(run), {}
     rng = np.random.default_rng(cfg.seed)
+    if cfg.compare_id and not cfg.features_id:
+        raise RadioCurationError("compare_id compares two features runs: give features_id=<features run> too")
     if cfg.features_id:
         pool = Pool(_store(cfg), _parent(run, "features_id", "features"))
         source: FeatureSource = pool.file
+        name = str(cfg.features_id)
         info["source"] = f"features run {cfg.features_id}"
         with run.timer("spectrum"):
             acc = accumulate((chunk for _, chunk in source.iter_chunks(CHUNK)), source.dim)
@@ -260,7 +268,6 @@ def _representation(run: Run) -> None:
         if len(pairs):
             align = alignment(source.read(pairs[:, 0]), source.read(pairs[:, 1]))
         info["positives"] = f"{len(pairs)} pairs of physically adjacent windows"
-        n = source.n
     else:
         data = instantiate(cfg.dataset).load()
         extractor, preprocess, model_info = build_model(cfg)
@@ -269,22 +276,36 @@ def _representation(run: Run) -> None:
         x = embed_images(extractor, preprocess, data.images, int(cfg.batch_size), device)
         y = embed_images(extractor, preprocess, data.images, int(cfg.batch_size), device, transform=dihedral)
         source = ArrayFeatures(x)
+        name = "model"
         acc = accumulate([x], x.shape[1])
         align = alignment(x, y)
-        n = len(x)
-    metrics, spectrum = spectrum_metrics(acc)
-    sample = np.sort(rng.choice(n, min(n, int(ev.uniformity_sample)), replace=False))
-    metrics = {f"representation/{k}": v for k, v in metrics.items()}
-    metrics["representation/uniformity"] = uniformity(source.read(sample))
+    health, spectrum = spectrum_metrics(acc)
+    metrics = {f"representation/{k}": v for k, v in health.items()}
+    metrics["representation/uniformity"] = _uniformity(source, int(ev.uniformity_sample), rng)
     metrics["representation/alignment"] = align
-    title = f"centred spectrum: RankMe {metrics['representation/rankme']:.1f}, n = {n}"
-    out.png("spectrum.png", plots.spectrum_plot, spectrum, title=title)
+    spectra = {name: spectrum}
+    details: dict[str, Any] = {"spectrum": spectrum, "info": info}
+    if cfg.compare_id:
+        other = StoredFeatures(_parent(run, "compare_id", "features").artifact("features.h5"))
+        with run.timer("compare"):
+            other_acc = accumulate((chunk for _, chunk in other.iter_chunks(CHUNK)), other.dim)
+        other_health, other_spectrum = spectrum_metrics(other_acc)
+        metrics.update({f"representation/compare/{k}": v for k, v in other_health.items()})
+        metrics["representation/compare/uniformity"] = _uniformity(other, int(ev.uniformity_sample), rng)
+        metrics["representation/frechet_distance"] = frechet_distance(
+            *acc.mean_covariance(), *other_acc.mean_covariance()
+        )
+        spectra[str(cfg.compare_id)] = other_spectrum
+        details["compare_spectrum"] = other_spectrum
+    title = f"centred spectrum: RankMe {metrics['representation/rankme']:.1f}, n = {acc.n}"
+    out.png("spectrum.png", plots.spectrum_plot, spectra, title=title)
     run.info.update(info)
-    out.finish(
-        metrics,
-        {"n_rows": n, "n_images": n, "feature_dim": int(acc.total.shape[0])},
-        {"spectrum": spectrum, "info": info},
-    )
+    out.finish(metrics, {"n_rows": acc.n, "n_images": acc.n, "feature_dim": int(acc.total.shape[0])}, details)
+
+
+def _uniformity(source: FeatureSource, sample: int, rng: np.random.Generator) -> float:
+    rows = np.sort(rng.choice(source.n, min(source.n, sample), replace=False))
+    return uniformity(source.read(rows))
 
 
 # ------------------------------------------------------------------------------------------------ umap
@@ -389,11 +410,9 @@ def _clusters_for(
     if cluster_run is None:
         return None
     hierarchy = Hierarchy.load(cluster_run.artifact("clusters.h5"))
-    from radio_curation.features.io import FeatureFile
-
     features_run = require_ancestor(store, cluster_run, "features", "the clustering")
-    file = FeatureFile(features_run.artifact("features.h5"))
-    rows = positions(file.cutout_ids, hierarchy.cutout_id, f"features run {features_run.run_id}")
+    ids = StoredFeatures(features_run.artifact("features.h5")).cutout_ids
+    rows = positions(ids, hierarchy.cutout_id, f"features run {features_run.run_id}")
     return hierarchy, rows, features_run
 
 

@@ -54,7 +54,7 @@ def test_plots_write_pngs(tmp_path):
     rng = np.random.default_rng(0)
     written = [
         confusion_plot(np.array([[5, 1], [2, 7]]), ["FRI", "FRII"], tmp_path / "c.png", "confusion"),
-        spectrum_plot(np.array([4.0, 2.0, 1.0, 0.0]), tmp_path / "s.png", "spectrum"),
+        spectrum_plot({"a": np.array([4.0, 2.0, 1.0, 0.0]), "b": np.ones(3)}, tmp_path / "s.png", "spectrum"),
         histogram_plot({"a": rng.random(50), "b": rng.random(40)}, tmp_path / "h.png", "h", "d"),
         bar_plot({"pool": {"l1": 1.0, "l2": 1.0}, "sub": {"l1": 0.5}}, tmp_path / "b.png", "b", "y"),
         image_grid(

@@ -11,6 +11,7 @@ from radio_curation.evaluation.representation import (
     alignment,
     dims_for_variance,
     entropy_rank,
+    frechet_distance,
     spectrum_metrics,
     uniformity,
 )
@@ -70,3 +71,23 @@ def test_alignment_and_uniformity_limits():
     collapsed = np.ones((100, 8))
     assert uniformity(collapsed) == pytest.approx(0.0, abs=1e-12)
     assert uniformity(x) < -1.0
+
+
+def test_frechet_distance_of_known_gaussians():
+    dim = 6
+    eye = np.eye(dim)
+    assert frechet_distance(np.zeros(dim), eye, np.zeros(dim), eye) == pytest.approx(0.0, abs=1e-10)
+    # C1 = I, C2 = 4 I: Tr(I + 4I - 2·2I) = dim; a mean shift m adds |m|².
+    shift = np.arange(dim, dtype=np.float64)
+    assert frechet_distance(np.zeros(dim), eye, shift, 4 * eye) == pytest.approx(dim + shift @ shift)
+    # Rank-deficient (collapsed) covariances are fine: one direction each, orthogonal.
+    a, b = np.diag([1.0, 0, 0, 0, 0, 0]), np.diag([0, 9.0, 0, 0, 0, 0])
+    assert frechet_distance(np.zeros(dim), a, np.zeros(dim), b) == pytest.approx(10.0)
+
+
+def test_accumulated_mean_and_covariance_match_numpy():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(300, 4)) @ rng.normal(size=(4, 4)) + 3.0
+    mean, cov = accumulate([x[:100], x[100:]], 4).mean_covariance()
+    np.testing.assert_allclose(mean, x.mean(axis=0))
+    np.testing.assert_allclose(cov, np.cov(x, rowvar=False), rtol=1e-8)

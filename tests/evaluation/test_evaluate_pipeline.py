@@ -1,0 +1,162 @@
+"""evaluate.py on real stage runs of a tiny synthetic sky: features, clusters and a subsample."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import timm
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from matplotlib.image import imread
+
+from radio_curation.curation.clusters import Hierarchy, read_subsample
+from radio_curation.features.io import FeatureFile
+from radio_curation.runs.store import RunStore
+from radio_curation.tasks import curate, evaluate, extract
+from tests.conftest import CONFIG_DIR
+
+TARGET = 30
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, data_dir):
+    """cutouts → merge → features (timm test_vit) → cluster → sample, in one store for the module."""
+    runs_dir = tmp_path_factory.mktemp("pipeline") / "runs"
+
+    def compose(root: str, overrides: list[str]):
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            common = [f"paths.runs_dir={runs_dir}", f"paths.data_dir={data_dir}", "logger=csv"]
+            return hydra_compose(root, overrides=[*common, *overrides])
+
+    torch.manual_seed(0)
+    weights = runs_dir.parent / "test_vit.pth"
+    torch.save(
+        timm.create_model("test_vit", pretrained=False, num_classes=0, in_chans=1).state_dict(), weights
+    )
+    sky = ["survey.mosaics=2", "survey.size=256", "cutouts.window_size=32"]
+    cutouts = extract.run(compose("extract", ["stage=cutouts", *sky]))["run_id"]
+    merge = extract.run(compose("extract", ["stage=merge", f"cutouts_ids=[{cutouts}]"]))["run_id"]
+    model = ["backbone=timm", "backbone.name=test_vit", f"backbone.checkpoint={weights}", "resize=32"]
+    features = extract.run(
+        compose(
+            "extract", ["stage=features", f"source_id={merge}", *model, "num_workers=0", "accelerator=cpu"]
+        )
+    )["run_id"]
+    clustering = [
+        "clustering.n_clusters=[8,3]",
+        "clustering.n_resampling_steps=[1,2]",
+        "clustering.sample_size=[2,2]",
+    ]
+    sample = curate.run(compose("curate", [f"features_id={features}", *clustering, f"target_size={TARGET}"]))
+    return {"compose": compose, "runs": RunStore(runs_dir), "features": features, "sample": sample["run_id"]}
+
+
+def _evaluate(pipeline, overrides: list[str]) -> tuple[dict, Path]:
+    result = evaluate.run(pipeline["compose"]("evaluate", overrides))
+    run_dir = Path(result["run_dir"])
+    return json.loads((run_dir / "metrics.json").read_text()), run_dir
+
+
+def _n_features(pipeline) -> int:
+    with FeatureFile(pipeline["runs"].resolve(pipeline["features"]).artifact("features.h5")) as f:
+        return f.n
+
+
+def test_representation_of_a_features_run(pipeline):
+    metrics, run_dir = _evaluate(pipeline, ["eval=representation", f"features_id={pipeline['features']}"])
+    m = metrics["metrics"]
+    assert metrics["n_rows"] == _n_features(pipeline)
+    assert metrics["parents"] == [pipeline["features"]]
+    assert "adjacent windows" in metrics["info"]["positives"]
+    assert 0.0 <= m["representation/alignment"] <= 4.0
+    assert 1.0 <= m["representation/rankme"] <= metrics["feature_dim"]
+    assert len(metrics["spectrum"]) == metrics["feature_dim"]
+    assert (run_dir / "spectrum.png").is_file()
+
+
+def test_neighbours_statistics_and_gallery(pipeline):
+    metrics, run_dir = _evaluate(
+        pipeline, ["eval=neighbours", f"features_id={pipeline['features']}", "eval.n_queries=3", "eval.k=4"]
+    )
+    m = metrics["metrics"]
+    assert m["neighbours/n_adjacent_pairs"] == m["neighbours/n_random_pairs"] > 0
+    assert 0.0 <= m["neighbours/p_value"] <= 1.0
+    gallery = metrics["gallery"]
+    queries, neighbours = np.array(gallery["query_cutout_id"]), np.array(gallery["neighbour_cutout_id"])
+    assert neighbours.shape == (3, 4)
+    assert not (neighbours == queries[:, None]).any()
+    for png in ("neighbour_distances.png", "neighbour_gallery.png"):
+        assert imread(run_dir / png).ndim == 3
+
+
+def test_curation_report_matches_the_clustering(pipeline):
+    metrics, run_dir = _evaluate(pipeline, ["eval=curation_report", f"subsample_id={pipeline['sample']}"])
+    m = metrics["metrics"]
+    sample = pipeline["runs"].resolve(pipeline["sample"])
+    cluster_run = pipeline["runs"].resolve(sample.parents[0])
+    hierarchy = Hierarchy.load(cluster_run.artifact("clusters.h5"))
+    _, sub_paths = read_subsample(sample.artifact("subsample.h5"))
+    paths = hierarchy.paths()
+    assert m["curation/subsample/n_points"] == TARGET == m["curation/random/n_points"]
+    assert m["curation/pool/n_points"] == hierarchy.n
+    for level in range(paths.shape[1]):
+        expected = len(np.unique(sub_paths[:, level])) / len(np.unique(paths[:, level]))
+        assert m[f"curation/subsample/coverage_level_{level + 1}"] == pytest.approx(expected)
+        assert m[f"curation/pool/coverage_level_{level + 1}"] == 1.0
+    shares = {k: v for k, v in m.items() if k.startswith("curation/subsample/share/")}
+    assert shares and sum(shares.values()) == pytest.approx(1.0)  # labelled by the synthetic truth catalogue
+    page = (run_dir / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3 and "<table>" in page
+    assert (run_dir / "exemplars_001.png").is_file() and (run_dir / "coverage.png").is_file()
+
+
+def test_umap_of_a_subsample_in_its_pool(pipeline):
+    metrics, run_dir = _evaluate(
+        pipeline,
+        [
+            "eval=umap",
+            f"subsample_id={pipeline['sample']}",
+            "eval.n_neighbors=10",
+            "eval.backend=umap",
+            "eval.metric=euclidean",
+            "eval.dpi=60",
+        ],
+    )
+    n = _n_features(pipeline)
+    assert metrics["n_rows"] == n and metrics["n_subsample"] == TARGET
+    with h5py.File(run_dir / "umap.h5") as f:
+        assert f["coords"].shape == (n, 2)
+        assert int(f["in_subsample"][()].sum()) == TARGET
+        assert set(f["colour"]) == {"cluster level 2", "label", "mosaic"}
+    for name in ("cluster_level_2", "label", "mosaic"):
+        assert imread(run_dir / f"umap_{name}.png").ndim == 3
+        assert imread(run_dir / f"umap_subsample_{name}.png").ndim == 3
+
+
+def test_knn_on_windows_labelled_by_the_truth_catalogue(pipeline):
+    rare = "[fri,frii,resolved,wat,ht,halo,relic]"
+    metrics, _ = _evaluate(
+        pipeline,
+        ["eval=knn", f"features_id={pipeline['features']}", "eval.folds=2", f"eval.exclude_labels={rare}"],
+    )
+    assert set(metrics["classes"]) == {"compact", "empty"}
+    assert metrics["n_images"] == sum(metrics["classes"].values())
+    assert metrics["info"]["labels"].endswith("truth.fits")
+    assert 0.0 <= metrics["metrics"]["knn/accuracy_mean"] <= 1.0
+
+
+def test_representation_compares_two_feature_sets(pipeline):
+    same = pipeline["features"]
+    metrics, run_dir = _evaluate(
+        pipeline, ["eval=representation", f"features_id={same}", f"compare_id={same}"]
+    )
+    m = metrics["metrics"]
+    assert m["representation/frechet_distance"] == pytest.approx(0.0, abs=1e-6 * m["representation/dim"])
+    assert m["representation/compare/rankme"] == pytest.approx(m["representation/rankme"])
+    assert metrics["compare_spectrum"] == pytest.approx(metrics["spectrum"])
+    assert (run_dir / "spectrum.png").is_file()
