@@ -208,35 +208,23 @@ class Merger:
         self.dedup_tolerance = float(dedup_tolerance)
         self.dedup_prefer = dedup_prefer
 
-    def _filters(self, col: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray | None]]:
-        """(name, rows-to-keep mask) per quality filter, in the order they apply."""
+    def _filters(self, col: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Rows passing each enabled quality filter, in the order the filters apply (NaN values fail)."""
+        passing = {}
         with np.errstate(invalid="ignore"):
-            return [
-                (
-                    "nan",
-                    None if self.max_nan_fraction is None else col["nan_fraction"] <= self.max_nan_fraction,
-                ),
-                ("peak_snr", None if self.min_peak_snr is None else col["peak_snr"] >= self.min_peak_snr),
-                (
-                    "mask_fraction",
-                    None
-                    if self.min_mask_fraction is None
-                    else col["mask_fraction"] >= self.min_mask_fraction,
-                ),
-                (
-                    "rms",
-                    None
-                    if self.rms_min is None and self.rms_max is None
-                    else (col["rms"] >= (self.rms_min if self.rms_min is not None else -np.inf))
-                    & (col["rms"] <= (self.rms_max if self.rms_max is not None else np.inf)),
-                ),
-                (
-                    "grid",
-                    None
-                    if not self.grid
-                    else (col["y0"] % col["size"] == 0) & (col["x0"] % col["size"] == 0),
-                ),
-            ]
+            if self.max_nan_fraction is not None:
+                passing["nan"] = col["nan_fraction"] <= self.max_nan_fraction
+            if self.min_peak_snr is not None:
+                passing["peak_snr"] = col["peak_snr"] >= self.min_peak_snr
+            if self.min_mask_fraction is not None:
+                passing["mask_fraction"] = col["mask_fraction"] >= self.min_mask_fraction
+            if self.rms_min is not None or self.rms_max is not None:
+                low = -np.inf if self.rms_min is None else self.rms_min
+                high = np.inf if self.rms_max is None else self.rms_max
+                passing["rms"] = (col["rms"] >= low) & (col["rms"] <= high)
+        if self.grid:
+            passing["grid"] = (col["y0"] % col["size"] == 0) & (col["x0"] % col["size"] == 0)
+        return passing
 
     def merge(self, indexes: list[WindowIndex]) -> tuple[WindowIndex, dict[str, int]]:
         """Concatenate, number, filter and deduplicate.
@@ -266,9 +254,7 @@ class Merger:
             )
         keep &= ~same
         counts["removed_duplicate_rows"] = int(same.sum())
-        for name, passing in self._filters(col):
-            if passing is None:
-                continue
+        for name, passing in self._filters(col).items():
             removed = keep & ~passing
             counts[f"removed_{name}"] = int(removed.sum())
             keep &= passing
