@@ -181,7 +181,7 @@ class WindowReader:
         for start, stop in zip(starts, np.r_[starts[1:], len(order)], strict=True):
             group = order[start:stop]
             image = self._image(int(mosaic[group[0]]))
-            out[group, 0] = image.gather(y0[group], x0[group], size)
+            out[group, 0] = image.gather(y0[group], x0[group], size, np.float32)
         np.copyto(out, np.float32(self.fill), where=np.isnan(out))
         return out
 

@@ -188,19 +188,31 @@ class ImageData:
         source = self.rows(start, stop) if self.scaled else self.raw[start:stop]
         return np.greater(source, 0, out=out)
 
-    def gather(self, y0: np.ndarray, x0: np.ndarray, size: int) -> np.ndarray:
+    def gather(self, y0: np.ndarray, x0: np.ndarray, size: int, dtype: np.dtype | None = None) -> np.ndarray:
         """Read ``len(y0)`` square windows of ``size`` pixels with top-left corners ``(y0, x0)``.
 
         One advanced-indexing operation on a strided view of the memory map (no loop over windows);
         callers sort windows by position so the pages are touched in file order.
 
+        Parameters
+        ----------
+        y0, x0
+            Top-left corners.
+        size
+            Window side [px].
+        dtype
+            Output dtype (default: the image's float dtype); converted in the same pass as the byte swap.
+
         Returns
         -------
         numpy.ndarray
-            ``[B, size, size]`` array in the image's float dtype.
+            ``[B, size, size]`` physical pixel values.
         """
         view = sliding_window_view(self.raw, (size, size))
-        return self._physical(view[np.asarray(y0), np.asarray(x0)])
+        picked = view[np.asarray(y0), np.asarray(x0)]
+        if self.scaled:
+            return self._physical(picked).astype(dtype or self.dtype, copy=False)
+        return picked.astype(dtype or self.dtype, copy=False)
 
 
 _FLOAT_BITPIX = (-32, -64)
