@@ -167,11 +167,15 @@ class BlockShards:
     def block_path(self, block: int) -> Path:
         return self.directory / f"block-{block:08d}.h5"
 
+    def existing_plan(self) -> Plan | None:
+        """The plan an earlier attempt wrote, if any."""
+        path = self.directory / "plan.json"
+        return Plan(**json.loads(path.read_text())) if path.is_file() else None
+
     def load_or_create_plan(self, n_rows: int, block_rows: int, source_id: str) -> Plan:
         """The plan of an earlier attempt, or a new one written atomically."""
-        path = self.directory / "plan.json"
-        if path.is_file():
-            plan = Plan(**json.loads(path.read_text()))
+        plan = self.existing_plan()
+        if plan is not None:
             if plan.source_id != source_id:
                 raise RadioCurationError(
                     f"{self.directory} holds blocks of source {plan.source_id}, not {source_id}; "
@@ -180,7 +184,7 @@ class BlockShards:
             return plan
         plan = Plan(int(n_rows), int(block_rows), str(source_id))
         self.directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, json.dumps(asdict(plan)).encode())
+        _write_atomic(self.directory / "plan.json", json.dumps(asdict(plan)).encode())
         return plan
 
     def done(self) -> set[int]:

@@ -31,7 +31,9 @@ from radio_curation.data.preprocess import Preprocess
 from radio_curation.errors import RadioCurationError
 from radio_curation.features.extraction import BlockWriter, FeatureDataModule, FeatureModule, RateBar
 from radio_curation.features.io import BlockShards, FeatureFile, consolidate
-from radio_curation.runs.store import RunRecord, RunStore
+from radio_curation.runs.identity import stage_identity
+from radio_curation.runs.manifest import COMPLETE, read_manifest
+from radio_curation.runs.store import RunRecord, RunStore, first_open_run_id
 from radio_curation.tasks.stage import Run, run_stage
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,8 @@ def _source(cfg: DictConfig) -> RunRecord:
     return RunStore(cfg.paths.runs_dir).resolve(str(cfg.source_id), stage="merge")
 
 
-def _precision(cfg: DictConfig) -> str:
+def resolve_precision(cfg: DictConfig) -> str:
+    """The Lightning precision ``cfg.precision`` means here (``auto``: bf16/16-mixed on a GPU, else 32-true)."""
     precision = str(cfg.precision)
     if precision != "auto":
         return precision
@@ -116,7 +119,7 @@ def _predict(cfg: DictConfig, module: FeatureModule, datamodule: FeatureDataModu
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
-        precision=_precision(cfg),
+        precision=resolve_precision(cfg),
         logger=False,
         callbacks=[writer, RateBar()],
         enable_checkpointing=False,
@@ -145,7 +148,7 @@ def _attrs(cfg: DictConfig, extractor: Any, source_id: str, dtype: np.dtype) -> 
         "pooling": extractor.pooling or "default",
         "normalization": as_json(cfg.normalization),
         "resize": int(cfg.resize) if cfg.resize is not None else 0,
-        "precision": _precision(cfg),
+        "precision": resolve_precision(cfg),
         "dtype": dtype.name,
         "source_id": source_id,
         "limit_batches": int(cfg.limit_batches) if cfg.limit_batches is not None else 0,
@@ -180,7 +183,7 @@ def _work(run: Run) -> None:
     pending = shards.pending(plan)
     run.info["blocks"] = plan.n_blocks
     run.info["blocks_done_before"] = plan.n_blocks - len(pending)
-    run.info["precision"] = _precision(cfg)
+    run.info["precision"] = resolve_precision(cfg)
     if pending:
         datamodule = FeatureDataModule(merged, cfg.batch_size, cfg.num_workers, shards, plan)
         module = _feature_module(extractor, preprocess, cfg)
@@ -197,8 +200,23 @@ def _work(run: Run) -> None:
     _finish(run, final, shards)
 
 
+def _nothing_left(cfg: DictConfig) -> bool:
+    """Whether rank 0 will start no predict loop (run complete, or every block already written)."""
+    store = RunStore(cfg.paths.runs_dir)
+    run_dir = store.run_dir(first_open_run_id(store, stage_identity(cfg, cfg.stage).base_id, bool(cfg.force)))
+    manifest = read_manifest(run_dir)
+    if (manifest or {}).get("status") == COMPLETE or (run_dir / FEATURES).is_file():
+        return True
+    shards = BlockShards(run_dir / "shards")
+    plan = shards.existing_plan()
+    return plan is not None and not shards.pending(plan)
+
+
 def _rank_worker(cfg: DictConfig, source: RunRecord) -> dict[str, Any]:
     """A non-zero DDP rank: build the same model and compute the blocks rank 0 hands out."""
+    if _nothing_left(cfg):
+        # Rank 0 reuses the run or only joins blocks: it starts no process group to wait for.
+        return {"rank": _launched_rank(), "rows": 0}
     merged = source.artifact("merged.h5")
     reader = WindowReader(merged)
     extractor, preprocess = _models(cfg, reader.table()["size"])

@@ -12,7 +12,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import torchvision
 import yaml
+from transformers import Dinov2Config, Dinov2Model
 
 from radio_curation.backbones import build_backbone, instantiate_user
 from radio_curation.cutouts.reader import WindowReader
@@ -101,51 +103,17 @@ def test_float16_storage(compose, features_overrides, runs_dir):
         np.testing.assert_allclose(np.concatenate([c for _, c in chunks]), whole.read(), rtol=2e-3, atol=2e-3)
 
 
-def test_resume_after_a_failure_recomputes_only_missing_blocks(
-    compose, features_overrides, runs_dir, monkeypatch
-):
-    reference = features_task.run(compose("extract", features_overrides))
-    with _features(runs_dir, reference["run_id"]) as ff:
-        want_ids, want = ff.cutout_ids.copy(), ff.read()
-    overrides = [*features_overrides, "batch_size=4", "force=true"]
-    original = features_io.BlockShards.write
-    written: list[int] = []
-
-    def failing_write(self, block, *args, **kwargs):
-        if len(written) == 3:
-            raise OSError("disk full")
-        original(self, block, *args, **kwargs)
-        written.append(block)
-
-    monkeypatch.setattr(features_io.BlockShards, "write", failing_write)
-    with pytest.raises(OSError, match="disk full"):
-        features_task.run(compose("extract", overrides))
-    monkeypatch.setattr(features_io.BlockShards, "write", original)
-    run_dir = runs_dir / "features" / f"{reference['run_id']}-2"
-    shards = features_io.BlockShards(run_dir / "shards")
-    assert shards.done() == {0, 1, 2}
-    # Leftovers of a write cut short never count as a block.
-    (shards.directory / ".block-00000003.h5.tmp-999").write_bytes(b"half a block")
-    resumed = features_task.run(compose("extract", overrides))
-    assert resumed["run_id"] == f"{reference['run_id']}-2"
-    manifest = yaml.safe_load((run_dir / "manifest.yaml").read_text())
-    assert manifest["attempts"] == 2 and manifest["info"]["blocks_done_before"] == 3
-    with _features(runs_dir, resumed["run_id"]) as ff:
-        np.testing.assert_array_equal(ff.cutout_ids, want_ids)
-        # Another batch size than the reference run: the same rows up to float rounding.
-        np.testing.assert_allclose(ff.read(), want, rtol=1e-5, atol=1e-6)
-
-
 def test_sigkill_and_restart_gives_the_uninterrupted_result(
     compose, features_overrides, runs_dir, data_dir, tmp_path
 ):
     reference = features_task.run(compose("extract", features_overrides))
     with _features(runs_dir, reference["run_id"]) as ff:
         want_ids, want = ff.cutout_ids.copy(), ff.read()
-    # The same command as a forced new run, killed once it has written its first blocks.
-    command = _cli([*features_overrides, "batch_size=4", "force=true"], runs_dir, data_dir, tmp_path)
+    # The same settings as a forced new run from the command line, killed once it has written blocks.
+    overrides = [*features_overrides, "batch_size=4", "force=true"]
     run_dir = runs_dir / "features" / f"{reference['run_id']}-2"
     log = tmp_path / "killed.log"
+    command = _cli(overrides, runs_dir, data_dir, tmp_path)
     with open(log, "wb") as out, subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=out) as proc:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -155,16 +123,48 @@ def test_sigkill_and_restart_gives_the_uninterrupted_result(
         assert proc.poll() is None, log.read_text()[-3000:]
         proc.send_signal(signal.SIGKILL)
     assert not (run_dir / "features.h5").exists()
-    done = len(list((run_dir / "shards").glob("block-*.h5")))
-    finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    assert finished.stdout.strip().splitlines()[-1] == f"run_id={run_dir.name}"
+    shards = features_io.BlockShards(run_dir / "shards")
+    done = shards.done()
+    assert len(done) >= 2
+    # What a write cut short leaves behind never counts as a block.
+    (shards.directory / ".block-00000099.h5.tmp-999").write_bytes(b"half a block")
+    resumed = features_task.run(compose("extract", overrides))
+    assert resumed["run_id"] == run_dir.name and resumed["reused"] is False
     manifest = yaml.safe_load((run_dir / "manifest.yaml").read_text())
     assert manifest["status"] == "complete" and manifest["attempts"] == 2
-    assert manifest["info"]["blocks_done_before"] >= done >= 2
+    assert manifest["info"]["blocks_done_before"] >= len(done)
+    assert not shards.directory.exists()
     with FeatureFile(run_dir / "features.h5") as ff:
         np.testing.assert_array_equal(ff.cutout_ids, want_ids)
+        # Another batch size than the reference run: the same rows up to float rounding.
         np.testing.assert_allclose(ff.read(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_other_ranks_start_nothing_when_rank_zero_has_nothing_to_compute(
+    compose, features_overrides, monkeypatch
+):
+    cfg = compose("extract", features_overrides)
+    features_task.run(cfg)
+    monkeypatch.setenv("RANK", "1")
+    assert features_task.run(cfg) == {"rank": 1, "rows": 0}
+
+
+@pytest.mark.parametrize(
+    ("env", "rank"),
+    [
+        ({}, 0),
+        ({"RANK": "3"}, 3),
+        ({"LOCAL_RANK": "1"}, 1),
+        ({"SLURM_NTASKS": "4", "SLURM_PROCID": "2"}, 2),
+        ({"SLURM_NTASKS": "1", "SLURM_PROCID": "5"}, 0),
+    ],
+)
+def test_launched_rank(monkeypatch, env, rank):
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert features_task._launched_rank() == rank
 
 
 @pytest.mark.slow
@@ -186,6 +186,53 @@ def test_two_process_ddp_gives_the_single_process_rows(
     with _features(runs_dir, run_id) as ff:
         np.testing.assert_array_equal(ff.cutout_ids, want_ids)
         np.testing.assert_allclose(ff.read(), want, rtol=1e-5, atol=1e-6)
+
+
+def _old_pipeline_models(directory: Path) -> dict[str, str]:
+    """A tiny DINOv2 checkpoint directory and a solo-learn BYOL checkpoint, saved locally."""
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
+    Dinov2Model(config).save_pretrained(directory / "finetune-dinov2-small" / "checkpoints")
+    resnet = torchvision.models.resnet18(weights=None)
+    state = {f"backbone.{k}": v for k, v in resnet.state_dict().items() if not k.startswith("fc.")}
+    state["projector.0.weight"] = torch.zeros(8, 512)
+    (directory / "byol" / "dnqos6hx").mkdir(parents=True)
+    torch.save({"state_dict": state}, directory / "byol" / "dnqos6hx" / "last.ckpt")
+    return {
+        "hf": str(directory / "finetune-dinov2-small" / "checkpoints"),
+        "solo_learn": str(directory / "byol" / "dnqos6hx" / "last.ckpt"),
+    }
+
+
+@pytest.mark.parametrize(("kind", "dim"), [("hf", 32), ("solo_learn", 512)])
+def test_the_old_pipeline_command_lines(compose, merge_id, runs_dir, tmp_path, kind, dim):
+    models = _old_pipeline_models(tmp_path / "models")
+    lines = {
+        "hf": f"backbone=hf backbone.path={models['hf']} backbone.module_name=layernorm normalization=imagenet",
+        "solo_learn": (
+            f"backbone=solo_learn backbone.arch=resnet18 backbone.checkpoint={models['solo_learn']} "
+            "backbone.module_name=avgpool normalization=minmax"
+        ),
+    }
+    overrides = [
+        "stage=features",
+        f"source_id={merge_id}",
+        *lines[kind].split(),
+        "resize=32",
+        "batch_size=64",
+    ]
+    result = features_task.run(compose("extract", [*overrides, "num_workers=0", "accelerator=cpu"]))
+    with _features(runs_dir, result["run_id"]) as ff:
+        assert ff.dim == dim and ff.n == len(_merged(runs_dir, merge_id).cutout_ids)
+        assert ff.attrs["tap"] == ("layernorm" if kind == "hf" else "avgpool")
+        assert np.isfinite(ff.read()).all() and ff.read().std(axis=0).mean() > 0
 
 
 def test_wrong_or_missing_source_id(compose, features_overrides, runs_dir):

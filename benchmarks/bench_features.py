@@ -1,0 +1,223 @@
+"""Feature extraction benchmarks: the batched loader vs the old per-file loader, and pipeline vs model.
+
+On a synthetic sky cut into windows (cutouts + merge stages, in a temporary run store), in one run:
+
+(a) loader: our DataLoader (one ``WindowReader.read`` gather per batch) + the batched ``Preprocess``
+    (normalisation, resize) against the old way: one ``.npy`` file per window, ``np.load`` per sample,
+    per-sample torchvision transforms (the same normalisation module applied to one image, then
+    ``T.Resize``), default collate. Same windows, batch size, workers, normalisation and resize; one
+    warm-up pass each, then a timed pass. Rates in windows/s.
+(b) extraction: the features stage end to end (``extract.py stage=features``: Lightning predict, device
+    preprocessing, block shards, final ``features.h5``; its ``windows_per_s``) against the same backbone's
+    forward alone on inputs already on the device, same batch size, precision and channels-last.
+
+Usage::
+
+    python benchmarks/bench_features.py                                   # CPU, ResNet-18 at 224 px
+    python benchmarks/bench_features.py --device cuda --backbone resnet18 --overlap 0.875 --windows 40000
+    python benchmarks/bench_features.py --device cuda --backbone vit_small_dinov2 --overlap 0.875 --windows 20000
+
+Prints ``RESULT loader ours=<r> naive=<r> ratio=<x>`` and
+``RESULT extraction pipeline=<r> model_only=<r> ratio=<x>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from radio_curation.backbones import build_backbone, instantiate_user
+from radio_curation.cutouts.reader import WindowReader
+from radio_curation.data.preprocess import Preprocess
+from radio_curation.features.extraction import WindowBatches
+from radio_curation.features.io import Plan
+from radio_curation.runs.store import RunStore
+from radio_curation.tasks import cutouts as cutouts_task
+from radio_curation.tasks import features as features_task
+from radio_curation.tasks import merge as merge_task
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def config(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        return compose("extract", overrides=overrides)
+
+
+class NpyWindows(Dataset):
+    """The old pipeline's dataset: one ``.npy`` file per window, transformed one sample at a time."""
+
+    def __init__(self, files: list[Path], transform: T.Compose) -> None:
+        self.files = files
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(np.load(self.files[index]).astype(np.float32))
+
+
+def write_npy(reader: WindowReader, out: Path, chunk: int = 512) -> list[Path]:
+    """Each window as its own .npy file (float64, as the old cutouts were saved from the mosaics)."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    ids = reader.cutout_ids
+    for start in range(0, len(ids), chunk):
+        batch = reader.read(ids[start : start + chunk])
+        for cid, window in zip(ids[start : start + chunk], batch, strict=True):
+            path = out / f"patch_{cid}.npy"
+            np.save(path, window[0].astype(np.float64))
+            files.append(path)
+    return files
+
+
+def timed_pass(loader: DataLoader, step) -> tuple[float, int]:
+    start = time.perf_counter()
+    n = 0
+    for batch in loader:
+        n += len(step(batch))
+    return time.perf_counter() - start, n
+
+
+def loader_benchmark(
+    args: argparse.Namespace, merged: Path, cfg: DictConfig, workdir: Path
+) -> tuple[float, float]:
+    reader = WindowReader(merged)
+    n = min(len(reader.cutout_ids), args.loader_windows)
+    plan = Plan(n, n, "bench")
+    ours_ds = WindowBatches(reader, plan, [0], reader.table()["size"], args.batch_size)
+    norm = instantiate_user(cfg.normalization)
+    preprocess = Preprocess(norm, 3, args.resize)
+    workers = {"num_workers": args.num_workers, "prefetch_factor": 4 if args.num_workers else None}
+    ours = DataLoader(ours_ds, batch_size=None, **workers)
+
+    files = write_npy(reader, workdir / "npy")[:n]
+    per_sample = T.Compose(
+        [
+            T.ToTensor(),
+            T.Lambda(lambda t: t.repeat(3, 1, 1)),
+            T.Lambda(lambda t: norm(t[None])[0]),
+            T.Resize(args.resize),
+        ]
+    )
+    naive = DataLoader(NpyWindows(files, per_sample), batch_size=args.batch_size, shuffle=False, **workers)
+
+    def ours_step(batch):
+        return preprocess(batch["pixels"])
+
+    def naive_step(batch):
+        return batch
+
+    rates = {}
+    for name, loader, step in (("ours", ours, ours_step), ("naive", naive, naive_step)):
+        timed_pass(loader, step)
+        seconds, count = timed_pass(loader, step)
+        assert count == n, (name, count, n)
+        rates[name] = count / seconds
+    return rates["ours"], rates["naive"]
+
+
+def model_only_rate(cfg: DictConfig, args: argparse.Namespace, n: int) -> float:
+    extractor = build_backbone(cfg.backbone).eval()
+    device = torch.device(args.device)
+    extractor.to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        extractor.to(memory_format=torch.channels_last)
+    precision = features_task.resolve_precision(cfg)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    x = torch.randn(args.batch_size, extractor.in_chans, args.resize, args.resize, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    steps = max(1, math.ceil(n / args.batch_size))
+
+    def run(count: int) -> None:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            for _ in range(count):
+                extractor(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    run(min(3, steps))
+    start = time.perf_counter()
+    run(steps)
+    return steps * args.batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--mosaics", type=int, default=2, help="synthetic mosaics")
+    parser.add_argument("--size", type=int, default=2048, help="synthetic mosaic side in pixels")
+    parser.add_argument("--window", type=int, default=128)
+    parser.add_argument("--overlap", type=float, default=0.5, help="more overlap = more windows from one sky")
+    parser.add_argument("--normalization", default="minmax")
+    parser.add_argument("--resize", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--loader-windows", type=int, default=1024, help="windows in the loader comparison")
+    parser.add_argument(
+        "--backbone", default="resnet18", help="a backbone config (resnet18, vit_small_dinov2 ...)"
+    )
+    parser.add_argument("--windows", type=int, default=1024, help="windows in the extraction comparison")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--workdir", type=Path, default=None, help="run store and sky (default: a temp dir)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        common = [f"paths.runs_dir={work / 'runs'}", f"paths.data_dir={work / 'data'}", "logger=none"]
+        sky = [f"survey.mosaics={args.mosaics}", f"survey.size={args.size}"]
+        windows = [f"cutouts.window_size={args.window}", f"cutouts.overlap={args.overlap}"]
+        cut = cutouts_task.run(config([*common, "stage=cutouts", *sky, *windows]))
+        merge = merge_task.run(config([*common, "stage=merge", f"cutouts_ids=[{cut['run_id']}]"]))
+        merged = RunStore(work / "runs").resolve(merge["run_id"], stage="merge").artifact("merged.h5")
+        n_windows = len(WindowReader(merged).cutout_ids)
+        accelerator = "gpu" if args.device.startswith("cuda") else "cpu"
+        cfg = config(
+            [
+                *common,
+                "stage=features",
+                f"source_id={merge['run_id']}",
+                f"backbone={args.backbone}",
+                f"normalization={args.normalization}",
+                f"resize={args.resize}",
+                f"batch_size={args.batch_size}",
+                f"num_workers={args.num_workers}",
+                f"accelerator={accelerator}",
+                f"precision={args.precision}",
+                f"limit_batches={math.ceil(min(args.windows, n_windows) / args.batch_size)}",
+            ]
+        )
+        print(
+            f"sky: {args.mosaics} x {args.size}^2 px, {n_windows} windows of {args.window} px; device {args.device}"
+        )
+
+        ours, naive = loader_benchmark(args, merged, cfg, work)
+        print(f"RESULT loader ours={ours:.1f} naive={naive:.1f} ratio={ours / naive:.2f}", flush=True)
+
+        model_only = model_only_rate(cfg, args, min(args.windows, n_windows))
+        result = features_task.run(cfg)
+        pipeline = result["metrics"]["windows_per_s"]
+        print(
+            f"RESULT extraction pipeline={pipeline:.1f} model_only={model_only:.1f} ratio={pipeline / model_only:.2f}"
+            f" backbone={args.backbone} precision={features_task.resolve_precision(cfg)} batch={args.batch_size}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
