@@ -14,6 +14,8 @@ from hydra.utils import instantiate
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.errors import RadioCurationError
 from radio_curation.runs.store import RunStore
+from radio_curation.tasks import curate as curate_task
+from radio_curation.tasks import features as features_task
 from radio_curation.tasks import train as train_task
 from tests.ssl.callbacks import KEPT
 from tests.ssl.conftest import tiny
@@ -56,15 +58,17 @@ def _losses(run_dir: Path) -> list[float]:
     return [float(r["value"]) for r in sorted(rows, key=lambda r: int(r["step"]))]
 
 
-def test_loss_decreases_over_a_few_dozen_steps_on_the_synthetic_sky(compose, merge_id):
+def test_loss_decreases_over_a_few_dozen_steps_on_the_synthetic_sky(compose, merge_id, shared_data):
     cfg = compose(
         "train",
         tiny(
             "simclr",
             f"source_id={merge_id}",
             "trainer.max_epochs=4",
-            "trainer.log_every_n_steps=1",
             "ssl.optimizer.lr=0.5",
+            "monitor.dataset=mirabest",
+            f"monitor.root={shared_data / 'mirabest'}",
+            "monitor.every_n_epochs=2",
         ),
     )
     result = train_task.run(cfg)
@@ -73,6 +77,19 @@ def test_loss_decreases_over_a_few_dozen_steps_on_the_synthetic_sky(compose, mer
     assert np.mean(losses[-6:]) < np.mean(losses[:6]) - 0.1
     metrics = result["metrics"]
     assert {"loss", "rankme", "embedding_std", "images_per_sec"} <= set(metrics)
+    assert 0.0 <= metrics["knn_top1"] <= 1.0  # online kNN on MiraBest Confident
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["monitor.dataset=cifar"], "not one of mirabest, fits_folder"),
+        (["monitor.dataset=mirabest"], "monitor.root"),
+    ],
+)
+def test_online_knn_settings_are_checked(overrides, match, compose, merge_id):
+    with pytest.raises(RadioCurationError, match=match):
+        train_task.run(compose("train", tiny("byol", f"source_id={merge_id}", *overrides)))
 
 
 def test_rerun_resumes_from_last_checkpoint_at_the_saved_step(compose, merge_id, runs_dir, tmp_path):
@@ -159,3 +176,56 @@ def test_ranks_other_than_zero_are_recognised(monkeypatch):
     assert train_task.is_rank_zero()
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert not train_task.is_rank_zero()
+
+
+def test_curated_subsample_trains_and_its_model_extracts_features(compose, merge_id, runs_dir):
+    features = features_task.run(
+        compose(
+            "extract",
+            [
+                "stage=features",
+                f"source_id={merge_id}",
+                "backbone=timm",
+                "backbone.name=test_resnet",
+                "backbone.input_size=32",
+                "resize=32",
+                "num_workers=0",
+                "accelerator=cpu",
+            ],
+        )
+    )
+    sample = curate_task.run(
+        compose(
+            "curate",
+            [
+                f"features_id={features['run_id']}",
+                "clustering.n_clusters=[12,4]",
+                "clustering.n_resampling_steps=[1,1]",
+                "clustering.sample_size=[3,2]",
+                "target_size=64",
+            ],
+        )
+    )
+    result = train_task.run(
+        compose("train", tiny("byol", f"subsample_id={sample['run_id']}", "++trainer.fast_dev_run=1"))
+    )
+    manifest = _manifest(runs_dir, result["run_id"])
+    assert manifest["parents"] == [sample["run_id"]]
+    assert manifest["counts"]["images"] == 64
+    assert manifest["info"]["source_stage"] == "sample"
+    # The trained model is a backbone the features stage takes.
+    again = features_task.run(
+        compose(
+            "extract",
+            [
+                "stage=features",
+                f"source_id={merge_id}",
+                "backbone=run",
+                f"backbone.model_id={result['run_id']}",
+                "resize=32",
+                "num_workers=0",
+                "accelerator=cpu",
+            ],
+        )
+    )
+    assert again["counts"]["rows"] == features["counts"]["rows"]
