@@ -434,8 +434,11 @@ def _neighbours(run: Run) -> None:
         title=f"Mann–Whitney U p = {test.p_value:.2g}",
         xlabel="cosine distance",
     )
-    rng = np.random.default_rng(cfg.seed)
-    queries = np.sort(rng.choice(pool.file.n, min(int(ev.n_queries), pool.file.n), replace=False))
+    if ev.query_ids:
+        queries = pool.rows_of(np.asarray(list(ev.query_ids), dtype=np.int64), "eval.query_ids")
+    else:
+        rng = np.random.default_rng(cfg.seed)
+        queries = np.sort(rng.choice(pool.file.n, min(int(ev.n_queries), pool.file.n), replace=False))
     with run.timer("galleries"):
         rows, sim = gallery_neighbours(pool.file, queries, int(ev.k))
     gallery = []

@@ -92,6 +92,18 @@ def test_neighbours_statistics_and_gallery(pipeline):
     assert not (neighbours == queries[:, None]).any()
     for png in ("neighbour_distances.png", "neighbour_gallery.png"):
         assert imread(run_dir / png).ndim == 3
+    chosen = [int(queries[1]), int(queries[0])]
+    retrieval, _ = _evaluate(
+        pipeline,
+        [
+            "eval=neighbours",
+            f"features_id={pipeline['features']}",
+            f"eval.query_ids=[{chosen[0]},{chosen[1]}]",
+            "eval.k=4",
+        ],
+    )
+    assert retrieval["gallery"]["query_cutout_id"] == chosen
+    assert retrieval["gallery"]["neighbour_cutout_id"][0] == neighbours[1].tolist()
 
 
 def test_curation_report_matches_the_clustering(pipeline):
