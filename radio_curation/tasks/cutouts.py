@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from radio_curation.backbones import instantiate_user
 from radio_curation.cutouts.cut import combine_parts, cut_mosaic, part_path
 from radio_curation.cutouts.index import write_index
 from radio_curation.errors import RadioCurationError
@@ -41,8 +41,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _work(run: Run) -> None:
-    survey = instantiate(run.cfg.survey)
-    strategy = instantiate(run.cfg.cutouts)
+    survey = instantiate_user(run.cfg.survey)
+    strategy = instantiate_user(run.cfg.cutouts)
     with run.timer("discover"):
         mosaics = survey.mosaics()
     parts_dir = run.dir / "parts"
@@ -100,8 +100,8 @@ def _work(run: Run) -> None:
             write_index(tmp, index)
     shutil.rmtree(parts_dir)
     sizes, per_size = np.unique(index.columns["size"], return_counts=True)
-    run.counts.update(counts)
-    run.counts.update({"mosaics": len(kept), "skipped_mosaics": len(skipped)})
+    run.counts.update({"candidates": 0, "dropped_nan": 0, **counts})
+    run.counts.update({"windows": len(index), "mosaics": len(kept), "skipped_mosaics": len(skipped)})
     run.info.update(
         {
             "mosaics": [str(Path(m.image).resolve()) for m in kept],

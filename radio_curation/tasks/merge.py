@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
+from radio_curation.backbones import instantiate_user
 from radio_curation.cutouts.index import read_index, write_index
 from radio_curation.errors import RadioCurationError
 from radio_curation.runs.store import RunStore
@@ -44,7 +44,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _work(run: Run) -> None:
     indexes = [read_index(parent.artifact("cutouts.h5")) for parent in run.parents]
-    merger = instantiate(run.cfg.merge)
+    merger = instantiate_user(run.cfg.merge)
     with run.timer("merge"):
         merged, counts = merger.merge(indexes)
     merged.attrs["parents"] = [parent.run_id for parent in run.parents]

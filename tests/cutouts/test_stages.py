@@ -159,3 +159,16 @@ def test_merge_needs_cutouts_runs(compose):
     merged = extract.run(compose("extract", ["stage=merge", f"cutouts_ids=[{cut['run_id']}]"]))
     with pytest.raises(RadioCurationError, match="is a 'merge' run, but a 'cutouts' run is needed"):
         extract.run(compose("extract", ["stage=merge", f"cutouts_ids=[{merged['run_id']}]"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["survey=lotss_dr2"], r"survey\.root is not set"),
+        (["cutouts=catalog"], r"cutouts\.catalog is not set"),
+        (["cutouts.rms_step=3"], r"rms_step=3 must divide the window stride 64"),
+    ],
+)
+def test_config_mistakes_are_user_errors(compose, overrides, message):
+    with pytest.raises(RadioCurationError, match=message):
+        extract.run(compose("extract", ["stage=cutouts", *SMALL, *overrides]))
