@@ -165,10 +165,10 @@ def test_merge_needs_cutouts_runs(compose):
     ("overrides", "message"),
     [
         (["survey=lotss_dr2"], r"survey\.root is not set"),
-        (["cutouts=catalog"], r"cutouts\.catalog is not set"),
-        (["cutouts.rms_step=3"], r"rms_step=3 must divide the window stride 64"),
+        ([*SMALL, "cutouts=catalog"], r"cutouts\.catalog is not set"),
+        ([*SMALL, "cutouts.rms_step=3"], r"rms_step=3 must divide the window stride 64"),
     ],
 )
 def test_config_mistakes_are_user_errors(compose, overrides, message):
     with pytest.raises(RadioCurationError, match=message):
-        extract.run(compose("extract", ["stage=cutouts", *SMALL, *overrides]))
+        extract.run(compose("extract", ["stage=cutouts", *overrides]))
