@@ -15,7 +15,6 @@ them to the enabled trackers; the curation report also writes ``report.html``.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,8 +55,6 @@ from radio_curation.evaluation.representation import (
 from radio_curation.evaluation.similarity import ArrayFeatures, FeatureSource
 from radio_curation.runs.store import RunRecord, RunStore
 from radio_curation.tasks.stage import Run, run_stage
-
-log = logging.getLogger(__name__)
 
 #: Rows per chunk when streaming a features file.
 CHUNK = 65_536
@@ -328,7 +325,8 @@ def _umap(run: Run) -> None:
         ids = pool.cutout_ids
         clusters = _clusters_for(run, store, sample_run or features_run)
         if clusters is not None:
-            hierarchy, rows, _ = clusters
+            hierarchy = clusters[0]
+            rows = pool.rows_of(hierarchy.cutout_id, "the clustering")
             level = hierarchy.n_levels if ev.level is None else int(ev.level)
             if not 1 <= level <= hierarchy.n_levels:
                 raise RadioCurationError(
