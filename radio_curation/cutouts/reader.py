@@ -58,7 +58,13 @@ class WindowReader:
     def _load(self) -> None:
         if not self.path.is_file():
             raise RadioCurationError(f"{self.path}: window index not found.")
-        index = read_index(self.path, _GATHER_COLUMNS)
+        try:
+            index = read_index(self.path, _GATHER_COLUMNS)
+        except RadioCurationError as err:
+            raise RadioCurationError(
+                f"{err} The window reader needs the merged.h5 of a merge run "
+                "(extract.py stage=merge 'cutouts_ids=[...]')."
+            ) from err
         ids = index.columns["cutout_id"]
         if np.any(np.diff(ids) <= 0):
             raise RadioCurationError(

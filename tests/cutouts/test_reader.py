@@ -106,6 +106,9 @@ def test_mixed_sizes_and_unknown_ids_are_user_errors(merged):
         reader.read([reader.cutout_ids.max() + 1])
     with pytest.raises(RadioCurationError, match="not found"):
         WindowReader(merged.parent / "nothing.h5")
+    cutouts_index = next(merged.parent.glob("run0/*.h5"))
+    with pytest.raises(RadioCurationError, match=r"cutout_id.*needs the merged\.h5 of a merge run"):
+        WindowReader(cutouts_index)
 
 
 def test_pickled_reader_opens_its_own_mosaics(merged):
