@@ -28,7 +28,7 @@ def test_entry_point_is_thin(name):
 def test_help_and_cfg_job(name, tmp_path):
     helped = _run(f"{name}.py", "--help")
     assert helped.returncode == 0, helped.stderr
-    assert "== Config groups ==" in helped.stdout and "logger:" in helped.stdout
+    assert "== Configuration groups ==" in helped.stdout and "logger:" in helped.stdout
     shown = _run(f"{name}.py", "--cfg", "job", f"paths.runs_dir={tmp_path}")
     assert shown.returncode == 0, shown.stderr
     cfg = yaml.safe_load(shown.stdout)
