@@ -1,10 +1,14 @@
-"""User-facing errors: one readable message, a non-zero exit, no traceback."""
+"""User-facing errors: one readable message, a non-zero exit, no traceback, nothing left behind."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
 
 #: Exit status of a run stopped by a user-facing error (bad input, bad config, wrong run ID).
 USER_ERROR_EXIT = 2
@@ -14,11 +18,22 @@ class RadioCurationError(Exception):
     """A mistake the user can fix: the message says what is wrong and how to fix it."""
 
 
+def _remove_unstarted_run_dir() -> None:
+    """Hydra makes the run directory before the task starts; a run that never started leaves none behind."""
+    if not HydraConfig.initialized():
+        return
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if run_dir.is_dir() and not (run_dir / "manifest.yaml").exists():
+        # Only Hydra's own log can be there: the run store writes a manifest before anything else.
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """Turn a :class:`RadioCurationError` into one message on stderr and exit status 2."""
     try:
         yield
     except RadioCurationError as err:
+        _remove_unstarted_run_dir()
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT)

@@ -33,3 +33,11 @@ def test_help_and_cfg_job(name, tmp_path):
     assert shown.returncode == 0, shown.stderr
     cfg = yaml.safe_load(shown.stdout)
     assert cfg["paths"]["runs_dir"] == str(tmp_path) and "hydra" not in cfg
+
+
+def test_wrong_run_id_is_one_message_exit_2_and_leaves_no_run(tmp_path):
+    done = _run("extract.py", "stage=merge", "cutouts_ids=[cutouts-0123456789]", f"paths.runs_dir={tmp_path}")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: no run 'cutouts-0123456789'")
+    assert "Traceback" not in done.stderr
+    assert not list(tmp_path.glob("merge/*"))
