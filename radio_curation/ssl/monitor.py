@@ -15,29 +15,19 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor, nn
 
 from radio_curation.errors import RadioCurationError
+from radio_curation.evaluation.representation import entropy_rank
 
 
 @torch.no_grad()
-def rankme(embeddings: Tensor, eps: float = 1e-7) -> Tensor:
-    """RankMe (Garrido et al. 2023): the exponential of the entropy of the normalised singular values.
+def rankme(embeddings: Tensor) -> float:
+    """RankMe (Garrido et al. 2023) of ``[N, D]`` embeddings: the entropy rank of their singular values.
 
-    Parameters
-    ----------
-    embeddings
-        ``[N, D]`` embeddings.
-    eps
-        Added to the normalised singular values so that zero values have a finite log.
-
-    Returns
-    -------
-    Tensor
-        A scalar between 1 (complete collapse) and ``min(N, D)`` (all directions used equally).
+    Between 1 (complete collapse) and ``min(N, D)`` (all directions used equally); the formula is the
+    evaluation stage's :func:`~radio_curation.evaluation.representation.entropy_rank`.
     """
     if embeddings.ndim != 2:
         raise ValueError(f"rankme needs [N, D] embeddings, got shape {tuple(embeddings.shape)}")
-    s = torch.linalg.svdvals(embeddings.float())
-    p = s / s.sum().clamp_min(torch.finfo(s.dtype).tiny) + eps
-    return torch.exp(-(p * p.log()).sum())
+    return entropy_rank(torch.linalg.svdvals(embeddings.float()).cpu().numpy())
 
 
 class TrackerLogger(Logger):

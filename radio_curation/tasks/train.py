@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -28,8 +27,10 @@ from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from radio_curation.backbones import build_backbone, instantiate_user
 from radio_curation.backbones.export import save_backbone
-from radio_curation.cutouts.reader import WindowReader
+from radio_curation.curation.clusters import read_subsample
+from radio_curation.cutouts.index import read_index
 from radio_curation.data.datamodule import TrainingWindows
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.errors import RadioCurationError
@@ -85,21 +86,20 @@ def _merge_ancestor(store: RunStore, record: RunRecord) -> RunRecord:
 
 
 def _select_size(
-    cutout_ids: np.ndarray, reader: WindowReader, window_size: int | None, what: str
-) -> np.ndarray:
-    table = reader.table()
-    sizes = table["size"][np.searchsorted(table["cutout_id"], cutout_ids)]
+    cutout_ids: np.ndarray, index: dict[str, np.ndarray], window_size: int | None, what: str
+) -> tuple[np.ndarray, int]:
+    sizes = index["size"][np.searchsorted(index["cutout_id"], cutout_ids)]
     present = sorted(int(s) for s in np.unique(sizes))
     if window_size is None:
-        if len(present) > 1:
+        if len(present) != 1:
             raise RadioCurationError(
-                f"{what} mixes window sizes {present} px; choose one with data.window_size=<size>."
+                f"{what} has window sizes {present} px; choose one with data.window_size=<size>."
             )
-        return cutout_ids
+        return cutout_ids, present[0]
     keep = sizes == int(window_size)
     if not keep.any():
         raise RadioCurationError(f"data.window_size={window_size}: {what} has only {present} px windows.")
-    return cutout_ids[keep]
+    return cutout_ids[keep], int(window_size)
 
 
 def resolve_source(cfg: DictConfig) -> TrainingSource:
@@ -108,8 +108,8 @@ def resolve_source(cfg: DictConfig) -> TrainingSource:
     Raises
     ------
     RadioCurationError
-        Neither or both IDs given, an ID of the wrong stage, ``random_subset`` without ``source_id`` or
-        larger than the source.
+        Neither or both IDs given, an ID of the wrong stage, ``random_subset`` with ``subsample_id`` or
+        larger than the source, a ``data.window_size`` the source does not have.
     """
     store = RunStore(cfg.paths.runs_dir)
     subsample_id, source_id, subset = cfg.subsample_id, cfg.source_id, cfg.random_subset
@@ -126,8 +126,7 @@ def resolve_source(cfg: DictConfig) -> TrainingSource:
                 "not with subsample_id."
             )
         record = store.resolve(str(subsample_id), stage="sample")
-        with h5py.File(record.artifact("subsample.h5"), "r") as f:
-            ids = np.sort(f["cutout_id"][:].astype(np.int64))
+        ids, _ = read_subsample(record.artifact("subsample.h5"))
         merge = _merge_ancestor(store, record)
         what = f"subsample {record.run_id}"
     else:
@@ -135,9 +134,9 @@ def resolve_source(cfg: DictConfig) -> TrainingSource:
         ids = None
         what = f"merge run {record.run_id}"
     merged = merge.artifact("merged.h5")
-    reader = WindowReader(str(merged))
-    ids = reader.cutout_ids if ids is None else ids
-    ids = _select_size(np.asarray(ids, dtype=np.int64), reader, cfg.data.window_size, what)
+    index = read_index(merged, ["cutout_id", "size"]).columns
+    ids = np.sort(np.asarray(index["cutout_id"] if ids is None else ids, dtype=np.int64))
+    ids, size = _select_size(ids, index, cfg.data.window_size, what)
     if subset is not None:
         if not 0 < int(subset) <= len(ids):
             raise RadioCurationError(
@@ -145,7 +144,6 @@ def resolve_source(cfg: DictConfig) -> TrainingSource:
             )
         rng = np.random.default_rng(int(cfg.seed))
         ids = np.sort(rng.choice(ids, size=int(subset), replace=False))
-    size = int(reader.table()["size"][np.searchsorted(reader.cutout_ids, ids[0])])
     return TrainingSource(record=record, merged=merged, cutout_ids=ids, window_size=size)
 
 
@@ -157,9 +155,9 @@ def is_rank_zero() -> bool:
 
 
 def _build_model(cfg: DictConfig) -> SSLModule:
-    backbone = instantiate(cfg.backbone)
+    backbone = build_backbone(cfg.backbone)
     make_views = instantiate(cfg.augmentation)
-    augmentation = make_views(normalization=instantiate(cfg.normalization), in_chans=backbone.in_chans)
+    augmentation = make_views(normalization=instantiate_user(cfg.normalization), in_chans=backbone.in_chans)
     method = instantiate(cfg.ssl, _convert_="all")
     return method(backbone=backbone, augmentation=augmentation, rankme_samples=cfg.monitor.rankme_samples)
 
@@ -176,10 +174,10 @@ def _knn_monitor(cfg: DictConfig, model: SSLModule) -> OnlineKNN | None:
         raise RadioCurationError(
             f"monitor.dataset={monitor.dataset} needs monitor.root=<folder of the labelled set>."
         )
-    labelled = instantiate(monitor.datasets[monitor.dataset], root=monitor.root).load()
+    labelled = instantiate_user(monitor.datasets[monitor.dataset]).load()
     train_mask = None if labelled.split is None else torch.from_numpy(labelled.split == "train")
     preprocess = Preprocess(
-        instantiate(cfg.normalization), model.backbone.in_chans, resize=model.augmentation.global_size
+        instantiate_user(cfg.normalization), model.backbone.in_chans, resize=model.augmentation.global_size
     )
     return OnlineKNN(
         torch.from_numpy(labelled.images),

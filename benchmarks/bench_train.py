@@ -1,0 +1,298 @@
+"""Training throughput: our data path against the old way, same BYOL ResNet-18, same batch, same trainer.
+
+On a synthetic sky cut into 128 px windows (cutouts + merge stages in a temporary run store):
+
+- ours: the train stage's DataModule (one batched ``WindowReader`` gather per batch, or the HDF5 pixel
+  cache with ``--cache``) delivering raw windows, and the radio augmentation making both views for the
+  whole batch on the training device;
+- naive: the old pipeline's way: one ``.npy`` file per window, ``np.load`` and per-sample torchvision
+  transforms (the same normalisation, random resized crop, flips, rotation, blur, contrast jitter, noise)
+  for two views in DataLoader workers, default collate.
+
+Both feed the same BYOL module as ``train.py ssl=byol backbone=resnet18`` (torchvision ResNet-18, one channel) in the
+same Lightning trainer; images/s are timed over ``--steps`` optimizer steps after ``--warmup`` steps.
+With ``--device cuda`` the GPU utilisation (``nvidia-smi``) during the timed steps is printed too.
+
+Usage::
+
+    python benchmarks/bench_train.py                                   # CPU, batch 32
+    python benchmarks/bench_train.py --device cuda --batch-size 256 --steps 30 --num-workers 8 --overlap 0.875
+
+Prints ``RESULT train ours=<r> naive=<r> ratio=<x>`` (training images/s), and before it
+``RESULT train_data ...``: the rate at which each data path alone delivers view pairs (no model), which is
+what decides training throughput once the model is fast (on a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torchvision.transforms as T
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from radio_curation.backbones import build_backbone, instantiate_user
+from radio_curation.cutouts.reader import WindowReader
+from radio_curation.data.augmentation import RadioAugmentation
+from radio_curation.data.datamodule import TrainingWindows
+from radio_curation.runs.store import RunStore
+from radio_curation.tasks import cutouts as cutouts_task
+from radio_curation.tasks import merge as merge_task
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def config(root: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        return compose(root, overrides=overrides)
+
+
+class NpyViews(Dataset):
+    """The old way: one ``.npy`` per window, two views made one sample at a time in the worker."""
+
+    def __init__(self, files: list[Path], normalization: nn.Module, view: T.Compose) -> None:
+        self.files = files
+        self.normalization = normalization
+        self.view = view
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Tensor:
+        image = torch.from_numpy(np.load(self.files[index]).astype(np.float32))[None, None]
+        image = self.normalization(image)[0]
+        return torch.stack([self.view(image), self.view(image)])
+
+
+def add_noise(image: Tensor, level: float = 0.05) -> Tensor:
+    """Gaussian noise, half of the time (per-sample transform of the old way)."""
+    return image + torch.randn_like(image) * level if torch.rand(()) < 0.5 else image
+
+
+def naive_view(size: int) -> T.Compose:
+    """Per-sample torchvision views with the same ingredients as ``augmentation=radio``."""
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(0.65, 1.0), ratio=(1.0, 1.0), antialias=True),
+            T.RandomHorizontalFlip(),
+            T.RandomVerticalFlip(),
+            T.RandomRotation(180),
+            T.RandomApply([T.GaussianBlur(9, sigma=(0.1, 1.5))], p=0.5),
+            T.RandomApply([T.ColorJitter(contrast=0.4)], p=0.8),
+            T.Lambda(add_noise),
+        ]
+    )
+
+
+class SplitViews(nn.Module):
+    """Stands in for the augmentation when the loader already made the views: ``[B, 2, C, H, W]``."""
+
+    n_global = 2
+    n_local = 0
+
+    def forward(self, views: Tensor) -> list[Tensor]:
+        return [views[:, 0], views[:, 1]]
+
+
+class StepTimer(pl.Callback):
+    """Images/s over the optimizer steps after ``warmup`` (and GPU utilisation while they run)."""
+
+    def __init__(self, warmup: int, batch_size: int) -> None:
+        self.warmup = warmup
+        self.batch_size = batch_size
+        self.start = 0.0
+        self.rate = 0.0
+        self.gpu = GpuSampler()
+
+    def _sync(self, trainer: pl.Trainer) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            self._sync(trainer)
+            self.start = time.perf_counter()
+            self.gpu.start()
+
+    def on_train_end(self, trainer, pl_module):
+        self._sync(trainer)
+        self.gpu.stop()
+        steps = trainer.global_step - self.warmup
+        self.rate = steps * self.batch_size / (time.perf_counter() - self.start)
+
+
+class GpuSampler:
+    """Mean GPU utilisation from ``nvidia-smi`` polled in a thread (nothing when there is no nvidia-smi)."""
+
+    def __init__(self, period: float = 0.2) -> None:
+        self.period = period
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if out.returncode == 0 and out.stdout.strip():
+                self.samples.append(float(out.stdout.split()[0]))
+            self._stop.wait(self.period)
+
+    def start(self) -> None:
+        if torch.cuda.is_available() and shutil.which("nvidia-smi"):
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.samples)) if self.samples else None
+
+
+def write_npy(reader: WindowReader, ids: np.ndarray, out: Path) -> list[Path]:
+    """Each window as its own ``.npy`` file (float64, as the old cutouts were saved)."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for start in range(0, len(ids), 512):
+        chunk = ids[start : start + 512]
+        for cid, window in zip(chunk, reader.read(chunk), strict=True):
+            path = out / f"patch_{cid}.npy"
+            np.save(path, window[0].astype(np.float64))
+            files.append(path)
+    return files
+
+
+def train_rate(
+    args: argparse.Namespace, cfg: DictConfig, augmentation: nn.Module, data
+) -> tuple[float, float | None]:
+    """Images/s of BYOL ResNet-18 fed by ``data`` (a DataModule or a DataLoader)."""
+    pl.seed_everything(0, verbose=False)
+    method = instantiate(cfg.ssl, _convert_="all")  # BYOL as train.py builds it (ssl=byol)
+    model = method(backbone=build_backbone(cfg.backbone), augmentation=augmentation, warmup_epochs=0)
+    timer = StepTimer(args.warmup, args.batch_size)
+    gpu = args.device.startswith("cuda")
+    trainer = pl.Trainer(
+        accelerator="gpu" if gpu else "cpu",
+        devices=1,
+        precision="bf16-mixed" if gpu else "32-true",
+        max_steps=args.warmup + args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    if isinstance(data, pl.LightningDataModule):
+        trainer.fit(model, datamodule=data)
+    else:
+        trainer.fit(model, train_dataloaders=data)
+    return timer.rate, timer.gpu.mean
+
+
+def data_rate(loader: DataLoader, augmentation: nn.Module, device: torch.device) -> float:
+    """Images/s at which a loader (and, for ours, the augmentation on ``device``) delivers view pairs."""
+    augmentation.to(device)
+    batches = iter(loader)
+    augmentation(next(batches).to(device))  # warm-up: workers started, first batch made
+    start, images = time.perf_counter(), 0
+    for batch in batches:
+        views = augmentation(batch.to(device, non_blocking=True))
+        images += views[0].shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return images / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--mosaics", type=int, default=2, help="synthetic mosaics")
+    parser.add_argument("--size", type=int, default=2048, help="synthetic mosaic side in pixels")
+    parser.add_argument("--window", type=int, default=128, help="window and view side in pixels")
+    parser.add_argument("--overlap", type=float, default=0.5, help="more overlap = more windows from one sky")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--cache", action="store_true", help="ours reads the HDF5 pixel cache")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workdir", type=Path, default=None, help="run store and sky (default: a temp dir)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        common = [f"paths.runs_dir={work / 'runs'}", f"paths.data_dir={work / 'data'}", "logger=none"]
+        sky = [f"survey.mosaics={args.mosaics}", f"survey.size={args.size}"]
+        windows = [f"cutouts.window_size={args.window}", f"cutouts.overlap={args.overlap}"]
+        cut = cutouts_task.run(config("extract", [*common, "stage=cutouts", *sky, *windows]))
+        merge = merge_task.run(config("extract", [*common, "stage=merge", f"cutouts_ids=[{cut['run_id']}]"]))
+        merged = RunStore(work / "runs").resolve(merge["run_id"], stage="merge").artifact("merged.h5")
+        reader = WindowReader(merged)
+        needed = (args.warmup + args.steps) * args.batch_size
+        if len(reader.cutout_ids) < needed:
+            raise SystemExit(f"{len(reader.cutout_ids)} windows < {needed} needed: raise --overlap or --size")
+        ids = np.sort(np.random.default_rng(0).choice(reader.cutout_ids, needed, replace=False))
+        cfg = config("train", [*common, "ssl=byol", "backbone=resnet18", "normalization=minmax"])
+        print(
+            f"{len(reader.cutout_ids)} windows of {args.window} px; device {args.device}; batch {args.batch_size}"
+        )
+
+        normalization = instantiate_user(cfg.normalization)
+        ours_data = TrainingWindows(
+            merged,
+            ids,
+            args.batch_size,
+            num_workers=args.num_workers,
+            cache_path=work / "cache.h5" if args.cache else None,
+        )
+        ours_aug = RadioAugmentation(normalization, 1, global_size=args.window)
+        ours_data.setup("fit")
+
+        files = write_npy(reader, ids, work / "npy")
+        naive_data = DataLoader(
+            NpyViews(files, instantiate_user(cfg.normalization), naive_view(args.window)),
+            batch_size=args.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=args.num_workers,
+            persistent_workers=args.num_workers > 0,
+            pin_memory=args.device.startswith("cuda"),
+        )
+        device = torch.device(args.device)
+        ours_views = data_rate(ours_data.train_dataloader(), ours_aug, device)
+        naive_views = data_rate(naive_data, SplitViews(), device)
+        print(
+            f"RESULT train_data ours={ours_views:.1f} naive={naive_views:.1f} ratio={ours_views / naive_views:.2f}"
+        )
+
+        ours, ours_gpu = train_rate(args, cfg, ours_aug, ours_data)
+        naive, naive_gpu = train_rate(args, cfg, SplitViews(), naive_data)
+
+        if ours_gpu is not None or naive_gpu is not None:
+            print(f"gpu_utilisation ours={ours_gpu}% naive={naive_gpu}%")
+        print(f"RESULT train ours={ours:.1f} naive={naive:.1f} ratio={ours / naive:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
