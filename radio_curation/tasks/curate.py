@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from radio_curation.curation.clusters import Hierarchy, write_subsample
-from radio_curation.curation.kmeans import HierarchicalKMeans, imbalance_factor, load_level, save_level
+from radio_curation.curation.kmeans import (
+    ClusterLevel,
+    HierarchicalKMeans,
+    imbalance_factor,
+    load_level,
+    save_level,
+)
 from radio_curation.curation.loading import LoadedFeatures, load_features
 from radio_curation.curation.plots import plot_cluster_sizes, plot_objective, plot_sampling
 from radio_curation.curation.samplers import Compose, Pool, cluster_counts, share_of_largest
@@ -63,7 +70,7 @@ def _read_features(record: RunRecord, **kwargs: Any) -> LoadedFeatures:
         return load_features(source, label=f"features run {record.run_id}", **kwargs)
 
 
-def _log_plot(run: Run, name: str, draw: Any, *args: Any) -> None:
+def _log_plot(run: Run, name: str, draw: Callable[..., None], *args: Any) -> None:
     with run.artifact(name) as tmp, open(tmp, "wb") as fh:
         draw(*args, fh)
     run.tracker.log_image(run.dir / name)
@@ -84,7 +91,8 @@ def cluster(run: Run) -> None:
             break
         finished, ids = load_level(path)
         done.append(finished)
-        cutout_id = ids if level == 1 else cutout_id
+        if level == 1:
+            cutout_id = ids
     if done:
         log.info("resuming clustering %s after level %d", run.run_id, len(done))
         run.info["resumed_after_level"] = len(done)
@@ -103,7 +111,7 @@ def cluster(run: Run) -> None:
     run.info["max_points_per_centroid"] = algo.max_points_per_centroid
     started = time.perf_counter()
 
-    def on_level(level: int, result: Any) -> None:
+    def on_level(level: int, result: ClusterLevel) -> None:
         nonlocal started
         save_level(levels_dir / f"level_{level}.h5", result, cutout_id if level == 1 else None)
         run.timings[f"level_{level}"] = round(time.perf_counter() - started, 3)
@@ -129,6 +137,7 @@ def cluster(run: Run) -> None:
             "objective_last": float(level.objective[-1]),
             "objective_after_resampling": float(level.resampling_objective[-1]),
             "training_points": level.n_train,
+            "assignment_seconds": round(level.search_seconds, 3),
         }
         for step, value in enumerate(level.objective, start=1):
             run.tracker.log_metrics({f"level_{i}.objective": float(value)}, step=step)
