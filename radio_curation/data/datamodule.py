@@ -156,8 +156,8 @@ class TrainingWindows(pl.LightningDataModule):
     num_workers
         DataLoader worker processes.
     cache_path
-        If set, the windows are first copied into this HDF5 file (once, by the first process of each node)
-        and read from it afterwards.
+        If set, the windows are first copied into this HDF5 file (once, by global rank 0, on a filesystem
+        all nodes share) and read from it afterwards.
     nan_fill
         Value for blank (NaN) pixels.
     pin_memory
@@ -187,6 +187,8 @@ class TrainingWindows(pl.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.prefetch_factor = int(prefetch_factor)
         self.dataset: Dataset | None = None
+        # The cache lives in the run directory, which every node sees: one process writes it.
+        self.prepare_data_per_node = False
         if self.batch_size < 1:
             raise RadioCurationError(f"data.batch_size={batch_size} must be at least 1.")
         if len(self.cutout_ids) < self.batch_size:
@@ -202,7 +204,7 @@ class TrainingWindows(pl.LightningDataModule):
             return "cutout_id" in f and np.array_equal(f["cutout_id"][:], self.cutout_ids)
 
     def prepare_data(self) -> None:
-        """Fill the pixel cache if one is asked for and not already there (first process of each node)."""
+        """Fill the pixel cache if one is asked for and not already there (global rank 0 only)."""
         if self.cache_path is not None and not self._cache_is_current():
             write_cache(self.merged_path, self.cutout_ids, self.cache_path, nan_fill=self.nan_fill)
 

@@ -245,7 +245,7 @@ def fit(
         pin_memory=data.pin_memory,
         prefetch_factor=data.prefetch_factor,
     )
-    knn = _knn_monitor(cfg, model)
+    knn = _knn_monitor(cfg, model) if run is not None else None  # evaluated on rank 0 only
     logger = TrackerLogger(run.tracker, run.run_id) if run is not None else False
     trainer: pl.Trainer = instantiate(
         cfg.trainer,

@@ -126,6 +126,20 @@ def test_optimizer_groups_schedule_and_batch_scaled_learning_rate():
     assert lrs[-1] == pytest.approx(0.01 * peak)
 
 
+def test_learning_rate_scales_with_the_global_batch_including_accumulation():
+    model = _model("byol", warmup_epochs=0, lr_batch_size=256)
+
+    class WithBatchSize(pl.LightningDataModule):
+        batch_size = 8
+
+        def train_dataloader(self):
+            return _loader(batch_size=self.batch_size)
+
+    trainer = _trainer(max_steps=1, accumulate_grad_batches=4)
+    trainer.fit(model, datamodule=WithBatchSize())
+    assert trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(0.2 * 8 * 4 / 256)
+
+
 def test_adamw_is_a_drop_in_optimizer():
     adamw = functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05)
     model = BYOL(TinyBackbone(), augmentation(), adamw, **HEADS["byol"])
