@@ -1,0 +1,65 @@
+"""The training DataModule: batched raw windows from the reader or from the pixel cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from radio_curation.cutouts.reader import WindowReader
+from radio_curation.data.datamodule import TrainingWindows, write_cache
+from radio_curation.errors import RadioCurationError
+from radio_curation.runs.store import RunStore
+
+
+@pytest.fixture
+def merged(merge_id, runs_dir):
+    return RunStore(runs_dir).resolve(merge_id, stage="merge").artifact("merged.h5")
+
+
+def _epoch(dm: TrainingWindows) -> list[torch.Tensor]:
+    dm.setup("fit")
+    return list(dm.train_dataloader())
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_an_epoch_is_full_shuffled_batches_of_distinct_raw_windows(merged, tmp_path, cache):
+    reader = WindowReader(merged)
+    ids = reader.cutout_ids[::2]
+    dm = TrainingWindows(merged, ids, batch_size=16, cache_path=tmp_path / "c.h5" if cache else None)
+    dm.prepare_data()
+    torch.manual_seed(0)
+    batches = _epoch(dm)
+    assert len(batches) == len(ids) // 16
+    assert all(b.shape == (16, 1, 32, 32) and b.dtype == torch.float32 for b in batches)
+    # Every window delivered is one of the source's, none twice in an epoch.
+    pixels = reader.read(ids).reshape(len(ids), -1)
+    lookup = {row.tobytes(): i for i, row in enumerate(pixels)}
+    seen = [lookup[w.numpy().reshape(-1).tobytes()] for b in batches for w in b]
+    assert len(set(seen)) == len(seen) == len(batches) * 16
+    torch.manual_seed(1)
+    again = [lookup[w.numpy().reshape(-1).tobytes()] for b in _epoch(dm) for w in b]
+    assert again != seen  # reshuffled
+
+
+def test_cache_is_rewritten_when_the_windows_change(merged, tmp_path):
+    ids = WindowReader(merged).cutout_ids
+    path = write_cache(merged, ids[:40], tmp_path / "c.h5")
+    dm = TrainingWindows(merged, ids[:48], batch_size=16, cache_path=path)
+    assert not dm._cache_is_current()
+    dm.prepare_data()
+    assert dm._cache_is_current()
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_batch_larger_than_the_source_is_a_clear_error(merged):
+    ids = WindowReader(merged).cutout_ids[:10]
+    with pytest.raises(RadioCurationError, match=r"data\.batch_size=16"):
+        TrainingWindows(merged, ids, batch_size=16)
+
+
+def test_readers_work_in_dataloader_workers(merged):
+    ids = WindowReader(merged).cutout_ids[:64]
+    dm = TrainingWindows(merged, ids, batch_size=16, num_workers=2)
+    batches = _epoch(dm)
+    assert len(batches) == 4 and np.isfinite(torch.cat(batches).numpy()).all()
