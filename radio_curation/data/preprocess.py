@@ -13,7 +13,8 @@ class Preprocess(nn.Module):
 
     The order is the one the pipeline this replaces used (normalise, then resize), with the channel
     repeat last so only one channel is resized. Resizing is bilinear with antialiasing, as
-    ``torchvision.transforms.Resize`` does on tensors.
+    ``torchvision.transforms.Resize`` does on tensors. Three channels are a broadcast view of the one
+    (no copy; the model's first layer reads it): ``.contiguous()`` it before writing into it in place.
 
     Parameters
     ----------
@@ -41,11 +42,13 @@ class Preprocess(nn.Module):
             raise RadioCurationError(f"Preprocess expects windows shaped [B, 1, S, S], got {list(x.shape)}")
         x = self.normalization(x.float())
         if self.resize is not None and tuple(x.shape[-2:]) != (self.resize, self.resize):
+            # Antialiasing only changes a downsampling; upsampling takes the faster plain bilinear kernel.
+            shrinking = self.resize < min(x.shape[-2:])
             x = F.interpolate(
-                x, size=(self.resize, self.resize), mode="bilinear", align_corners=False, antialias=True
+                x, size=(self.resize, self.resize), mode="bilinear", align_corners=False, antialias=shrinking
             )
         if self.in_chans == 3:
-            x = x.expand(-1, 3, -1, -1).contiguous()
+            x = x.expand(-1, 3, -1, -1)
         return x
 
     def extra_repr(self) -> str:

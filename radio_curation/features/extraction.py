@@ -8,6 +8,7 @@ so every rank sees the same list) and :class:`BlockWriter` writes a block as soo
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,12 @@ from radio_curation.cutouts.reader import WindowReader
 from radio_curation.errors import RadioCurationError
 from radio_curation.features.io import BlockShards, Plan
 from radio_curation.progress import ProgressBar, progress
+
+
+def cpu_threads(num_workers: int) -> int:
+    """Compute threads for the main process when ``num_workers`` loader processes share this machine's cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - int(num_workers))
 
 
 class WindowBatches(Dataset):
@@ -139,10 +146,18 @@ class FeatureModule(pl.LightningModule):
         self.extractor = extractor
         self.preprocess = preprocess
         self.channels_last = channels_last
+        self._threads = torch.get_num_threads()
 
     def on_predict_start(self) -> None:
         if self.channels_last:
             self.extractor.to(memory_format=torch.channels_last)
+        self._threads = torch.get_num_threads()
+        if self.device.type == "cpu":
+            # DataLoader workers take cores too: more compute threads than free cores stall on each other.
+            torch.set_num_threads(cpu_threads(self.trainer.datamodule.num_workers))
+
+    def on_predict_end(self) -> None:
+        torch.set_num_threads(self._threads)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         # Normalisation statistics stay in float32 whatever the autocast precision of the model.
