@@ -19,8 +19,10 @@ its assignment step, before the centroid update.
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -123,17 +125,25 @@ def update_centroids(
 
 
 class FaissBackend(KMeansBackend):
-    """Assignment by faiss flat indexes (BLAS blocks); on the GPU when faiss-gpu is installed and sees one.
+    """Assignment by faiss flat indexes; on the GPU when faiss-gpu is installed and sees one.
+
+    On the CPU, row blocks are searched by ``threads`` workers at once, each single-threaded (faiss and its
+    BLAS use OpenMP, whose threads spin-wait at every block's barrier: on a shared, oversubscribed node
+    that halved the throughput, while independent blocks keep every core busy either way).
 
     Parameters
     ----------
     device
         ``auto`` (GPU if faiss has GPU support and sees a GPU, else CPU), ``cpu`` or ``cuda``.
+    threads
+        CPU workers (default: the cores this process may use).
+    block_rows
+        Rows per CPU search block.
     """
 
     name = "faiss"
 
-    def __init__(self, device: str = "auto") -> None:
+    def __init__(self, device: str = "auto", threads: int | None = None, block_rows: int = 4096) -> None:
         n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
         if device == "auto":
             device = "cuda" if n_gpus > 0 else "cpu"
@@ -145,6 +155,11 @@ class FaissBackend(KMeansBackend):
                 "(pip install faiss-gpu-cu12); use device=cpu or clustering/backend=torch"
             )
         self.device = device
+        self.threads = int(threads or len(os.sched_getaffinity(0)))
+        self.block_rows = int(block_rows)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **({"threads": self.threads} if self.device == "cpu" else {})}
 
     def _index(self, centroids: np.ndarray, spherical: bool) -> faiss.Index:
         d = centroids.shape[1]
@@ -159,12 +174,27 @@ class FaissBackend(KMeansBackend):
         n = x.shape[0]
         labels = np.empty(n, dtype=np.int64)
         dist = np.empty(n, dtype=np.float32)
-        rows = max(_block_rows(centroids.shape[0], n), 4096)
-        for start in range(0, n, rows):
+
+        def search(start: int) -> None:
             block = np.ascontiguousarray(x[start : start + rows], dtype=np.float32)
             d_blk, i_blk = index.search(block, 1)
             labels[start : start + len(block)] = i_blk[:, 0]
             dist[start : start + len(block)] = 1.0 - d_blk[:, 0] if spherical else np.maximum(d_blk[:, 0], 0)
+
+        if self.device == "cuda":
+            rows = max(_block_rows(centroids.shape[0], n), 4096)
+            for start in range(0, n, rows):
+                search(start)
+            return labels, dist
+
+        def search_alone(start: int) -> None:
+            # OpenMP thread counts are per calling thread: this worker's search and BLAS use one core.
+            faiss.omp_set_num_threads(1)
+            search(start)
+
+        rows = self.block_rows
+        with ThreadPoolExecutor(self.threads) as pool:
+            list(pool.map(search_alone, range(0, n, rows)))
         return labels, dist
 
 
