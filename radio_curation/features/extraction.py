@@ -65,6 +65,7 @@ class WindowBatches(Dataset):
 
     @property
     def rows(self) -> int:
+        """Windows in all batches."""
         return sum(len(ids) for _, ids in self.items)
 
 
@@ -235,7 +236,15 @@ class RateBar(Callback):
             total = trainer.datamodule.dataset.rows
             self._bar = self._stack.enter_context(progress(total, "features (rank 0)", unit="win"))
 
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: dict[str, Any],
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if self._bar is not None:
             self._bar.advance(len(batch["cutout_id"]))
 

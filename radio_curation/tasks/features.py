@@ -63,13 +63,16 @@ def _source(cfg: DictConfig) -> RunRecord:
     return RunStore(cfg.paths.runs_dir).resolve(str(cfg.source_id), stage="merge")
 
 
+def _on_gpu(cfg: DictConfig) -> bool:
+    return cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+
+
 def resolve_precision(cfg: DictConfig) -> str:
     """The Lightning precision ``cfg.precision`` means here (``auto``: bf16/16-mixed on a GPU, else 32-true)."""
     precision = str(cfg.precision)
     if precision != "auto":
         return precision
-    on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
-    if not on_gpu:
+    if not _on_gpu(cfg):
         return "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
@@ -112,7 +115,10 @@ def _models(cfg: DictConfig, sizes: np.ndarray) -> tuple[torch.nn.Module, Prepro
     return extractor, preprocess
 
 
-def _predict(cfg: DictConfig, module: FeatureModule, datamodule: FeatureDataModule) -> BlockWriter:
+def _predict(
+    cfg: DictConfig, module: FeatureModule, datamodule: FeatureDataModule
+) -> tuple[BlockWriter, int]:
+    """Run the predict loop; returns the block writer and the number of ranks."""
     writer = BlockWriter(_dtype(cfg))
     trainer = pl.Trainer(
         accelerator=cfg.accelerator,
@@ -130,12 +136,11 @@ def _predict(cfg: DictConfig, module: FeatureModule, datamodule: FeatureDataModu
         inference_mode=True,
     )
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
-    return writer
+    return writer, trainer.world_size
 
 
 def _feature_module(extractor: torch.nn.Module, preprocess: Preprocess, cfg: DictConfig) -> FeatureModule:
-    on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
-    return FeatureModule(extractor, preprocess, channels_last=on_gpu)
+    return FeatureModule(extractor, preprocess, channels_last=_on_gpu(cfg))
 
 
 def _attrs(cfg: DictConfig, extractor: Any, source_id: str, dtype: np.dtype) -> dict[str, Any]:
@@ -189,10 +194,12 @@ def _work(run: Run) -> None:
         module = _feature_module(extractor, preprocess, cfg)
         start = time.perf_counter()
         with run.timer("extract"):
-            writer = _predict(cfg, module, datamodule)
+            _, world_size = _predict(cfg, module, datamodule)
         elapsed = time.perf_counter() - start
-        run.metrics["windows_per_s"] = round(writer.rows_written / elapsed, 2) if elapsed > 0 else None
-        run.info["world_size"] = int(cfg.devices) * int(cfg.num_nodes)
+        # Counted from the plan: under ddp_spawn the writers that counted rows lived in other processes.
+        rows = sum(stop - start for start, stop in map(plan.block_range, pending))
+        run.metrics["windows_per_s"] = round(rows / elapsed, 2)
+        run.info["world_size"] = world_size
     dtype = _dtype(cfg)
     with run.timer("join"), run.artifact(FEATURES) as tmp:
         attrs = _attrs(cfg, extractor, source.run_id, dtype)
@@ -221,7 +228,7 @@ def _rank_worker(cfg: DictConfig, source: RunRecord) -> dict[str, Any]:
     reader = WindowReader(merged)
     extractor, preprocess = _models(cfg, reader.table()["size"])
     datamodule = FeatureDataModule(merged, cfg.batch_size, cfg.num_workers)
-    writer = _predict(cfg, _feature_module(extractor, preprocess, cfg), datamodule)
+    writer, _ = _predict(cfg, _feature_module(extractor, preprocess, cfg), datamodule)
     return {"rank": _launched_rank(), "rows": writer.rows_written}
 
 
