@@ -1,0 +1,54 @@
+"""``train.py`` on the command line: killed mid-training, the same command resumes from last.ckpt."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from radio_curation.runs.store import RunStore
+from tests.conftest import CONFIG_DIR
+from tests.ssl.conftest import tiny
+
+REPO = CONFIG_DIR.parent
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_when_the_same_command_is_run_again(merge_id, runs_dir, data_dir, tmp_path):
+    command = [
+        sys.executable,
+        "train.py",
+        f"paths.runs_dir={runs_dir}",
+        f"paths.data_dir={data_dir}",
+        "logger=csv",
+        *tiny(
+            "byol",
+            f"source_id={merge_id}",
+            "trainer.max_epochs=6",
+            "callbacks.checkpoint.every_n_train_steps=5",
+        ),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "first.log"
+    with open(log, "w") as out, subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=out) as first:
+        deadline = time.monotonic() + 240
+        checkpoints = runs_dir / "train"
+        while not list(checkpoints.glob("*/checkpoints/step00000010.ckpt")):
+            assert first.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no step checkpoint appeared"
+            time.sleep(0.2)
+        first.send_signal(signal.SIGKILL)
+    (run_dir,) = checkpoints.iterdir()
+    assert RunStore(runs_dir).resolve(run_dir.name, require_complete=False).manifest["status"] == "running"
+
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.strip().splitlines()[-1] == f"run_id={run_dir.name}"
+    manifest = RunStore(runs_dir).resolve(run_dir.name, stage="train").manifest
+    assert manifest["attempts"] == 2
+    assert manifest["info"]["resumed_from_step"] >= 10
+    assert manifest["counts"]["epochs"] == 6
