@@ -172,6 +172,9 @@ def _work(run: Run) -> None:
     final = run.dir / FEATURES
     shards = BlockShards(run.dir / "shards")
     run.info["limit_batches"] = cfg.limit_batches
+    for stale in run.dir.glob(f".{FEATURES}.tmp-*"):
+        # A join cut short by a kill; this process holds the run's lease, so nobody else is writing it.
+        stale.unlink()
     if final.is_file():
         # An earlier attempt joined the blocks and was stopped before the manifest was written.
         run.register(FEATURES)

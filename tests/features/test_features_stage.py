@@ -128,12 +128,13 @@ def test_sigkill_and_restart_gives_the_uninterrupted_result(
     assert len(done) >= 2
     # What a write cut short leaves behind never counts as a block.
     (shards.directory / ".block-00000099.h5.tmp-999").write_bytes(b"half a block")
+    (run_dir / ".features.h5.tmp-999").write_bytes(b"half a join")
     resumed = features_task.run(compose("extract", overrides))
     assert resumed["run_id"] == run_dir.name and resumed["reused"] is False
     manifest = yaml.safe_load((run_dir / "manifest.yaml").read_text())
     assert manifest["status"] == "complete" and manifest["attempts"] == 2
     assert manifest["info"]["blocks_done_before"] >= len(done)
-    assert not shards.directory.exists()
+    assert not shards.directory.exists() and not (run_dir / ".features.h5.tmp-999").exists()
     with FeatureFile(run_dir / "features.h5") as ff:
         np.testing.assert_array_equal(ff.cutout_ids, want_ids)
         # Another batch size than the reference run: the same rows up to float rounding.
