@@ -27,13 +27,21 @@ def _groups(root: str) -> dict[str, list[str]]:
     return groups
 
 
-def _cases() -> list[tuple[str, str, str]]:
-    return [
-        (root, group, option)
-        for root in ROOTS
-        for group, options in _groups(root).items()
-        for option in options
-    ]
+def _cases() -> list[tuple[str, int, list[str]]]:
+    """Per root, round ``i`` picks the i-th option of every group at once (the last when a group has fewer):
+    a few compositions cover every option of every group, each in a realistic mix with the others."""
+    cases = []
+    for root in ROOTS:
+        groups = _groups(root)
+        for i in range(max(len(options) for options in groups.values())):
+            cases.append(
+                (
+                    root,
+                    i,
+                    [f"{group}={options[min(i, len(options) - 1)]}" for group, options in groups.items()],
+                )
+            )
+    return cases
 
 
 def _targets(node, path: str = "") -> list[tuple[str, str]]:
@@ -56,12 +64,19 @@ def test_every_root_uses_the_common_groups():
         assert {"paths", "logger"} <= set(_groups(root)), root
 
 
-@pytest.mark.parametrize(("root", "group", "option"), _cases())
-def test_option_composes_and_points_at_real_code(root, group, option):
-    cfg = _compose(root, [f"{group}={option}"])
+@pytest.mark.parametrize(("root", "round_", "overrides"), _cases())
+def test_every_option_composes_and_points_at_real_code(root, round_, overrides):
+    cfg = _compose(root, overrides)
     assert OmegaConf.is_struct(cfg)
     for path, target in _targets(cfg):
-        assert callable(get_method(target)), f"{root} {group}={option}: {path}._target_={target}"
+        assert callable(get_method(target)), f"{root} {overrides}: {path}._target_={target}"
+
+
+def test_rounds_cover_every_option_of_every_group():
+    covered = {(root, o) for root, _, overrides in _cases() for o in overrides}
+    for root in ROOTS:
+        for group, options in _groups(root).items():
+            assert {(root, f"{group}={o}") for o in options} <= covered
 
 
 @pytest.mark.parametrize("root", ROOTS)
