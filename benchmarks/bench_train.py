@@ -3,8 +3,8 @@
 On a synthetic sky cut into 128 px windows (cutouts + merge stages in a temporary run store):
 
 - ours: the train stage's DataModule (one batched ``WindowReader`` gather per batch, or the HDF5 pixel
-  cache with ``--cache``) delivering raw windows, and the radio augmentation making both views for the
-  whole batch on the training device;
+  cache with ``--cache``) and the radio augmentation making both views for the whole batch, on the GPU
+  (``--device cuda``) or, on CPUs, in the DataLoader workers (``data.augment_on=auto``);
 - naive: the old pipeline's way: one ``.npy`` file per window, ``np.load`` and per-sample torchvision
   transforms (the same normalisation, random resized crop, flips, rotation, blur, contrast jitter, noise)
   for two views in DataLoader workers, default collate.
@@ -211,14 +211,19 @@ def train_rate(
 
 
 def data_rate(loader: DataLoader, augmentation: nn.Module, device: torch.device) -> float:
-    """Images/s at which a loader (and, for ours, the augmentation on ``device``) delivers view pairs."""
+    """Images/s at which a loader delivers view pairs on ``device`` (views made there if not in workers)."""
     augmentation.to(device)
+
+    def views(batch: Tensor | dict[str, list[Tensor]]) -> list[Tensor]:
+        if isinstance(batch, dict):
+            return [v.to(device, non_blocking=True) for v in batch["views"]]
+        return augmentation(batch.to(device, non_blocking=True))
+
     batches = iter(loader)
-    augmentation(next(batches).to(device))  # warm-up: workers started, first batch made
+    views(next(batches))  # warm-up: workers started, first batch made
     start, images = time.perf_counter(), 0
     for batch in batches:
-        views = augmentation(batch.to(device, non_blocking=True))
-        images += views[0].shape[0]
+        images += views(batch)[0].shape[0]
     if device.type == "cuda":
         torch.cuda.synchronize()
     return images / (time.perf_counter() - start)
@@ -263,14 +268,16 @@ def main() -> None:
         )
 
         normalization = instantiate_user(cfg.normalization)
+        ours_aug = RadioAugmentation(normalization, 1, global_size=args.window)
+        on_cpu = not args.device.startswith("cuda")
         ours_data = TrainingWindows(
             merged,
             ids,
             args.batch_size,
             num_workers=args.num_workers,
             cache_path=work / "cache.h5" if args.cache else None,
+            augmentation=ours_aug if on_cpu else None,  # as train.py's data.augment_on=auto
         )
-        ours_aug = RadioAugmentation(normalization, 1, global_size=args.window)
         ours_data.setup("fit")
 
         files = write_npy(reader, ids, work / "npy")

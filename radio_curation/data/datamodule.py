@@ -1,8 +1,8 @@
 """Training data: raw windows of a subsample, gathered a batch at a time, optionally from a pixel cache.
 
-The DataLoader only gathers raw ``[B, 1, S, S]`` windows (one batched read per batch through the cutout
-reader, or one fancy-indexed read from the cache); views are made on the model's device by the
-augmentation, never per sample in the workers.
+The DataLoader gathers raw ``[B, 1, S, S]`` windows (one batched read per batch through the cutout reader,
+or one fancy-indexed read from the cache). Views are made for whole batches, never per sample: on the
+model's device (GPUs), or in the DataLoader workers when training on CPUs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from radio_curation.cutouts.reader import WindowReader
@@ -29,6 +29,25 @@ CACHE_READ_BATCH = 512
 def _as_batch(batch: Tensor) -> Tensor:
     """Collate function for datasets that return whole batches from ``__getitems__``."""
     return batch
+
+
+class ViewsInWorkers:
+    """Collate function that makes the views of a whole batch in the DataLoader worker.
+
+    For training on CPUs: the batched augmentation then runs beside the model in the worker processes
+    instead of between its steps. The batch becomes ``{"views": [view, ...]}``.
+
+    Parameters
+    ----------
+    augmentation
+        The module making the views (``augmentation`` group).
+    """
+
+    def __init__(self, augmentation: nn.Module) -> None:
+        self.augmentation = augmentation
+
+    def __call__(self, batch: Tensor) -> dict[str, list[Tensor]]:
+        return {"views": self.augmentation(batch)}
 
 
 class ReaderWindows(Dataset):
@@ -164,6 +183,9 @@ class TrainingWindows(pl.LightningDataModule):
         Pin host memory when training on a GPU.
     prefetch_factor
         Batches each worker loads ahead.
+    augmentation
+        If set, the views are made in the DataLoader workers (see :class:`ViewsInWorkers`); otherwise the
+        batches are raw windows and the views are made on the training device.
     """
 
     def __init__(
@@ -176,6 +198,7 @@ class TrainingWindows(pl.LightningDataModule):
         nan_fill: float = 0.0,
         pin_memory: bool = True,
         prefetch_factor: int = 2,
+        augmentation: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.merged_path = str(merged_path)
@@ -186,6 +209,7 @@ class TrainingWindows(pl.LightningDataModule):
         self.nan_fill = float(nan_fill)
         self.pin_memory = bool(pin_memory)
         self.prefetch_factor = int(prefetch_factor)
+        self.augmentation = augmentation
         self.dataset: Dataset | None = None
         # The cache lives in the run directory, which every node sees: one process writes it.
         self.prepare_data_per_node = False
@@ -225,7 +249,7 @@ class TrainingWindows(pl.LightningDataModule):
             shuffle=True,
             drop_last=True,
             num_workers=workers,
-            collate_fn=_as_batch,
+            collate_fn=_as_batch if self.augmentation is None else ViewsInWorkers(self.augmentation),
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,

@@ -171,12 +171,18 @@ class SSLModule(pl.LightningModule, ABC):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        """Augment the raw windows on their device, compute the loss and log the monitoring metrics."""
-        windows = batch[0] if isinstance(batch, list | tuple) else batch
-        views = self.augmentation(windows)
+    def training_step(self, batch: Tensor | list[Tensor] | dict[str, list[Tensor]], batch_idx: int) -> Tensor:
+        """Compute the loss of a batch and log the monitoring metrics.
+
+        ``batch`` is raw windows ``[B, 1, S, S]`` (a tensor, or a one-element list), whose views are made here
+        on the batch's device, or ``{"views": [...]}`` already made by the DataLoader workers.
+        """
+        if isinstance(batch, dict):
+            views = batch["views"]
+        else:
+            views = self.augmentation(batch[0] if isinstance(batch, list | tuple) else batch)
         loss, features = self.step(views)
-        batch_size = windows.shape[0]
+        batch_size = views[0].shape[0]
         self._epoch_images += batch_size
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         self.log(

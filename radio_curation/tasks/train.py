@@ -254,11 +254,16 @@ def fit(
         plugins=_plugins(),
         default_root_dir=str(run_dir),
     )
-    if trainer.strategy.root_device.type == "cpu" and cfg.trainer.sync_batchnorm:
+    on_cpu = trainer.strategy.root_device.type == "cpu"
+    if on_cpu and cfg.trainer.sync_batchnorm:
         raise RadioCurationError(
             "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm has no CPU implementation); "
             "set trainer.sync_batchnorm=false to train with DDP on CPUs."
         )
+    if data.augment_on not in ("auto", "device", "workers"):
+        raise RadioCurationError(f"data.augment_on={data.augment_on!r}: choose auto, device or workers.")
+    if data.augment_on == "workers" or (data.augment_on == "auto" and on_cpu):
+        datamodule.augmentation = model.augmentation
     last = run_dir / LAST_CHECKPOINT
     ckpt_path = str(last) if last.exists() else None
     with warnings.catch_warnings():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from radio_curation.cutouts.reader import WindowReader
+from radio_curation.data.augmentation import RadioAugmentation
 from radio_curation.data.datamodule import TrainingWindows, write_cache
 from radio_curation.errors import RadioCurationError
 from radio_curation.runs.store import RunStore
@@ -63,3 +64,14 @@ def test_readers_work_in_dataloader_workers(merged):
     dm = TrainingWindows(merged, ids, batch_size=16, num_workers=2)
     batches = _epoch(dm)
     assert len(batches) == 4 and np.isfinite(torch.cat(batches).numpy()).all()
+
+
+def test_views_can_be_made_in_the_workers(merged):
+    ids = WindowReader(merged).cutout_ids[:64]
+    augmentation = RadioAugmentation(torch.nn.Identity(), 3, global_size=24, local_size=12, n_local=1)
+    dm = TrainingWindows(merged, ids, batch_size=16, num_workers=2, augmentation=augmentation)
+    batches = _epoch(dm)
+    assert len(batches) == 4
+    for batch in batches:
+        shapes = [tuple(v.shape) for v in batch["views"]]
+        assert shapes == [(16, 3, 24, 24)] * 2 + [(16, 3, 12, 12)]

@@ -85,9 +85,10 @@ def test_loss_decreases_over_a_few_dozen_steps_on_the_synthetic_sky(compose, mer
     [
         (["monitor.dataset=cifar"], "not one of mirabest, fits_folder"),
         (["monitor.dataset=mirabest"], "monitor.root"),
+        (["data.augment_on=gpu"], "choose auto, device or workers"),
     ],
 )
-def test_online_knn_settings_are_checked(overrides, match, compose, merge_id):
+def test_monitor_and_data_settings_are_checked(overrides, match, compose, merge_id):
     with pytest.raises(RadioCurationError, match=match):
         train_task.run(compose("train", tiny("byol", f"source_id={merge_id}", *overrides)))
 
