@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole loop on the built-in synthetic sky (experiment=demo), chaining stages by the run IDs they print.
+# Runs are reused when they already exist, so running it again is quick. Environment:
+#   RC_RUNS_DIR (default ./runs), RC_DATA_DIR (default ./data): where runs and the generated sky go;
+#   MIRABEST: a MiraBest folder (FITS + labels.csv) for the linear probe (default ../shared/data/mirabest;
+#             without one, the probe uses labelled windows of the synthetic sky instead).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MIRABEST=${MIRABEST:-../shared/data/mirabest}
+runs=${RC_RUNS_DIR:-runs}
+
+step() {  # step "what" command...: runs a stage, shows its log, returns the run ID it printed last
+    echo ">> $1" >&2
+    shift
+    "$@" | tee /dev/stderr | tail -n1 | cut -d= -f2
+}
+
+start=$(date +%s)
+cutouts=$(step "cutouts of the synthetic sky" python extract.py experiment=demo stage=cutouts)
+merged=$(step "merge with cross-mosaic deduplication" python extract.py experiment=demo stage=merge "cutouts_ids=[$cutouts]")
+features=$(step "features" python extract.py experiment=demo stage=features source_id="$merged")
+subsample=$(step "hierarchical k-means + balanced sampling" python curate.py experiment=demo features_id="$features")
+model=$(step "BYOL pretraining on the subsample" python train.py experiment=demo subsample_id="$subsample")
+if [ -f "$MIRABEST/labels.csv" ]; then
+    labelled=(dataset=mirabest "dataset.root=$(cd "$MIRABEST" && pwd)")
+else
+    echo "!! no MiraBest at $MIRABEST: probing on labelled synthetic windows instead" >&2
+    labelled=(dataset=synthetic)
+fi
+probe=$(step "linear probe" python evaluate.py experiment=demo eval=linear_probe model_id="$model" "${labelled[@]}")
+report=$(step "curation report" python evaluate.py experiment=demo eval=curation_report subsample_id="$subsample")
+
+cat <<DONE
+
+Demo finished in $(( $(date +%s) - start )) s. Runs: $runs (radio-curation runs list; radio-curation runs lineage $report)
+  linear probe:     $runs/evaluate/$probe/metrics.json  (confusion matrix: $runs/evaluate/$probe/confusion.png)
+  curation report:  $runs/evaluate/$report/report.html
+  trained backbone: $runs/train/$model/backbone.pt  (extract.py stage=features backbone=run backbone.model_id=$model)
+DONE
