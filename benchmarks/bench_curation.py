@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import tempfile
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
-import psutil
 
 from radio_curation.curation.backends import FaissBackend, KMeansBackend, TorchBackend
 from radio_curation.curation.clusters import Hierarchy
@@ -104,10 +102,20 @@ def bench_kmeans(
     print(f"{line} gemm_fraction={achieved / gemm:.2f}")
 
 
+def _status_bytes(field: str) -> int:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
 def _hierarchical_child(
     path: str, n_clusters: list[int], iters: int, backend: str, device: str, queue
 ) -> None:
-    baseline = psutil.Process().memory_info().rss
+    # Reset the peak-RSS mark: getrusage's maximum would include the parent's memory at fork time.
+    Path("/proc/self/clear_refs").write_text("5")
+    baseline = _status_bytes("VmRSS")
     start = time.perf_counter()
     with h5py.File(path, "r") as f:
         loaded = load_features(ArrayFeatures(f["features"], f["cutout_id"][()]))
@@ -121,7 +129,7 @@ def _hierarchical_child(
     )
     levels = algo.fit(loaded.x, seed=0)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _status_bytes("VmHWM")
     queue.put((seconds, peak - baseline, [lv.k for lv in levels]))
 
 
