@@ -44,7 +44,9 @@ def _sorted_percentile(sorted_values: Tensor, percent: float) -> Tensor:
     return sorted_values[:, lo] + (sorted_values[:, hi] - sorted_values[:, lo]) * frac
 
 
-def _range_median_std(ordered: Tensor, start: Tensor, end: Tensor, prefix: Tensor, prefix_sq: Tensor):
+def _range_median_std(
+    ordered: Tensor, start: Tensor, end: Tensor, prefix: Tensor, prefix_sq: Tensor
+) -> tuple[Tensor, Tensor]:
     """Median (numpy's, averaging the two middle values) and std (ddof 0) of ``ordered[b, start:end]``.
 
     ``ordered`` is sorted ascending per row; ``prefix``/``prefix_sq`` are the cumulative sums of it and

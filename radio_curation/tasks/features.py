@@ -195,10 +195,10 @@ def _work(run: Run) -> None:
     if pending:
         datamodule = FeatureDataModule(merged, cfg.batch_size, cfg.num_workers, shards, plan)
         module = _feature_module(extractor, preprocess, cfg)
-        start = time.perf_counter()
+        began = time.perf_counter()
         with run.timer("extract"):
             _, world_size = _predict(cfg, module, datamodule)
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - began
         # Counted from the plan: under ddp_spawn the writers that counted rows lived in other processes.
         rows = sum(stop - start for start, stop in map(plan.block_range, pending))
         run.metrics["windows_per_s"] = round(rows / elapsed, 2)
