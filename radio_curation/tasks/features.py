@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from radio_curation.backbones import build_backbone, instantiate_user
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.data.preprocess import Preprocess
+from radio_curation.distributed import launched_rank
 from radio_curation.errors import RadioCurationError
 from radio_curation.features.extraction import BlockWriter, FeatureDataModule, FeatureModule, RateBar
 from radio_curation.features.io import BlockShards, FeatureFile, consolidate
@@ -42,16 +42,6 @@ log = logging.getLogger(__name__)
 BATCHES_PER_BLOCK = 8
 FEATURES = "features.h5"
 DTYPES = {"float32": np.float32, "float16": np.float16}
-
-
-def _launched_rank() -> int:
-    """This process's global rank when a launcher started several (0 otherwise)."""
-    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
-        if int(os.environ.get(key, "0") or 0) > 0:
-            return int(os.environ[key])
-    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
-        return int(os.environ.get("SLURM_PROCID", "0") or 0)
-    return 0
 
 
 def _source(cfg: DictConfig) -> RunRecord:
@@ -226,13 +216,13 @@ def _rank_worker(cfg: DictConfig, source: RunRecord) -> dict[str, Any]:
     """A non-zero DDP rank: build the same model and compute the blocks rank 0 hands out."""
     if _nothing_left(cfg):
         # Rank 0 reuses the run or only joins blocks: it starts no process group to wait for.
-        return {"rank": _launched_rank(), "rows": 0}
+        return {"rank": launched_rank(), "rows": 0}
     merged = source.artifact("merged.h5")
     reader = WindowReader(merged)
     extractor, preprocess = _models(cfg, reader.table()["size"])
     datamodule = FeatureDataModule(merged, cfg.batch_size, cfg.num_workers)
     writer, _ = _predict(cfg, _feature_module(extractor, preprocess, cfg), datamodule)
-    return {"rank": _launched_rank(), "rows": writer.rows_written}
+    return {"rank": launched_rank(), "rows": writer.rows_written}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -252,6 +242,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     _check_settings(cfg)
     source = _source(cfg)
-    if _launched_rank() > 0:
+    if launched_rank() > 0:
         return _rank_worker(cfg, source)
     return run_stage(cfg, cfg.stage, _work)

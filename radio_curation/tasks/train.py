@@ -12,7 +12,6 @@ for the whole fit.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from radio_curation.curation.clusters import read_subsample
 from radio_curation.cutouts.index import read_index
 from radio_curation.data.datamodule import TrainingWindows
 from radio_curation.data.preprocess import Preprocess
+from radio_curation.distributed import launched_rank
 from radio_curation.errors import RadioCurationError
 from radio_curation.runs.identity import stage_identity
 from radio_curation.runs.store import RunRecord, RunStore
@@ -145,13 +145,6 @@ def resolve_source(cfg: DictConfig) -> TrainingSource:
         rng = np.random.default_rng(int(cfg.seed))
         ids = np.sort(rng.choice(ids, size=int(subset), replace=False))
     return TrainingSource(record=record, merged=merged, cutout_ids=ids, window_size=size)
-
-
-def is_rank_zero() -> bool:
-    """Whether this process is rank 0 as set by the launcher (Lightning's DDP children, torchrun, SLURM)."""
-    return all(
-        int(os.environ.get(key, 0)) == 0 for key in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
-    )
 
 
 def _build_model(cfg: DictConfig) -> SSLModule:
@@ -333,7 +326,7 @@ def _run_dir_of_rank_zero(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain the ``ssl`` method on the windows of ``subsample_id`` or ``source_id``; see the module doc."""
     source = resolve_source(cfg)
-    if not is_rank_zero():
+    if launched_rank() > 0:
         run_dir = _run_dir_of_rank_zero(cfg)
         trainer, _ = fit(cfg, source, run_dir)
         return {

@@ -139,24 +139,6 @@ def test_sigkill_and_restart_gives_the_uninterrupted_result(
         np.testing.assert_allclose(ff.read(), want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("env", "rank"),
-    [
-        ({}, 0),
-        ({"RANK": "3"}, 3),
-        ({"LOCAL_RANK": "1"}, 1),
-        ({"SLURM_NTASKS": "4", "SLURM_PROCID": "2"}, 2),
-        ({"SLURM_NTASKS": "1", "SLURM_PROCID": "5"}, 0),
-    ],
-)
-def test_launched_rank(monkeypatch, env, rank):
-    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    assert features_task._launched_rank() == rank
-
-
 @pytest.mark.slow
 def test_two_process_ddp_gives_the_single_process_rows(
     compose, features_overrides, runs_dir, data_dir, tmp_path

@@ -171,14 +171,6 @@ def test_slurm_uses_lightnings_environment_without_auto_requeue(monkeypatch):
     assert type(plugin).__name__ == "SLURMEnvironment" and plugin.auto_requeue is False
 
 
-def test_ranks_other_than_zero_are_recognised(monkeypatch):
-    for key in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
-    assert train_task.is_rank_zero()
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    assert not train_task.is_rank_zero()
-
-
 def test_curated_subsample_trains_and_its_model_extracts_features(compose, merge_id, runs_dir):
     features = features_task.run(
         compose(
