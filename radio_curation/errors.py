@@ -7,8 +7,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 
 #: Exit status of a run stopped by a user-facing error (bad input, bad config, wrong run ID).
 USER_ERROR_EXIT = 2
@@ -16,6 +19,23 @@ USER_ERROR_EXIT = 2
 
 class RadioCurationError(Exception):
     """A mistake the user can fix: the message says what is wrong and how to fix it."""
+
+
+def instantiate_user(node: Any) -> Any:
+    """``hydra.utils.instantiate(node)``, re-raising a user mistake as the :class:`RadioCurationError` itself.
+
+    Hydra wraps whatever the target raises in an ``InstantiationException``; the message the factory
+    wrote for the user (bad checkpoint, wrong module name, wrong run ID) is the one to show.
+    """
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, RadioCurationError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from err
+        raise
 
 
 def _remove_unstarted_run_dir() -> None:

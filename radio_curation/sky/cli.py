@@ -13,7 +13,7 @@ from radio_curation.errors import RadioCurationError
 from radio_curation.progress import progress
 from radio_curation.sky.synthetic import SkyParams, generate_sky
 
-__all__ = ["add_parser", "cmd_synth", "run"]
+__all__ = ["add_parser", "cmd_synth"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -73,12 +73,3 @@ def cmd_synth(args: argparse.Namespace) -> int:
     )
     print(args.out)
     return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    """Dispatch a parsed ``sky`` command; user errors become one message and exit status 2."""
-    try:
-        return args.func(args)
-    except RadioCurationError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2

@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from radio_curation.backbones import instantiate_user
 from radio_curation.cutouts.cut import combine_parts, cut_mosaic, part_path
 from radio_curation.cutouts.index import write_index
-from radio_curation.errors import RadioCurationError
+from radio_curation.errors import RadioCurationError, instantiate_user
 from radio_curation.progress import progress
 from radio_curation.sky.fitsio import MosaicFiles
 from radio_curation.tasks.stage import Run, run_stage

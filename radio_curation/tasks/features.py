@@ -24,11 +24,11 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from radio_curation.backbones import build_backbone, instantiate_user
+from radio_curation.backbones import build_backbone
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.distributed import launched_rank
-from radio_curation.errors import RadioCurationError
+from radio_curation.errors import RadioCurationError, instantiate_user
 from radio_curation.features.extraction import BlockWriter, FeatureDataModule, FeatureModule, RateBar
 from radio_curation.features.io import BlockShards, FeatureFile, consolidate
 from radio_curation.runs.identity import stage_identity

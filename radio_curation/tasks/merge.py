@@ -11,9 +11,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, ListConfig
 
-from radio_curation.backbones import instantiate_user
 from radio_curation.cutouts.index import read_index, write_index
-from radio_curation.errors import RadioCurationError
+from radio_curation.errors import RadioCurationError, instantiate_user
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks.stage import Run, run_stage
 

@@ -26,14 +26,14 @@ from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from radio_curation.backbones import build_backbone, instantiate_user
+from radio_curation.backbones import build_backbone
 from radio_curation.backbones.export import save_backbone
 from radio_curation.curation.clusters import read_subsample
 from radio_curation.cutouts.index import read_index
 from radio_curation.data.datamodule import TrainingWindows
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.distributed import launched_rank
-from radio_curation.errors import RadioCurationError
+from radio_curation.errors import RadioCurationError, instantiate_user
 from radio_curation.runs.identity import stage_identity
 from radio_curation.runs.store import RunRecord, RunStore
 from radio_curation.ssl.base import SSLModule

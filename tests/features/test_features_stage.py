@@ -16,10 +16,10 @@ import torchvision
 import yaml
 from transformers import Dinov2Config, Dinov2Model
 
-from radio_curation.backbones import build_backbone, instantiate_user
+from radio_curation.backbones import build_backbone
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.data.preprocess import Preprocess
-from radio_curation.errors import RadioCurationError
+from radio_curation.errors import RadioCurationError, instantiate_user
 from radio_curation.features import io as features_io
 from radio_curation.features.io import FeatureFile
 from radio_curation.runs.store import RunStore

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,8 +12,8 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
+from radio_curation.cli import main
 from radio_curation.errors import RadioCurationError
-from radio_curation.sky import cli
 from radio_curation.sky.synthetic import (
     CLASS_FRACTIONS,
     SkyParams,
@@ -169,9 +168,7 @@ def test_bad_parameters_are_user_errors():
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser()
-    cli.add_parser(parser.add_subparsers(dest="command"))
-    return cli.run(parser.parse_args(argv))
+    return main(argv)
 
 
 def test_cli_synth_writes_a_sky(tmp_path, capsys):
