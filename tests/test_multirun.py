@@ -31,6 +31,9 @@ def test_sharded_cutouts_sweep_on_submitit_local_merges_into_one_index(
     assert {r.manifest["config"]["survey"]["shard"] for r in shards} == {"0/2", "1/2"}
     # Each job's Hydra output directory is its run directory (the log lands beside the manifest).
     assert all((r.dir / "extract.log").is_file() for r in shards)
+    # One tracker group (W&B group / MLflow experiment) per sweep: experiment_name plus the sweep's name.
+    groups = {r.manifest["experiment"] for r in shards}
+    assert len(groups) == 1 and groups.pop().startswith("default-")
 
     capsys.readouterr()
     assert (
