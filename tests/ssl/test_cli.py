@@ -50,5 +50,6 @@ def test_killed_training_resumes_when_the_same_command_is_run_again(merge_id, ru
     assert second.stdout.strip().splitlines()[-1] == f"run_id={run_dir.name}"
     manifest = RunStore(runs_dir).resolve(run_dir.name, stage="train").manifest
     assert manifest["attempts"] == 2
-    assert manifest["info"]["resumed_from_step"] >= 10
+    # Killed right after step 10's checkpoint appeared: last.ckpt holds step 5 or step 10.
+    assert manifest["info"]["resumed_from_step"] in (5, 10)
     assert manifest["counts"]["epochs"] == 6
