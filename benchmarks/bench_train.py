@@ -189,7 +189,10 @@ def train_rate(
     """Images/s of BYOL ResNet-18 fed by ``data`` (a DataModule or a DataLoader)."""
     pl.seed_everything(0, verbose=False)
     method = instantiate(cfg.ssl, _convert_="all")  # BYOL as train.py builds it (ssl=byol)
-    model = method(backbone=build_backbone(cfg.backbone), augmentation=augmentation, warmup_epochs=0)
+    # Same learning rate for both (no batch scaling: only ours comes with a DataModule to scale by).
+    model = method(
+        backbone=build_backbone(cfg.backbone), augmentation=augmentation, warmup_epochs=0, lr_batch_size=None
+    )
     timer = StepTimer(args.warmup, args.batch_size)
     gpu = args.device.startswith("cuda")
     trainer = pl.Trainer(
