@@ -30,12 +30,18 @@ def instantiate_user(node: Any) -> Any:
     try:
         return instantiate(node)
     except InstantiationException as err:
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, RadioCurationError):
-            cause = cause.__cause__
+        cause = _user_cause(err)
         if cause is not None:
             raise cause from err
         raise
+
+
+def _user_cause(err: BaseException) -> RadioCurationError | None:
+    """The :class:`RadioCurationError` ``err`` is or wraps (Hydra wraps errors of the objects it builds)."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, RadioCurationError):
+        cause = cause.__cause__
+    return cause
 
 
 def _remove_unstarted_run_dir() -> None:
@@ -50,10 +56,14 @@ def _remove_unstarted_run_dir() -> None:
 
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Turn a :class:`RadioCurationError` into one message on stderr and exit status 2."""
+    """Turn a :class:`RadioCurationError` (also one Hydra wrapped while building an object) into one
+    message on stderr and exit status 2."""
     try:
         yield
-    except RadioCurationError as err:
+    except (RadioCurationError, InstantiationException) as err:
+        cause = _user_cause(err)
+        if cause is None:
+            raise
         _remove_unstarted_run_dir()
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        print(f"error: {cause}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT)
