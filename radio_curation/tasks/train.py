@@ -37,6 +37,7 @@ from radio_curation.errors import RadioCurationError, instantiate_user
 from radio_curation.runs.identity import stage_identity
 from radio_curation.runs.store import RunRecord, RunStore
 from radio_curation.ssl.base import SSLModule
+from radio_curation.ssl.checkpoint_io import AtomicCheckpointIO
 from radio_curation.ssl.monitor import OnlineKNN, TrackerLogger
 from radio_curation.tasks.stage import Run, run_stage
 
@@ -201,7 +202,8 @@ def _callbacks(cfg: DictConfig, run_dir: Path, knn: OnlineKNN | None) -> list[pl
 
 def _plugins() -> list[Any]:
     # Under SLURM the job is requeued by submitit, not by Lightning's signal handler.
-    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    slurm = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    return [AtomicCheckpointIO(), *slurm]
 
 
 def fit(
