@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from radio_curation.runs.identity import stage_identity
 from radio_curation.runs.store import RunStore, first_open_run_id
 
 
+def expected_run_dir(cfg: DictConfig) -> Path:
+    """The directory of the run ``cfg.stage`` describes, the one rank 0 will lease (other ranks work there)."""
+    store = RunStore(cfg.paths.runs_dir)
+    identity = stage_identity(cfg, cfg.stage)
+    return store.run_dir(first_open_run_id(store, identity.base_id, bool(cfg.force)))
+
+
 def run_dir(*, _root_: DictConfig) -> str:
-    """``${rc_run_dir:}``: the directory of the run the root config's ``stage`` spec describes."""
-    store = RunStore(_root_.paths.runs_dir)
-    identity = stage_identity(_root_, _root_.stage)
-    return str(store.run_dir(first_open_run_id(store, identity.base_id, bool(_root_.force))))
+    """``${rc_run_dir:}``: Hydra's output directory is the run's directory."""
+    return str(expected_run_dir(_root_))
 
 
 def register_resolvers() -> None:

@@ -31,9 +31,9 @@ from radio_curation.distributed import launched_rank
 from radio_curation.errors import RadioCurationError, instantiate_user
 from radio_curation.features.extraction import BlockWriter, FeatureDataModule, FeatureModule, RateBar
 from radio_curation.features.io import BlockShards, FeatureFile, consolidate
-from radio_curation.runs.identity import stage_identity
 from radio_curation.runs.manifest import COMPLETE, read_manifest
-from radio_curation.runs.store import RunRecord, RunStore, first_open_run_id
+from radio_curation.runs.resolvers import expected_run_dir
+from radio_curation.runs.store import RunRecord, RunStore
 from radio_curation.tasks.stage import Run, run_stage
 
 log = logging.getLogger(__name__)
@@ -202,8 +202,7 @@ def _work(run: Run) -> None:
 
 def _nothing_left(cfg: DictConfig) -> bool:
     """Whether rank 0 will start no predict loop (run complete, or every block already written)."""
-    store = RunStore(cfg.paths.runs_dir)
-    run_dir = store.run_dir(first_open_run_id(store, stage_identity(cfg, cfg.stage).base_id, bool(cfg.force)))
+    run_dir = expected_run_dir(cfg)
     manifest = read_manifest(run_dir)
     if (manifest or {}).get("status") == COMPLETE or (run_dir / FEATURES).is_file():
         return True

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
@@ -34,7 +33,7 @@ from radio_curation.data.datamodule import TrainingWindows
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.distributed import launched_rank
 from radio_curation.errors import RadioCurationError, instantiate_user
-from radio_curation.runs.identity import stage_identity
+from radio_curation.runs.resolvers import expected_run_dir
 from radio_curation.runs.store import RunRecord, RunStore
 from radio_curation.ssl.base import SSLModule
 from radio_curation.ssl.checkpoint_io import AtomicCheckpointIO
@@ -319,17 +318,11 @@ def _work(run: Run, source: TrainingSource) -> None:
     )
 
 
-def _run_dir_of_rank_zero(cfg: DictConfig) -> Path:
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return RunStore(cfg.paths.runs_dir).run_dir(stage_identity(cfg, cfg.stage).base_id)
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain the ``ssl`` method on the windows of ``subsample_id`` or ``source_id``; see the module doc."""
     source = resolve_source(cfg)
     if launched_rank() > 0:
-        run_dir = _run_dir_of_rank_zero(cfg)
+        run_dir = expected_run_dir(cfg)
         trainer, _ = fit(cfg, source, run_dir)
         return {
             "run_id": run_dir.name,
