@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from hydra.utils import instantiate
 
 from radio_curation.curation.clusters import Hierarchy, read_subsample
 from radio_curation.curation.kmeans import HierarchicalKMeans
@@ -221,3 +222,32 @@ def test_dedup_then_balanced_through_the_config(compose, features_run):
     assert result["info"]["samplers"]["balanced"]["out"] == 800
     ids, _ = read_subsample(Path(result["run_dir"]) / "subsample.h5")
     assert len(ids) == 800
+
+
+def test_changing_the_levels_is_one_override(compose, planted_run):
+    features_id, _, _ = planted_run
+    cfg = compose(
+        "curate",
+        [
+            f"features_id={features_id}",
+            "clustering=hierarchical_kmeans",
+            "clustering.n_clusters=[64,8]",
+            "target_size=300",
+        ],
+    )
+    result = curate.run(cfg)
+    clusters_dir = Path(result["run_dir"]).parents[1] / "cluster" / result["clusters_id"]
+    hierarchy = Hierarchy.load(clusters_dir / "clusters.h5")
+    assert [level.k for level in hierarchy.levels] == [64, 8]
+    # The default's resampling steps [1, 10, 10] follow the two levels: one step, then ten.
+    assert [len(level.resampling_objective) for level in hierarchy.levels] == [2, 11]
+    # experiment=lotss_dr2's per-level settings follow too; k-means++ above the random first level.
+    lotss = instantiate(
+        compose("curate", ["experiment=lotss_dr2", "clustering.n_clusters=[6000,400]"]).clustering
+    )
+    assert lotss.init == ["random", "kmeans++"] and lotss.sample_size == [1, 7]
+    assert instantiate(compose("curate", ["experiment=lotss_dr2"]).clustering).init == [
+        "random",
+        "kmeans++",
+        "kmeans++",
+    ]
