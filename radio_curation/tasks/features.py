@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from radio_curation.backbones import build_backbone
 from radio_curation.cutouts.reader import WindowReader
+from radio_curation.data.precision import check_first_batch, describe
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.distributed import launched_rank
 from radio_curation.errors import RadioCurationError, instantiate_user
@@ -237,10 +238,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ------
     RadioCurationError
         No or a wrong source ID (e.g. a cutouts ID), a bad checkpoint or module name, a backbone that
-        cannot take the windows, bad settings.
+        cannot take the windows, bad settings, a normalisation whose output the model's precision
+        cannot hold (checked on the first batch).
     """
     _check_settings(cfg)
     source = _source(cfg)
+    check_first_batch(
+        source.artifact("merged.h5"),
+        None,
+        int(cfg.batch_size),
+        Preprocess(instantiate_user(cfg.normalization), 1, cfg.resize),
+        resolve_precision(cfg),
+        describe(cfg),
+        "precision",
+    )
     if launched_rank() > 0:
         return _rank_worker(cfg, source)
     return run_stage(cfg, cfg.stage, _work)

@@ -30,6 +30,7 @@ from radio_curation.backbones.export import save_backbone
 from radio_curation.curation.clusters import read_subsample
 from radio_curation.cutouts.index import read_index
 from radio_curation.data.datamodule import TrainingWindows
+from radio_curation.data.precision import check_first_batch, describe
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.distributed import launched_rank
 from radio_curation.errors import RadioCurationError, instantiate_user
@@ -321,6 +322,15 @@ def _work(run: Run, source: TrainingSource) -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain the ``ssl`` method on the windows of ``subsample_id`` or ``source_id``; see the module doc."""
     source = resolve_source(cfg)
+    check_first_batch(
+        source.merged,
+        source.cutout_ids,
+        int(cfg.data.batch_size),
+        Preprocess(instantiate_user(cfg.normalization), 1, int(cfg.augmentation.global_size)),
+        cfg.trainer.precision,
+        describe(cfg),
+        "trainer.precision",
+    )
     if launched_rank() > 0:
         run_dir = expected_run_dir(cfg)
         trainer, _ = fit(cfg, source, run_dir)
