@@ -6,12 +6,14 @@ the tap, the config it was built from (for provenance) and the state dict.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from radio_curation.backbones.checkpoint import load_weights
 from radio_curation.backbones.extractor import FeatureExtractor
@@ -20,6 +22,20 @@ from radio_curation.errors import RadioCurationError
 
 #: Version of the backbone.pt layout.
 EXPORT_FORMAT = "radio_curation.backbone/1"
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A SHA-256 (16 hex digits) of ``model``'s state dict: names, dtypes, shapes and bytes.
+
+    Two builds give the same digest only when they hold the same weights, e.g. the same checkpoint, or
+    random weights drawn from the same seed.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def save_backbone(

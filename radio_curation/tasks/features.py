@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from radio_curation.backbones import build_backbone
+from radio_curation.backbones.export import weights_digest
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.data.precision import check_first_batch, describe
 from radio_curation.data.preprocess import Preprocess
@@ -87,8 +88,14 @@ def _check_settings(cfg: DictConfig) -> None:
 
 
 def _models(cfg: DictConfig, sizes: np.ndarray) -> tuple[torch.nn.Module, Preprocess]:
-    """The backbone and its preprocessing, checked on one window of each size in the index."""
-    extractor = build_backbone(cfg.backbone)
+    """The backbone and its preprocessing, checked on one window of each size in the index.
+
+    Weights not loaded from a file are drawn from ``cfg.seed``: every run and every DDP rank of one
+    config builds the same network.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.seed))
+        extractor = build_backbone(cfg.backbone)
     preprocess = Preprocess(instantiate_user(cfg.normalization), extractor.in_chans, cfg.resize)
     extractor.eval()
     for size in np.unique(sizes):
@@ -134,7 +141,7 @@ def _feature_module(extractor: torch.nn.Module, preprocess: Preprocess, cfg: Dic
     return FeatureModule(extractor, preprocess, channels_last=_on_gpu(cfg))
 
 
-def _attrs(cfg: DictConfig, extractor: Any, source_id: str, dtype: np.dtype) -> dict[str, Any]:
+def _attrs(cfg: DictConfig, extractor: Any, source_id: str, dtype: np.dtype, weights: str) -> dict[str, Any]:
     def as_json(node: Any) -> str:
         return json.dumps(OmegaConf.to_container(node, resolve=True), sort_keys=True)
 
@@ -148,6 +155,8 @@ def _attrs(cfg: DictConfig, extractor: Any, source_id: str, dtype: np.dtype) -> 
         "dtype": dtype.name,
         "source_id": source_id,
         "limit_batches": int(cfg.limit_batches) if cfg.limit_batches is not None else 0,
+        "seed": int(cfg.seed),
+        "weights_sha256": weights,
     }
 
 
@@ -175,10 +184,12 @@ def _work(run: Run) -> None:
     reader = WindowReader(merged)
     ids, sizes = reader.cutout_ids, reader.table()["size"]
     n_rows = len(ids)
-    if cfg.limit_batches is not None:
-        n_rows = min(n_rows, int(cfg.limit_batches) * int(cfg.batch_size))
-    plan = shards.load_or_create_plan(n_rows, BATCHES_PER_BLOCK * int(cfg.batch_size), source.run_id)
-    extractor, preprocess = _models(cfg, sizes[: plan.n_rows])
+    if cfg.stage.limit_rows is not None:
+        n_rows = min(n_rows, int(cfg.stage.limit_rows))
+    extractor, preprocess = _models(cfg, sizes[:n_rows])
+    weights = weights_digest(extractor)
+    plan = shards.load_or_create_plan(n_rows, BATCHES_PER_BLOCK * int(cfg.batch_size), source.run_id, weights)
+    run.info["weights_sha256"] = weights
     pending = shards.pending(plan)
     run.info["blocks"] = plan.n_blocks
     run.info["blocks_done_before"] = plan.n_blocks - len(pending)
@@ -196,7 +207,7 @@ def _work(run: Run) -> None:
         run.info["world_size"] = world_size
     dtype = _dtype(cfg)
     with run.timer("join"), run.artifact(FEATURES) as tmp:
-        attrs = _attrs(cfg, extractor, source.run_id, dtype)
+        attrs = _attrs(cfg, extractor, source.run_id, dtype, weights)
         run.info["blocks_by_rank"] = consolidate(shards, plan, ids, tmp, extractor.feature_dim, dtype, attrs)
     _finish(run, final, shards)
 
