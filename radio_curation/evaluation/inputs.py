@@ -158,8 +158,8 @@ def synthetic_truth(merged: Path) -> Path | None:
 
 def window_labels(
     catalogue: DictConfig, merged: Path, table: dict[str, np.ndarray]
-) -> tuple[np.ndarray, str]:
-    """Class of each window of ``table`` from the configured catalogue.
+) -> tuple[np.ndarray, str, np.ndarray]:
+    """Class of each window of ``table`` from the configured catalogue, and the source that labels it.
 
     ``catalogue.path=auto`` uses the synthetic sky's truth catalogue when the windows come from one.
 
@@ -169,6 +169,9 @@ def window_labels(
         ``[N]`` str.
     source : str
         The catalogue file used.
+    groups : np.ndarray
+        ``[N]`` int64: the catalogue row of the matched source (windows of one source share it), a
+        distinct negative number for each window without one.
     """
     path = catalogue.path
     if path == "auto":
@@ -182,7 +185,10 @@ def window_labels(
     options.pop("path")
     cat = WindowCatalogue(path, **options)
     radius = 0.5 * table["size"] * table["pixel_scale"]
-    return cat.labels(table["ra"], table["dec"], radius), str(path)
+    labels, groups = cat.match(table["ra"], table["dec"], radius)
+    unmatched = groups < 0
+    groups[unmatched] = -1 - np.arange(int(unmatched.sum()))
+    return labels, str(path), groups
 
 
 def _train_config(record: RunRecord) -> dict[str, Any]:
