@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from radio_curation.backbones import build_backbone
 from radio_curation.backbones.export import weights_digest
+from radio_curation.backbones.factory import run_preprocessing
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.data.precision import check_first_batch, describe
 from radio_curation.data.preprocess import Preprocess
@@ -87,6 +88,26 @@ def _check_settings(cfg: DictConfig) -> None:
     _dtype(cfg)
 
 
+def preprocessing(cfg: DictConfig) -> tuple[DictConfig, int | None, str]:
+    """The normalisation config, input size and a description of where they come from.
+
+    With ``backbone=run`` and ``preprocess_from_model`` (the default) they are those the model was
+    trained with, stored in its ``backbone.pt``; otherwise ``normalization`` and ``resize``.
+    """
+    model_id = OmegaConf.select(cfg, "backbone.model_id", default=None)
+    if model_id and cfg.preprocess_from_model:
+        stored = run_preprocessing(str(model_id), cfg.paths.runs_dir)
+        if stored is not None:
+            normalization = OmegaConf.create(stored["normalization"])
+            target = str(normalization.get("_target_", "?")).rsplit(".", 1)[-1]
+            return (
+                normalization,
+                int(stored["input_size"]),
+                f"the normalization of model {model_id} ({target})",
+            )
+    return cfg.normalization, cfg.resize, describe(cfg)
+
+
 def _models(cfg: DictConfig, sizes: np.ndarray) -> tuple[torch.nn.Module, Preprocess]:
     """The backbone and its preprocessing, checked on one window of each size in the index.
 
@@ -96,7 +117,8 @@ def _models(cfg: DictConfig, sizes: np.ndarray) -> tuple[torch.nn.Module, Prepro
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(cfg.seed))
         extractor = build_backbone(cfg.backbone)
-    preprocess = Preprocess(instantiate_user(cfg.normalization), extractor.in_chans, cfg.resize)
+    normalization, resize, _ = preprocessing(cfg)
+    preprocess = Preprocess(instantiate_user(normalization), extractor.in_chans, resize)
     extractor.eval()
     for size in np.unique(sizes):
         try:
@@ -106,7 +128,7 @@ def _models(cfg: DictConfig, sizes: np.ndarray) -> tuple[torch.nn.Module, Prepro
             raise
         except Exception as err:
             raise RadioCurationError(
-                f"the backbone cannot take {size} px windows resized to {cfg.resize}: {type(err).__name__}: "
+                f"the backbone cannot take {size} px windows resized to {resize}: {type(err).__name__}: "
                 f"{err}. Set resize= to a size it accepts (or backbone.model_kwargs.dynamic_img_size=true "
                 "for a timm ViT)."
             ) from err
@@ -145,12 +167,13 @@ def _attrs(cfg: DictConfig, extractor: Any, source_id: str, dtype: np.dtype, wei
     def as_json(node: Any) -> str:
         return json.dumps(OmegaConf.to_container(node, resolve=True), sort_keys=True)
 
+    normalization, resize, _ = preprocessing(cfg)
     return {
         "backbone": as_json(cfg.backbone),
         "tap": extractor.tap,
         "pooling": extractor.pooling or "default",
-        "normalization": as_json(cfg.normalization),
-        "resize": int(cfg.resize) if cfg.resize is not None else 0,
+        "normalization": as_json(normalization),
+        "resize": int(resize) if resize is not None else 0,
         "precision": resolve_precision(cfg),
         "dtype": dtype.name,
         "source_id": source_id,
@@ -254,13 +277,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     _check_settings(cfg)
     source = _source(cfg)
+    normalization, resize, described = preprocessing(cfg)
     check_first_batch(
         source.artifact("merged.h5"),
         None,
         int(cfg.batch_size),
-        Preprocess(instantiate_user(cfg.normalization), 1, cfg.resize),
+        Preprocess(instantiate_user(normalization), 1, resize),
         resolve_precision(cfg),
-        describe(cfg),
+        described,
         "precision",
     )
     if launched_rank() > 0:

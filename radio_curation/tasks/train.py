@@ -296,7 +296,17 @@ def _work(run: Run, source: TrainingSource) -> None:
         trainer, model = fit(cfg, source, run.dir, run)
     run.register(LAST_CHECKPOINT)
     with run.artifact("backbone.pt") as tmp:
-        save_backbone(model.export_backbone(), OmegaConf.to_container(cfg.backbone, resolve=True), tmp)
+        save_backbone(
+            model.export_backbone(),
+            OmegaConf.to_container(cfg.backbone, resolve=True),
+            tmp,
+            preprocessing={
+                # The model saw views of augmentation.global_size pixels, normalised per view.
+                "input_size": int(cfg.augmentation.global_size),
+                "normalization": OmegaConf.to_container(cfg.normalization, resolve=True),
+                "in_chans": int(model.backbone.in_chans),
+            },
+        )
     run.counts.update(
         {
             "images": len(source.cutout_ids),
