@@ -12,6 +12,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from radio_curation.curation.clusters import Hierarchy, write_subsample
+from radio_curation.curation.conditioning import (
+    FeatureConditioning,
+    load_conditioning,
+    normalize_rows,
+    save_conditioning,
+)
 from radio_curation.curation.kmeans import (
     ClusterLevel,
     HierarchicalKMeans,
@@ -30,6 +36,7 @@ from radio_curation.tasks.stage import Run, run_stage
 log = logging.getLogger(__name__)
 
 LEVELS_DIR = "levels"
+CONDITIONING_FILE = "conditioning.h5"
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -77,8 +84,10 @@ def _log_plot(run: Run, name: str, draw: Callable[..., None], *args: Any) -> Non
 
 
 def cluster(run: Run) -> None:
-    """Work of the cluster stage: levels saved one by one under ``levels/``, then ``clusters.h5``."""
+    """Work of the cluster stage: features conditioned (the fit saved under ``levels/``), levels saved one
+    by one under ``levels/``, then ``clusters.h5``."""
     cfg = run.cfg
+    conditioning: FeatureConditioning = instantiate(cfg.conditioning)
     algo: HierarchicalKMeans = instantiate(cfg.clustering)
     features_run = run.parents[0]
     levels_dir = run.dir / LEVELS_DIR
@@ -97,15 +106,23 @@ def cluster(run: Run) -> None:
         log.info("resuming clustering %s after level %d", run.run_id, len(done))
         run.info["resumed_after_level"] = len(done)
     x = None
-    if not done:
+    if done:
+        fit = load_conditioning(levels_dir / CONDITIONING_FILE)
+    else:
         with run.timer("read_features"):
-            loaded = _read_features(
-                features_run, drop_nonfinite=bool(cfg.drop_nonfinite), normalize=algo.spherical
-            )
-        x, cutout_id = loaded.x, loaded.cutout_id
+            loaded = _read_features(features_run, drop_nonfinite=bool(cfg.drop_nonfinite))
+        cutout_id = loaded.cutout_id
         run.counts["nonfinite_rows_dropped"] = loaded.n_nonfinite
         if loaded.n_nonfinite:
             run.info["nonfinite_cutout_ids"] = loaded.nonfinite_ids
+        with run.timer("conditioning"):
+            fit = conditioning.fit(loaded.x)
+            x = fit.transform(loaded.x, inplace=True)
+            del loaded
+            if algo.spherical and not fit.normalize:
+                normalize_rows(x)
+        save_conditioning(levels_dir / CONDITIONING_FILE, fit)
+    run.info["conditioning"] = fit.describe()
     run.counts["points"] = len(cutout_id)
     run.info["backend"] = algo.backend.describe()
     run.info["max_points_per_centroid"] = algo.max_points_per_centroid
@@ -120,7 +137,7 @@ def cluster(run: Run) -> None:
 
     levels = algo.fit(x, seed=int(cfg.seed), done=done, on_level=on_level)
     del x
-    hierarchy = Hierarchy(cutout_id, levels, algo.metric)
+    hierarchy = Hierarchy(cutout_id, levels, algo.metric, fit)
     with run.artifact("clusters.h5") as tmp:
         hierarchy.save(tmp, attrs={"features_id": features_run.run_id, "backend": algo.backend.name})
     run.metrics["levels"] = {}
@@ -161,7 +178,8 @@ def sample(run: Run) -> None:
         features_run = store.resolve(clusters_run.parents[0], stage="features")
         with run.timer("read_features"):
             loaded = _read_features(features_run, drop_nonfinite=True, keep_ids=hierarchy.cutout_id)
-        return loaded.x
+        # The samplers measure distances in the clustering's space, where its centroids live.
+        return hierarchy.conditioning.transform(loaded.x, inplace=True)
 
     pool = Pool(hierarchy, features)
     sampler = build_sampler(cfg.sampler)

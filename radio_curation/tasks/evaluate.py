@@ -530,7 +530,11 @@ def _curation_report(run: Run) -> None:
         )
     with run.timer("exemplars"):
         exemplars = top_level_exemplars(
-            pool, paths, hierarchy.levels[-1].centroids, int(ev.exemplars), metric=hierarchy.metric
+            hierarchy.conditioning.source(pool),
+            paths,
+            hierarchy.levels[-1].centroids,
+            int(ev.exemplars),
+            metric=hierarchy.metric,
         )
     grid_pages = _exemplar_pages(out, pool_all, pool_ids, paths, sets, exemplars, int(ev.clusters_per_page))
     metrics = figures.metrics()
