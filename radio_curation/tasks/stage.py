@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -12,10 +13,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning_fabric.connector import _PRECISION_INPUT
 from omegaconf import DictConfig, OmegaConf
 
 import radio_curation
@@ -34,6 +36,19 @@ from radio_curation.runs.store import RunRecord, RunStore, check_artifact
 from radio_curation.tracking.base import TrackedRun, Trackers
 
 log = logging.getLogger(__name__)
+
+
+def check_precision(value: Any, key: str, extra: tuple[str, ...] = ()) -> None:
+    """Refuse a Lightning precision Lightning would not accept, before a run is claimed.
+
+    Raises
+    ------
+    RadioCurationError
+        Naming ``key`` and the values it accepts.
+    """
+    accepted = [*extra, *(str(v) for group in get_args(_PRECISION_INPUT) for v in get_args(group))]
+    if str(value) not in accepted:
+        raise RadioCurationError(f"{key}={value} is not a precision; use one of {', '.join(accepted)}")
 
 
 def _now() -> str:
@@ -270,8 +285,10 @@ def _execute(
 def _after_failure(run: Run | None, run_dir: Path, err: BaseException, resumable: Sequence[str]) -> None:
     """Remove the failed run, or keep it (status ``failed``, or ``running`` when interrupted) to resume."""
     if isinstance(err, EmptyResultError) or not _progress(run_dir, resumable):
-        log.info("removing %s: it failed before saving anything worth resuming", run_dir)
+        log.debug("removing %s: it failed before saving anything worth resuming", run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            run_dir.parent.rmdir()  # the stage's directory, if this was its only run
         return
     if run is None:
         return
