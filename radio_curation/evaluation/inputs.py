@@ -236,7 +236,7 @@ def build_model(cfg: DictConfig) -> tuple[nn.Module, Preprocess, dict[str, Any]]
     if cfg.model_id:
         from radio_curation.backbones.factory import run_backbone
 
-        record = RunStore(cfg.paths.runs_dir).resolve(str(cfg.model_id), stage="train")
+        record = RunStore.of(cfg).resolve(str(cfg.model_id), stage="train")
         extractor = run_backbone(record.run_id, cfg.paths.runs_dir)
         info: dict[str, Any] = {"model": record.run_id, "preprocess_from": "evaluate config"}
         trained = _model_preprocessing(record) if cfg.preprocess_from_model else None

@@ -1,4 +1,5 @@
-"""``radio-curation runs list|show|lineage|find|compare``: find and inspect runs without a database."""
+"""``radio-curation runs list|show|lineage|find|compare|verify``: find, inspect and check runs without a
+database."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from rich.tree import Tree
 
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.seeds import SPREAD_OVER_SEEDS, paired_difference, seed_spread
-from radio_curation.runs.store import RunRecord, RunStore
+from radio_curation.runs.manifest import DamagedRunError
+from radio_curation.runs.store import RunRecord, RunStore, check_artifact, stage_of
 from radio_curation.tracking.base import flatten
 
 # Wide enough for run IDs and config keys when piped (rich assumes 80 columns off a terminal).
@@ -69,6 +71,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     compare.add_argument("--out", help="also write the --group summary to this JSON file")
     compare.set_defaults(func=_with_store(cmd_compare))
+    verify = sub.add_parser(
+        "verify", help="check runs' manifests and artifacts (size and sha256); list what is damaged"
+    )
+    verify.add_argument("run_ids", nargs="*", help="the runs to check (default: every run)")
+    verify.set_defaults(func=_with_store(cmd_verify))
 
 
 def _with_store(
@@ -101,11 +108,13 @@ def cmd_list(store: RunStore, args: argparse.Namespace) -> int:
         table.add_row(
             record.run_id,
             record.stage,
-            m.get("status"),
+            store.display_status(record),
             str(m.get("created")),
             ", ".join(record.parents),
             str(m.get("experiment")),
         )
+    for run_id in store.damaged(args.stage):
+        table.add_row(run_id, stage_of(run_id), "damaged (runs verify says more)", "", "", "")
     console.print(table)
     return 0
 
@@ -276,3 +285,36 @@ def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "—" if value is None else str(value)
+
+
+def cmd_verify(store: RunStore, args: argparse.Namespace) -> int:
+    """Exit 0 when every checked run is whole, 1 when something is damaged (listed on stdout)."""
+    problems: list[tuple[str, str]] = []
+    if args.run_ids:
+        records = []
+        for run_id in args.run_ids:
+            try:
+                records.append(store.resolve(run_id, require_complete=False))
+            except DamagedRunError as err:
+                problems.append((run_id, str(err)))
+    else:
+        records = store.runs()
+        problems.extend(store.damaged().items())
+    files = 0
+    for record in records:
+        for name in record.manifest.get("artifacts") or {}:
+            files += 1
+            try:
+                check_artifact(record.dir, name, record.manifest, checksum=True)
+            except DamagedRunError as err:
+                problems.append((record.run_id, str(err)))
+    if not problems:
+        console.print(f"{len(records)} runs, {files} artifacts: sizes and sha256 checksums match")
+        return 0
+    table = Table(title=f"{len(problems)} damaged in {store.root}")
+    table.add_column("run_id")
+    table.add_column("problem", overflow="fold")
+    for run_id, problem in problems:
+        table.add_row(run_id, problem)
+    console.print(table)
+    return 1

@@ -111,7 +111,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _store(cfg: DictConfig) -> RunStore:
-    return RunStore(cfg.paths.runs_dir)
+    return RunStore.of(cfg)
 
 
 def _parent(run: Run, key: str, stage: str) -> RunRecord:

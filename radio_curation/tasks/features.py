@@ -31,13 +31,13 @@ from radio_curation.cutouts.reader import WindowReader
 from radio_curation.data.precision import check_first_batch, describe
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.distributed import launched_rank
-from radio_curation.errors import RadioCurationError, instantiate_user
+from radio_curation.errors import EmptyResultError, RadioCurationError, instantiate_user
 from radio_curation.features.extraction import BlockWriter, FeatureDataModule, FeatureModule, RateBar
 from radio_curation.features.io import BlockShards, FeatureFile, consolidate
 from radio_curation.runs.manifest import COMPLETE, read_manifest
 from radio_curation.runs.resolvers import expected_run_dir
 from radio_curation.runs.store import RunRecord, RunStore
-from radio_curation.tasks.stage import Run, run_stage
+from radio_curation.tasks.stage import Run, check_precision, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _source(cfg: DictConfig) -> RunRecord:
             "no source: give the merge run to extract features of, e.g. "
             "extract.py stage=features source_id=merge-1a2b3c4d5e"
         )
-    return RunStore(cfg.paths.runs_dir).resolve(str(cfg.source_id), stage="merge")
+    return RunStore.of(cfg).resolve(str(cfg.source_id), stage="merge")
 
 
 def _on_gpu(cfg: DictConfig) -> bool:
@@ -85,6 +85,7 @@ def _check_settings(cfg: DictConfig) -> None:
         raise RadioCurationError(
             f"limit_batches must be a positive number of batches or null, got {cfg.limit_batches}"
         )
+    check_precision(cfg.precision, "precision", extra=("auto",))
     _dtype(cfg)
 
 
@@ -207,6 +208,8 @@ def _work(run: Run) -> None:
     reader = WindowReader(merged)
     ids, sizes = reader.cutout_ids, reader.table()["size"]
     n_rows = len(ids)
+    if n_rows == 0:
+        raise EmptyResultError(f"merge run {source.run_id} has no windows to extract features of")
     if cfg.stage.limit_rows is not None:
         n_rows = min(n_rows, int(cfg.stage.limit_rows))
     extractor, preprocess = _models(cfg, sizes[:n_rows])
@@ -289,4 +292,4 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     if launched_rank() > 0:
         return _rank_worker(cfg, source)
-    return run_stage(cfg, cfg.stage, _work)
+    return run_stage(cfg, cfg.stage, _work, resumable=["shards/block-*.h5", FEATURES])

@@ -39,7 +39,7 @@ from radio_curation.runs.store import RunRecord, RunStore
 from radio_curation.ssl.base import SSLModule
 from radio_curation.ssl.checkpoint_io import AtomicCheckpointIO
 from radio_curation.ssl.monitor import OnlineKNN, TrackerLogger
-from radio_curation.tasks.stage import Run, run_stage
+from radio_curation.tasks.stage import Run, check_precision, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def resolve_source(cfg: DictConfig) -> TrainingSource:
         Neither or both IDs given, an ID of the wrong stage, ``random_subset`` with ``subsample_id`` or
         larger than the source, a ``data.window_size`` the source does not have.
     """
-    store = RunStore(cfg.paths.runs_dir)
+    store = RunStore.of(cfg)
     subsample_id, source_id, subset = cfg.subsample_id, cfg.source_id, cfg.random_subset
     if (subsample_id is None) == (source_id is None):
         raise RadioCurationError(
@@ -331,6 +331,7 @@ def _work(run: Run, source: TrainingSource) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain the ``ssl`` method on the windows of ``subsample_id`` or ``source_id``; see the module doc."""
+    check_precision(cfg.trainer.precision, "trainer.precision")
     source = resolve_source(cfg)
     check_first_batch(
         source.merged,
@@ -350,4 +351,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "stage": cfg.stage.name,
             "rank": trainer.global_rank,
         }
-    return run_stage(cfg, cfg.stage, lambda handle: _work(handle, source))
+    return run_stage(
+        cfg, cfg.stage, lambda handle: _work(handle, source), resumable=[f"{CHECKPOINT_DIR}/*.ckpt"]
+    )

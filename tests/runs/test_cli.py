@@ -117,3 +117,20 @@ def test_compare_groups_reports_spread_over_seeds_and_paired_differences(runs_di
     )
     assert "at least 2 seeds" in capsys.readouterr().err
     assert cli(runs_dir, "compare", "--group", "nonsense") == 2
+
+
+def test_verify_lists_what_is_damaged(runs_dir, store, capsys):
+    capsys.readouterr()
+    assert cli(runs_dir, "verify") == 0
+    assert "4 runs, 4 artifacts: sizes and sha256 checksums match" in capsys.readouterr().out
+    numbers = runs_dir / "toy" / store["c"] / "numbers.txt"
+    numbers.write_text(numbers.read_text().replace("3", "7"))
+    manifest = runs_dir / "toy" / store["b"] / "manifest.yaml"
+    manifest.write_text(manifest.read_text()[:40])
+    assert cli(runs_dir, "verify") == 1
+    out = capsys.readouterr().out
+    assert store["c"] in out and "sha256" in out and store["b"] in out and "manifest" in out
+    assert store["a"] not in out
+    assert cli(runs_dir, "verify", store["a"]) == 0
+    assert cli(runs_dir, "list") == 0
+    assert "damaged" in capsys.readouterr().out
