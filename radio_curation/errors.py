@@ -21,6 +21,14 @@ class RadioCurationError(Exception):
     """A mistake the user can fix: the message says what is wrong and how to fix it."""
 
 
+class UserErrorExit(SystemExit):
+    """Exit with :data:`USER_ERROR_EXIT` once ``message`` was printed (a SLURM launcher repeats it)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(USER_ERROR_EXIT)
+        self.message = message
+
+
 def instantiate_user(node: Any) -> Any:
     """``hydra.utils.instantiate(node)``, re-raising a user mistake as the :class:`RadioCurationError` itself.
 
@@ -66,4 +74,4 @@ def exit_on_user_error() -> Iterator[None]:
             raise
         _remove_unstarted_run_dir()
         print(f"error: {cause}", file=sys.stderr, flush=True)
-        sys.exit(USER_ERROR_EXIT)
+        raise UserErrorExit(str(cause)) from None

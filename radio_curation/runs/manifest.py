@@ -11,6 +11,9 @@ import yaml
 
 MANIFEST = "manifest.yaml"
 COMPLETE = "complete"
+#: Stopped from outside (SLURM preemption, time-out or requeue, Ctrl-C), not by an error of its own:
+#: the same command, or SLURM's requeue of the job, resumes it.
+INTERRUPTED = "interrupted"
 
 
 def write_atomic(path: Path, text: str) -> None:

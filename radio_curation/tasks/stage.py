@@ -20,7 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 
 import radio_curation
 from radio_curation.runs.identity import stage_identity
-from radio_curation.runs.manifest import COMPLETE, read_manifest, sha256sum, write_atomic, write_manifest
+from radio_curation.runs.manifest import (
+    COMPLETE,
+    INTERRUPTED,
+    read_manifest,
+    sha256sum,
+    write_atomic,
+    write_manifest,
+)
 from radio_curation.runs.store import RunRecord, RunStore
 from radio_curation.tracking.base import TrackedRun, Trackers
 
@@ -207,8 +214,13 @@ def _execute(cfg, identity, run_id, run_dir, parent_records, previous, store, wo
         tracker.log_metrics({**run.metrics, "counts": run.counts, "timings": run.timings})
         run.save(COMPLETE)
         status = COMPLETE
+    except (SystemExit, KeyboardInterrupt):
+        # A signal stopped the job (submitit exits on SLURM's time-out signal and requeues the job; Lightning
+        # exits on the SIGTERM of a requeue or preemption): the run waits to be resumed, it did not fail.
+        status = INTERRUPTED
+        raise
     finally:
         if status != COMPLETE:
-            run.save("failed")
+            run.save(status)
         tracker.finish(status)
     return _result(run_id, run_dir, run.manifest, reused=False)
