@@ -35,6 +35,14 @@ class EmptyResultError(RadioCurationError):
     kept of the run)."""
 
 
+class UserErrorExit(SystemExit):
+    """Exit with :data:`USER_ERROR_EXIT` once ``message`` was printed (a SLURM launcher repeats it)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(USER_ERROR_EXIT)
+        self.message = message
+
+
 def instantiate_user(node: Any) -> Any:
     """``hydra.utils.instantiate(node)``, re-raising a user mistake as the :class:`RadioCurationError` itself.
 
@@ -93,7 +101,7 @@ def exit_on_user_error() -> Iterator[None]:
             raise
         _remove_unstarted_run_dir()
         print(f"error: {cause}", file=sys.stderr, flush=True)
-        sys.exit(USER_ERROR_EXIT)
+        raise UserErrorExit(str(cause)) from None
 
 
 # Set once the task function runs: an OSError before that is Hydra failing to make the run directory.
@@ -153,4 +161,4 @@ def run_main(main: Callable[[], None]) -> None:
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr, flush=True)
-        sys.exit(USER_ERROR_EXIT)
+        raise UserErrorExit(line) from None

@@ -17,6 +17,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -214,6 +215,10 @@ class BlockWriter(Callback):
             datamodule.shards.write(block, block_ids, entry["features"], trainer.global_rank)
             self.rows_written += len(block_ids)
             del self._open[block]
+        if trainer.received_sigterm:
+            # SLURM requeues, preempts or cancels the job: stop at this batch, as Lightning's fit loop does,
+            # rather than run on until SIGKILL. The blocks on disk are kept; the next attempt starts after them.
+            raise SIGTERMException
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._open:

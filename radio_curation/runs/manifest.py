@@ -29,6 +29,9 @@ MANIFEST = "manifest.yaml"
 RUNNING = "running"
 COMPLETE = "complete"
 FAILED = "failed"
+#: Stopped from outside (SLURM preemption, time-out or requeue, Ctrl-C), not by an error of its own:
+#: the same command, or SLURM's requeue of the job, resumes it.
+INTERRUPTED = "interrupted"
 
 
 class DamagedRunError(RadioCurationError):

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from radio_curation.errors import RadioCurationError
 from radio_curation.runs.manifest import (
     COMPLETE,
+    INTERRUPTED,
     MANIFEST,
     RUNNING,
     DamagedRunError,
@@ -167,6 +168,8 @@ class RunStore:
         status = str(record.manifest.get("status"))
         if status == RUNNING and not self.held(record.run_id):
             return "interrupted (rerun to resume)"
+        if status == INTERRUPTED:
+            return f"{status} (rerun, or let SLURM requeue it, to resume)"
         if status != COMPLETE and status != RUNNING:
             return f"{status} (fix the error, rerun to resume)"
         return status

@@ -1,8 +1,8 @@
 """``extract.py stage=cutouts``: index the windows of a survey's mosaics into ``cutouts.h5``.
 
 Mosaics are cut in a process pool (``survey.num_workers``); each mosaic's rows go to a part file first, so
-an interrupted run resumes with the mosaics it had not finished. ``survey.shard=i/n`` spreads a survey over
-the tasks of a SLURM array (one run per shard; merge them afterwards).
+an interrupted run resumes with the mosaics it had not finished. ``survey.shard=range(0,n) survey.n_shards=n``
+spreads a survey over the tasks of a SLURM array (one run per shard; merge them afterwards).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from radio_curation.backbones.factory import run_preprocessing
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.data.precision import check_first_batch, describe
 from radio_curation.data.preprocess import Preprocess
-from radio_curation.distributed import launched_rank
+from radio_curation.distributed import cluster_plugins, launched_rank, lightning_outside_srun
 from radio_curation.errors import EmptyResultError, RadioCurationError, instantiate_user
 from radio_curation.features.extraction import BlockWriter, FeatureDataModule, FeatureModule, RateBar
 from radio_curation.features.io import BlockShards, FeatureFile, consolidate
@@ -141,22 +141,24 @@ def _predict(
 ) -> tuple[BlockWriter, int]:
     """Run the predict loop; returns the block writer and the number of ranks."""
     writer = BlockWriter(_dtype(cfg))
-    trainer = pl.Trainer(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
-        precision=resolve_precision(cfg),
-        logger=False,
-        callbacks=[writer, RateBar()],
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        use_distributed_sampler=False,
-        benchmark=torch.cuda.is_available(),
-        inference_mode=True,
-    )
-    trainer.predict(module, datamodule=datamodule, return_predictions=False)
+    with lightning_outside_srun():
+        trainer = pl.Trainer(
+            accelerator=cfg.accelerator,
+            devices=cfg.devices,
+            num_nodes=cfg.num_nodes,
+            strategy=cfg.strategy,
+            precision=resolve_precision(cfg),
+            logger=False,
+            callbacks=[writer, RateBar()],
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            use_distributed_sampler=False,
+            benchmark=torch.cuda.is_available(),
+            inference_mode=True,
+            plugins=cluster_plugins(),
+        )
+        trainer.predict(module, datamodule=datamodule, return_predictions=False)
     return writer, trainer.world_size
 
 

@@ -26,6 +26,7 @@ from radio_curation.runs.identity import stage_identity
 from radio_curation.runs.manifest import (
     COMPLETE,
     FAILED,
+    INTERRUPTED,
     RUNNING,
     read_manifest,
     sha256sum,
@@ -274,8 +275,9 @@ def _execute(
         tracker.log_metrics({**run.metrics, "counts": run.counts, "timings": run.timings})
         run.save(COMPLETE)
     except BaseException as err:
+        interrupted = not isinstance(err, Exception)
         if run is not None:
-            run.tracker.finish(FAILED)
+            run.tracker.finish(INTERRUPTED if interrupted else FAILED)
         _after_failure(run, run_dir, err, resumable)
         raise
     run.tracker.finish(COMPLETE)
@@ -283,7 +285,13 @@ def _execute(
 
 
 def _after_failure(run: Run | None, run_dir: Path, err: BaseException, resumable: Sequence[str]) -> None:
-    """Remove the failed run, or keep it (status ``failed``, or ``running`` when interrupted) to resume."""
+    """Keep an interrupted run to resume; remove a failed one, or keep it (``failed``) when it has partial
+    work worth resuming."""
+    if run is not None and not isinstance(err, Exception):
+        # A signal stopped the job (submitit exits on SLURM's time-out signal and requeues the job; Lightning
+        # exits on the SIGTERM of a requeue or preemption; Ctrl-C): the run waits to be resumed, it did not fail.
+        run.save(INTERRUPTED)
+        return
     if isinstance(err, EmptyResultError) or not _progress(run_dir, resumable):
         log.debug("removing %s: it failed before saving anything worth resuming", run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -291,10 +299,6 @@ def _after_failure(run: Run | None, run_dir: Path, err: BaseException, resumable
             run_dir.parent.rmdir()  # the stage's directory, if this was its only run
         return
     if run is None:
-        return
-    if not isinstance(err, Exception):
-        # Interrupted (Ctrl-C, a signal turned into an exception): like a kill, resumable as it is.
-        run.save(RUNNING)
         return
     run.manifest["error"] = str(err).splitlines()[0] if str(err) else type(err).__name__
     run.save(FAILED)

@@ -21,7 +21,6 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -32,7 +31,7 @@ from radio_curation.cutouts.index import read_index
 from radio_curation.data.datamodule import TrainingWindows
 from radio_curation.data.precision import check_first_batch, describe
 from radio_curation.data.preprocess import Preprocess
-from radio_curation.distributed import launched_rank
+from radio_curation.distributed import cluster_plugins, launched_rank, lightning_outside_srun
 from radio_curation.errors import RadioCurationError, instantiate_user
 from radio_curation.runs.resolvers import expected_run_dir
 from radio_curation.runs.store import RunRecord, RunStore
@@ -200,12 +199,6 @@ def _callbacks(cfg: DictConfig, run_dir: Path, knn: OnlineKNN | None) -> list[pl
     return callbacks
 
 
-def _plugins() -> list[Any]:
-    # Under SLURM the job is requeued by submitit, not by Lightning's signal handler.
-    slurm = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
-    return [AtomicCheckpointIO(), *slurm]
-
-
 def fit(
     cfg: DictConfig, source: TrainingSource, run_dir: Path, run: Run | None = None
 ) -> tuple[pl.Trainer, SSLModule]:
@@ -242,13 +235,14 @@ def fit(
     )
     knn = _knn_monitor(cfg, model) if run is not None else None  # evaluated on rank 0 only
     logger = TrackerLogger(run.tracker, run.run_id) if run is not None else False
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=_callbacks(cfg, run_dir, knn),
-        logger=logger,
-        plugins=_plugins(),
-        default_root_dir=str(run_dir),
-    )
+    with lightning_outside_srun():
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer,
+            callbacks=_callbacks(cfg, run_dir, knn),
+            logger=logger,
+            plugins=[AtomicCheckpointIO(), *cluster_plugins()],
+            default_root_dir=str(run_dir),
+        )
     on_cpu = trainer.strategy.root_device.type == "cpu"
     if on_cpu and cfg.trainer.sync_batchnorm:
         raise RadioCurationError(
@@ -261,7 +255,7 @@ def fit(
         datamodule.augmentation = model.augmentation
     last = run_dir / LAST_CHECKPOINT
     ckpt_path = str(last) if last.exists() else None
-    with warnings.catch_warnings():
+    with lightning_outside_srun(), warnings.catch_warnings():
         if ckpt_path is not None:
             log.info("resuming from %s", ckpt_path)
             # Resuming writes into the checkpoint directory of the interrupted attempt on purpose.

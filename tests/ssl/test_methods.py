@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from radio_curation.distributed import lightning_outside_srun
 from radio_curation.errors import RadioCurationError
 from radio_curation.ssl import momentum as momentum_module
 from radio_curation.ssl.byol import BYOL
@@ -19,6 +20,13 @@ from radio_curation.ssl.simclr import SimCLR
 from tests.ssl.tiny import HEADS, TinyBackbone, augmentation, lars
 
 METHODS = {"byol": BYOL, "simclr": SimCLR, "dino": DINO}
+
+
+@pytest.fixture(autouse=True)
+def _lightning_in_the_test_process():
+    """These tests run Lightning's trainer right here, outside srun, also where SLURM is installed."""
+    with lightning_outside_srun():
+        yield
 
 
 def _model(name: str, **kwargs):
