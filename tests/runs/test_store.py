@@ -131,7 +131,11 @@ while True:
 def test_manifest_is_never_half_written(tmp_path):
     for attempt in range(5):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)])
-        time.sleep(1.0 + 0.13 * attempt)
+        # The kill must land while it writes: wait for its first manifest (slow to start on a loaded machine).
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "manifest.yaml").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3 + 0.13 * attempt)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         manifest = yaml.safe_load((tmp_path / "manifest.yaml").read_text())
