@@ -177,6 +177,10 @@ def run_stage(
 def _execute(cfg, identity, run_id, run_dir, parent_records, previous, store, work) -> dict[str, Any]:
     if previous is not None:
         log.info("resuming incomplete run %s (status: %s)", run_id, previous.get("status"))
+        # Artifacts an earlier attempt was killed writing (Run.artifact's temporary names): never results,
+        # and no other process writes here while this one holds the lease.
+        for partial in run_dir.glob(".*.tmp-*"):
+            _remove(partial)
     manifest = {
         "run_id": run_id,
         "stage": identity.stage,
