@@ -14,7 +14,11 @@ import importlib
 import os
 import runpy
 import signal
+import subprocess
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def kill_after(target: str, n: int) -> None:
@@ -34,6 +38,15 @@ def kill_after(target: str, n: int) -> None:
         return result
 
     setattr(module, name, wrapper)
+
+
+def run_killed(target: str, n: int, script: str, args: list[str], cwd: Path) -> None:
+    """Run entry point ``script`` (e.g. ``"extract.py"``) with ``args`` from the command line, killed once
+    ``target`` has returned ``n`` times; fails if the process ended any other way."""
+    command = [sys.executable, __file__, target, str(n), str(ROOT / script), *args]
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+    if done.returncode != -signal.SIGKILL:
+        raise AssertionError(f"{script} was not killed (exit {done.returncode}):\n{done.stderr[-3000:]}")
 
 
 if __name__ == "__main__":

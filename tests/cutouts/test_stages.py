@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import yaml
@@ -16,10 +11,10 @@ from radio_curation.cutouts.index import read_index
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.errors import RadioCurationError
 from radio_curation.tasks import extract
+from tests.kill_after import run_killed
 from tests.sky.helpers import noise_image, write_image
 
 SMALL = ["survey.mosaics=2", "survey.size=512"]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _manifest(result):
@@ -165,21 +160,9 @@ def test_config_mistakes_are_user_errors(compose, overrides, message):
         extract.run(compose("extract", ["stage=cutouts", *overrides]))
 
 
-def _killed(target: str, n: int, script: str, overrides: list[str], runs_dir, data_dir, cwd) -> None:
-    """Run ``script`` from the command line and SIGKILL it once ``target`` has returned ``n`` times."""
-    command = [
-        sys.executable,
-        str(ROOT / "tests" / "kill_after.py"),
-        target,
-        str(n),
-        str(ROOT / script),
-        *overrides,
-        f"paths.runs_dir={runs_dir}",
-        f"paths.data_dir={data_dir}",
-        "logger=csv",
-    ]
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+def _killed(target: str, n: int, overrides: list[str], runs_dir, data_dir, cwd) -> None:
+    store = [f"paths.runs_dir={runs_dir}", f"paths.data_dir={data_dir}", "logger=csv"]
+    run_killed(target, n, "extract.py", [*overrides, *store], cwd)
 
 
 def _leftovers(run_dir) -> list[str]:
@@ -192,7 +175,7 @@ def test_cutouts_killed_mid_mosaic_resume_to_the_uninterrupted_index(compose, ru
     want = read_index(f"{reference['run_dir']}/cutouts.h5")
     # A forced new run, killed once the second mosaic's rows are written but before they are in place.
     forced = [*sky, "force=true"]
-    _killed("radio_curation.cutouts.cut:write_index", 2, "extract.py", forced, runs_dir, data_dir, tmp_path)
+    _killed("radio_curation.cutouts.cut:write_index", 2, forced, runs_dir, data_dir, tmp_path)
     run_dir = runs_dir / "cutouts" / f"{reference['run_id']}-2"
     assert yaml.safe_load((run_dir / "manifest.yaml").read_text())["status"] == "running"
     assert not (run_dir / "cutouts.h5").exists()
@@ -222,7 +205,7 @@ def test_merge_killed_before_its_index_is_in_place_resumes(compose, runs_dir, da
     reference = extract.run(compose("extract", merge))
     want = WindowReader(f"{reference['run_dir']}/merged.h5").table()
     forced = [*merge, "force=true"]
-    _killed("radio_curation.tasks.merge:write_index", 1, "extract.py", forced, runs_dir, data_dir, tmp_path)
+    _killed("radio_curation.tasks.merge:write_index", 1, forced, runs_dir, data_dir, tmp_path)
     run_dir = runs_dir / "merge" / f"{reference['run_id']}-2"
     assert yaml.safe_load((run_dir / "manifest.yaml").read_text())["status"] == "running"
     assert not (run_dir / "merged.h5").exists() and _leftovers(run_dir)

@@ -20,9 +20,11 @@ from scipy.stats import mannwhitneyu
 from radio_curation.curation.clusters import Hierarchy, read_subsample
 from radio_curation.evaluation.neighbours import adjacent_pairs, random_pairs
 from radio_curation.features.io import FeatureFile
+from radio_curation.runs.manifest import read_manifest
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import curate, evaluate, extract
 from tests.conftest import CONFIG_DIR
+from tests.kill_after import run_killed
 
 TARGET = 30
 
@@ -251,3 +253,25 @@ def test_representation_compares_two_feature_sets(pipeline):
     same, _ = _evaluate(pipeline, ["eval=representation", f"features_id={ours}", f"compare_id={ours}"])
     assert same["metrics"]["representation/frechet_distance"] == pytest.approx(0.0, abs=1e-6 * expected)
     assert imread(run_dir / "spectrum.png").std() > 0
+
+
+def test_evaluation_killed_mid_way_resumes_to_the_uninterrupted_metrics(pipeline, data_dir, tmp_path):
+    overrides = ["eval=representation", f"features_id={pipeline['features']}"]
+    reference, reference_dir = _evaluate(pipeline, overrides)
+    # From the command line, forced anew and killed once spectrum.png is drawn to its temporary name: before
+    # it is in place and before metrics.json is written.
+    forced = [*overrides, "force=true"]
+    store = [f"paths.runs_dir={pipeline['runs'].root}", f"paths.data_dir={data_dir}", "logger=csv"]
+    run_killed("radio_curation.evaluation.plots:spectrum_plot", 1, "evaluate.py", [*forced, *store], tmp_path)
+    run_dir = reference_dir.with_name(f"{reference_dir.name}-2")
+    assert read_manifest(run_dir)["status"] == "running"
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "spectrum.png").exists()
+    assert list(run_dir.glob(".spectrum.png.tmp-*"))
+    resumed, resumed_dir = _evaluate(pipeline, forced)
+    assert resumed_dir == run_dir
+    manifest = read_manifest(run_dir)
+    assert manifest["status"] == "complete" and manifest["attempts"] == 2
+    assert resumed["run_id"] == run_dir.name
+    assert {**resumed, "run_id": reference["run_id"]} == reference
+    assert imread(run_dir / "spectrum.png").shape == imread(reference_dir / "spectrum.png").shape
+    assert not list(run_dir.glob(".*.tmp-*"))
