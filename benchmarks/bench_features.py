@@ -3,11 +3,14 @@
 On a synthetic sky cut into windows (cutouts + merge stages, in a temporary run store), in one run:
 
 (a) loader: our DataLoader (one ``WindowReader.read`` gather per batch) + the batched ``Preprocess``
-    (normalisation, resize) against the old way: one ``.npy`` file per window, ``np.load`` per sample,
-    per-sample torchvision transforms (the same normalisation module applied to one image, then
-    ``T.Resize``), default collate. Same windows, batch size, workers, normalisation and resize; one
-    warm-up pass each, then ``--repeats`` timed passes taken in turn; the best of each counts (a shared
-    machine's load only ever slows a pass down). Rates in windows/s.
+    (normalisation, resize of one channel, a 3-channel view) against the same work done the old way:
+    one ``.npy`` file per window, ``np.load`` per sample, per-sample torchvision transforms (the same
+    normalisation module, then ``T.Resize`` with the same kernel), default collate, the same 3-channel
+    view; its first batch is checked equal to ours. Same windows, batch size and workers. The ratio is
+    what batching gains. A decomposition line also times the old kernel (torchvision's antialiased
+    resize) and the old 3 copied channels, to show how far the old pipeline as it was lies behind.
+    One warm-up pass each, then ``--repeats`` timed passes taken in turn; the best of each counts (a
+    shared machine's load only ever slows a pass down). Rates in windows/s.
 (b) extraction: the features stage end to end (``extract.py stage=features``: Lightning predict, device
     preprocessing, block shards, final ``features.h5``; its ``windows_per_s``) against the same backbone's
     forward alone on inputs already on the device, same batch size, precision and channels-last; both
@@ -20,7 +23,7 @@ Usage::
     python benchmarks/bench_features.py --device cuda --backbone resnet18 --overlap 0.875 --windows 40000
     python benchmarks/bench_features.py --device cuda --backbone vit_small_dinov2 --overlap 0.875 --windows 20000
 
-Prints ``RESULT loader ours=<r> naive=<r> ratio=<x>`` and
+Prints ``RESULT loader ours=<r> naive=<r> ratio=<x>`` (with the decomposition line after it) and
 ``RESULT extraction pipeline=<r> model_only=<r> ratio=<x>``.
 """
 
@@ -93,36 +96,61 @@ def timed_pass(loader: DataLoader, step) -> tuple[float, int]:
     return time.perf_counter() - start, n
 
 
+def per_sample_transform(norm, resize: int, channels: int, antialias: bool) -> T.Compose:
+    """The old per-sample transforms; ``channels=3`` copies the window before normalising and resizing."""
+    steps = [T.ToTensor()]
+    if channels == 3:
+        steps.append(T.Lambda(lambda t: t.repeat(3, 1, 1)))
+    steps += [T.Lambda(lambda t: norm(t[None])[0]), T.Resize(resize, antialias=antialias)]
+    return T.Compose(steps)
+
+
 def loader_benchmark(
     args: argparse.Namespace, merged: Path, cfg: DictConfig, workdir: Path
-) -> tuple[float, float]:
+) -> dict[str, float]:
+    """Windows/s of our loader and of the per-file, per-sample loader doing the same and the old work.
+
+    ``naive`` does what ours does (one channel normalised and resized with the same kernel, then a
+    3-channel view of it), one ``.npy`` file and one transform per sample: the ratio is what batching
+    alone gains. ``naive_aa`` adds the old kernel (torchvision's antialiased resize, also on upsampling),
+    ``old`` the old 3 copied channels as well: the old pipeline as it was.
+    """
     reader = WindowReader(merged)
     n = min(len(reader.cutout_ids), args.loader_windows)
     plan = Plan(n, n, "bench")
     ours_ds = WindowBatches(reader, plan, [0], reader.table()["size"], args.batch_size)
     norm = instantiate_user(cfg.normalization)
     preprocess = Preprocess(norm, 3, args.resize)
+    # Preprocess antialiases only when it shrinks (the result of an upsampling is the same either way).
+    ours_antialias = args.resize < args.window
     workers = {"num_workers": args.num_workers, "prefetch_factor": 4 if args.num_workers else None}
     ours = DataLoader(ours_ds, batch_size=None, **workers)
 
     files = write_npy(reader, workdir / "npy")[:n]
-    per_sample = T.Compose(
-        [
-            T.ToTensor(),
-            T.Lambda(lambda t: t.repeat(3, 1, 1)),
-            T.Lambda(lambda t: norm(t[None])[0]),
-            T.Resize(args.resize),
-        ]
-    )
-    naive = DataLoader(NpyWindows(files, per_sample), batch_size=args.batch_size, shuffle=False, **workers)
+
+    def naive_loader(channels: int, antialias: bool) -> DataLoader:
+        transform = per_sample_transform(norm, args.resize, channels, antialias)
+        return DataLoader(NpyWindows(files, transform), batch_size=args.batch_size, shuffle=False, **workers)
 
     def ours_step(batch):
         return preprocess(batch["pixels"])
 
-    def naive_step(batch):
+    def as_three_channels(batch):
+        return batch.expand(-1, 3, -1, -1)
+
+    def as_is(batch):
         return batch
 
-    passes = {"ours": (ours, ours_step), "naive": (naive, naive_step)}
+    passes = {
+        "ours": (ours, ours_step),
+        "naive": (naive_loader(1, ours_antialias), as_three_channels),
+        "naive_aa": (naive_loader(1, True), as_three_channels),
+        "old": (naive_loader(3, True), as_is),
+    }
+    # Same work, same output: the first batch of the per-sample loader equals ours.
+    first_ours = ours_step(next(iter(ours)))
+    first_naive = as_three_channels(next(iter(passes["naive"][0])))
+    torch.testing.assert_close(first_naive, first_ours, rtol=1e-5, atol=1e-5)
     for loader, step in passes.values():
         timed_pass(loader, step)
     rates = {name: 0.0 for name in passes}
@@ -131,7 +159,7 @@ def loader_benchmark(
             seconds, count = timed_pass(loader, step)
             assert count == n, (name, count, n)
             rates[name] = max(rates[name], count / seconds)
-    return rates["ours"], rates["naive"]
+    return rates
 
 
 def model_only_rate(cfg: DictConfig, args: argparse.Namespace, n: int) -> float:
@@ -221,8 +249,16 @@ def main() -> None:
             f"sky: {args.mosaics} x {args.size}^2 px, {n_windows} windows of {args.window} px; device {args.device}"
         )
 
-        ours, naive = loader_benchmark(args, merged, cfg, work)
+        rates = loader_benchmark(args, merged, cfg, work)
+        ours, naive = rates["ours"], rates["naive"]
         print(f"RESULT loader ours={ours:.1f} naive={naive:.1f} ratio={ours / naive:.2f}", flush=True)
+        print(
+            f"loader decomposition (windows/s): old pipeline {rates['old']:.1f} "
+            f"-> one channel {rates['naive_aa']:.1f} (x{rates['naive_aa'] / rates['old']:.2f}) "
+            f"-> our resize kernel {naive:.1f} (x{naive / rates['naive_aa']:.2f}) "
+            f"-> batched {ours:.1f} (x{ours / naive:.2f}); old pipeline to ours x{ours / rates['old']:.2f}",
+            flush=True,
+        )
 
         model_only = pipeline = 0.0
         for repeat in range(args.repeats):

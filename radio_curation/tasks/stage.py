@@ -243,6 +243,10 @@ def _execute(
 ) -> dict[str, Any]:
     if previous is not None:
         log.info("resuming incomplete run %s (status: %s)", run_id, previous.get("status"))
+        # Artifacts an earlier attempt was killed writing (Run.artifact's temporary names): never results,
+        # and no other process writes here while this one holds the lease.
+        for partial in run_dir.glob(".*.tmp-*"):
+            _remove(partial)
     manifest = {
         "run_id": run_id,
         "stage": identity.stage,
