@@ -90,7 +90,10 @@ def test_windows_cut_on_a_cuda_device_give_the_cpu_features(compose, features_ov
     cpu = features_task.run(compose("extract", features_overrides))
     gpu_overrides = [o for o in features_overrides if not o.startswith("accelerator=")]
     gpu = features_task.run(
-        compose("extract", [*gpu_overrides, "accelerator=gpu", "precision=32-true", "gather_on=device"])
+        compose(
+            "extract",
+            [*gpu_overrides, "accelerator=gpu", "precision=32-true", "gather_on=device", "force=true"],
+        )
     )
     store = RunStore(runs_dir)
     with (
