@@ -53,7 +53,7 @@ from radio_curation.backbones import build_backbone, instantiate_user
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.cutouts.resident import ResidentMosaics
 from radio_curation.data.preprocess import Preprocess
-from radio_curation.features.extraction import WindowBatches, cpu_threads
+from radio_curation.features.extraction import LOADER_PREFETCH, WindowBatches, cpu_threads
 from radio_curation.features.io import Plan
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import cutouts as cutouts_task
@@ -177,11 +177,11 @@ def as_is(item: dict) -> dict:
     return item
 
 
-def loader_settings(workers: int) -> dict:
+def loader_settings(workers: int, prefetch: int) -> dict:
     """Loader processes kept across passes: the figures are the steady state, mosaics already loaded."""
     if workers == 0:
         return {"num_workers": 0}
-    return {"num_workers": workers, "prefetch_factor": 4, "persistent_workers": True}
+    return {"num_workers": workers, "prefetch_factor": prefetch, "persistent_workers": True}
 
 
 def deliver_on_device(positions: WindowBatches, mosaics: ResidentMosaics, preprocess: Preprocess) -> int:
@@ -251,7 +251,7 @@ def datapath_benchmark(args: argparse.Namespace, merged: Path, cfg: DictConfig) 
             mosaics.close()
         else:
             loader = DataLoader(
-                ready, batch_size=None, num_workers=workers, prefetch_factor=4, collate_fn=as_is
+                ready, batch_size=None, collate_fn=as_is, **loader_settings(workers, LOADER_PREFETCH)
             )
             rate = best_rate(deliver_from_workers, loader)
         report("datapath", rate, workers)
@@ -263,7 +263,7 @@ def datapath_benchmark(args: argparse.Namespace, merged: Path, cfg: DictConfig) 
             ReaderBatches(reader, positions.items),
             batch_size=None,
             pin_memory=device.type == "cuda",
-            **loader_settings(workers),
+            **loader_settings(workers, 4),  # as the features stage had it
         )
         # As the features stage did on CPUs: compute threads = cores not taken by loader processes.
         torch.set_num_threads(cpu_threads(workers) if device.type == "cpu" else threads)

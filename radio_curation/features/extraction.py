@@ -39,6 +39,11 @@ from radio_curation.progress import ProgressBar, progress
 GATHER_ON = ("device", "workers")
 #: Windows preprocessed at a time in a loader worker: a chunk's intermediates stay in the CPU caches.
 PREPROCESS_CHUNK = 16
+#: Batches each loader worker prepares ahead of the one being consumed.
+LOADER_PREFETCH = 2
+#: Shared output buffers per loader worker (and window side): the prefetched batches, the two the predict
+#: loop holds, and one spare.
+OUTPUT_BUFFERS = LOADER_PREFETCH + 3
 
 
 def cpu_threads(num_workers: int) -> int:
@@ -94,6 +99,8 @@ class WindowBatches(Dataset):
         self.reader = reader
         self.preprocess = preprocess
         self.gather = gather
+        self.batch_size = int(batch_size)
+        self._buffers: dict[int, list[Tensor]] = {}
         self.items: list[tuple[int, np.ndarray]] = []
         for block in blocks:
             start, stop = plan.block_range(block)
@@ -131,15 +138,32 @@ class WindowBatches(Dataset):
 
     def _model_ready(self, pixels: Tensor) -> Tensor:
         side = self.preprocess.resize or pixels.shape[-1]
-        out = torch.empty((len(pixels), 1, side, side), dtype=torch.float32)
-        if get_worker_info() is not None:
-            # Written where the model's process maps it: the batch crosses the process boundary uncopied.
-            out.share_memory_()
         with torch.no_grad():
+            if get_worker_info() is None:
+                # In the model's process: one batch, the compute threads split it.
+                return self.preprocess(pixels)[:, :1].contiguous()
+            out = self._output_buffer(side)[: len(pixels)]
+            # One thread per worker: a few windows at a time keep the intermediates in the CPU caches.
             for start in range(0, len(pixels), PREPROCESS_CHUNK):
                 chunk = pixels[start : start + PREPROCESS_CHUNK]
                 out[start : start + len(chunk)] = self.preprocess(chunk)[:, :1]
         return out
+
+    def _output_buffer(self, side: int) -> Tensor:
+        """The next of this worker's shared-memory output buffers for ``side`` px windows.
+
+        The model's process maps them, so a batch crosses the process boundary without a copy, and reusing
+        them spares the page faults of fresh memory for every batch. A buffer comes round again only after
+        ``OUTPUT_BUFFERS`` more batches of this worker: by then the DataLoader (which hands out at most
+        ``LOADER_PREFETCH`` batches per worker beyond the one being consumed) and the predict loop (which
+        holds the current batch and the next one) are done with it.
+        """
+        ring = self._buffers.setdefault(side, [])
+        if len(ring) < OUTPUT_BUFFERS:
+            ring.append(torch.empty((self.batch_size, 1, side, side), dtype=torch.float32).share_memory_())
+            return ring[-1]
+        ring.append(ring.pop(0))
+        return ring[-1]
 
     @property
     def rows(self) -> int:
@@ -241,7 +265,7 @@ class FeatureDataModule(pl.LightningDataModule):
             num_workers=workers,
             collate_fn=_keep,
             pin_memory=workers > 0 and torch.cuda.is_available(),
-            prefetch_factor=4 if workers > 0 else None,
+            prefetch_factor=LOADER_PREFETCH if workers > 0 else None,
             persistent_workers=False,
         )
 

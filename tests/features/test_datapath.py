@@ -35,7 +35,7 @@ def _reader_fed(cfg, reader: WindowReader, plan: Plan) -> np.ndarray:
 def test_resident_windows_give_bitwise_the_reader_fed_features(
     compose, features_overrides, runs_dir, merge_id, place
 ):
-    cfg = compose("extract", [*features_overrides, "batch_size=24", *place])
+    cfg = compose("extract", [*features_overrides, *place])
     result = features_task.run(cfg)
     reader = WindowReader(RunStore(runs_dir).resolve(merge_id, stage="merge").artifact("merged.h5"))
     sizes = reader.table()["size"]
@@ -47,10 +47,13 @@ def test_resident_windows_give_bitwise_the_reader_fed_features(
     # Both window sizes and both mosaics were fed.
     assert set(np.unique(sizes)) == {32, 64}
     assert len(np.unique(reader.positions(reader.cutout_ids)["mosaic"])) == 2
-    plan = Plan(len(reader.cutout_ids), features_task.BATCHES_PER_BLOCK * 24, merge_id)
+    plan = Plan(len(reader.cutout_ids), features_task.BATCHES_PER_BLOCK * cfg.batch_size, merge_id)
+    assert (
+        len(WindowBatches(reader, plan, list(range(plan.n_blocks)), sizes, cfg.batch_size, gather=False)) > 20
+    )
     threads = torch.get_num_threads()
     # The model's threads as the stage set them (cores not taken by loader processes).
-    torch.set_num_threads(cpu_threads(1 if "num_workers=1" in place else 0))
+    torch.set_num_threads(cpu_threads(2 if "num_workers=2" in place else 0))
     try:
         want = _reader_fed(cfg, reader, plan)
     finally:
