@@ -32,8 +32,14 @@ from radio_curation.data.precision import check_first_batch, describe
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.distributed import cluster_plugins, launched_rank, lightning_outside_srun
 from radio_curation.errors import EmptyResultError, RadioCurationError, instantiate_user
-from radio_curation.features.extraction import BlockWriter, FeatureDataModule, FeatureModule, RateBar
-from radio_curation.features.io import BlockShards, FeatureFile, consolidate
+from radio_curation.features.extraction import (
+    GATHER_ON,
+    BlockWriter,
+    FeatureDataModule,
+    FeatureModule,
+    RateBar,
+)
+from radio_curation.features.io import BlockShards, FeatureFile, Plan, consolidate
 from radio_curation.runs.manifest import COMPLETE, read_manifest
 from radio_curation.runs.resolvers import expected_run_dir
 from radio_curation.runs.store import RunRecord, RunStore
@@ -70,6 +76,16 @@ def resolve_precision(cfg: DictConfig) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
+def resolve_gather_on(cfg: DictConfig) -> str:
+    """Where windows are cut and preprocessed (``auto``: on the model's GPU, else in the loader workers)."""
+    where = str(cfg.gather_on)
+    if where == "auto":
+        return "device" if _on_gpu(cfg) else "workers"
+    if where not in GATHER_ON:
+        raise RadioCurationError(f"gather_on={where!r}: choose auto, {' or '.join(GATHER_ON)}.")
+    return where
+
+
 def _dtype(cfg: DictConfig) -> np.dtype:
     if cfg.features_dtype not in DTYPES:
         raise RadioCurationError(
@@ -87,6 +103,7 @@ def _check_settings(cfg: DictConfig) -> None:
         )
     check_precision(cfg.precision, "precision", extra=("auto",))
     _dtype(cfg)
+    resolve_gather_on(cfg)
 
 
 def preprocessing(cfg: DictConfig) -> tuple[DictConfig, int | None, str]:
@@ -166,6 +183,18 @@ def _feature_module(extractor: torch.nn.Module, preprocess: Preprocess, cfg: Dic
     return FeatureModule(extractor, preprocess, channels_last=_on_gpu(cfg))
 
 
+def _datamodule(
+    cfg: DictConfig,
+    merged: Path,
+    preprocess: Preprocess,
+    shards: BlockShards | None = None,
+    plan: Plan | None = None,
+) -> FeatureDataModule:
+    return FeatureDataModule(
+        merged, cfg.batch_size, cfg.num_workers, preprocess, resolve_gather_on(cfg), shards, plan
+    )
+
+
 def _attrs(cfg: DictConfig, extractor: Any, source_id: str, dtype: np.dtype, weights: str) -> dict[str, Any]:
     def as_json(node: Any) -> str:
         return json.dumps(OmegaConf.to_container(node, resolve=True), sort_keys=True)
@@ -223,7 +252,7 @@ def _work(run: Run) -> None:
     run.info["blocks_done_before"] = plan.n_blocks - len(pending)
     run.info["precision"] = resolve_precision(cfg)
     if pending:
-        datamodule = FeatureDataModule(merged, cfg.batch_size, cfg.num_workers, shards, plan)
+        datamodule = _datamodule(cfg, merged, preprocess, shards, plan)
         module = _feature_module(extractor, preprocess, cfg)
         began = time.perf_counter()
         with run.timer("extract"):
@@ -259,7 +288,7 @@ def _rank_worker(cfg: DictConfig, source: RunRecord) -> dict[str, Any]:
     merged = source.artifact("merged.h5")
     reader = WindowReader(merged)
     extractor, preprocess = _models(cfg, reader.table()["size"])
-    datamodule = FeatureDataModule(merged, cfg.batch_size, cfg.num_workers)
+    datamodule = _datamodule(cfg, merged, preprocess)
     writer, _ = _predict(cfg, _feature_module(extractor, preprocess, cfg), datamodule)
     return {"rank": launched_rank(), "rows": writer.rows_written}
 

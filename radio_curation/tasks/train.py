@@ -232,6 +232,7 @@ def fit(
         nan_fill=data.nan_fill,
         pin_memory=data.pin_memory,
         prefetch_factor=data.prefetch_factor,
+        resident_gb=data.resident_gb,
     )
     knn = _knn_monitor(cfg, model) if run is not None else None  # evaluated on rank 0 only
     logger = TrackerLogger(run.tracker, run.run_id) if run is not None else False
