@@ -242,6 +242,8 @@ def _execute(
 ) -> dict[str, Any]:
     if previous is not None:
         log.info("resuming incomplete run %s (status: %s)", run_id, previous.get("status"))
+    else:
+        log.info("starting run %s in %s", run_id, run_dir)
     manifest = {
         "run_id": run_id,
         "stage": identity.stage,
