@@ -247,6 +247,8 @@ def _execute(
         # and no other process writes here while this one holds the lease.
         for partial in run_dir.glob(".*.tmp-*"):
             _remove(partial)
+    else:
+        log.info("starting run %s in %s", run_id, run_dir)
     manifest = {
         "run_id": run_id,
         "stage": identity.stage,
