@@ -22,11 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from radio_curation.backbones.factory import run_backbone
 from radio_curation.curation.clusters import read_subsample
 from radio_curation.cutouts.reader import WindowReader
-from radio_curation.errors import RadioCurationError
+from radio_curation.data.preprocess import Preprocess
+from radio_curation.errors import RadioCurationError, instantiate_user
 from radio_curation.evaluation.enrichment import Enrichment, enrichment
 from radio_curation.evaluation.inputs import StoredFeatures, positions, window_labels, window_table
 from radio_curation.evaluation.paired import PairedDifference, paired_difference
@@ -140,12 +143,8 @@ class BootstrapLoop:
                 ]
         return runs
 
-    def features_of(self, merge: str, model: str | None) -> str:
-        """A features run of the merge run's windows: with train run ``model``, or random weights (None)."""
-        if model is None:
-            # Random weights are drawn from the run's seed; seeding here also covers backbones built unseeded.
-            torch.manual_seed(0)
-            return features_task.run(self.cfg("extract", "stage=features", f"source_id={merge}"))["run_id"]
+    def features_of(self, merge: str, model: str) -> str:
+        """A features run of the merge run's windows with the backbone of train run ``model``."""
         return features_task.run(
             self.cfg(
                 "extract",
@@ -155,6 +154,22 @@ class BootstrapLoop:
                 f"backbone.model_id={model}",
             )
         )["run_id"]
+
+    def embed(self, windows: np.ndarray, model: str | None, batch: int = 512) -> np.ndarray:
+        """Features of raw ``windows`` from train run ``model``'s backbone, or random weights (None, seed 0).
+
+        The preprocessing is the features stage's (``normalization``, ``resize`` of the loop's config).
+        """
+        cfg = self.cfg("extract", "stage=features")
+        torch.manual_seed(0)
+        extractor = instantiate(cfg.backbone) if model is None else run_backbone(model, cfg.paths.runs_dir)
+        extractor.eval()
+        preprocess = Preprocess(instantiate_user(cfg.normalization), extractor.in_chans, cfg.resize)
+        x = torch.from_numpy(np.asarray(windows, dtype=np.float32))
+        with torch.no_grad():
+            return torch.cat(
+                [extractor(preprocess(x[i : i + batch])) for i in range(0, len(x), batch)]
+            ).numpy()
 
     def truth(self, merge: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cutout IDs of the merge run's windows, their truth class and the source that labels them."""
@@ -167,11 +182,6 @@ class BootstrapLoop:
         sources = OmegaConf.merge(catalogue, {"label_column": "source_id"})
         groups, _ = window_labels(sources, merged, table)
         return ids, labels, groups
-
-    def _features(self, features_id: str, ids: np.ndarray) -> np.ndarray:
-        record = RunStore(self.cfg("extract").paths.runs_dir).resolve(features_id, stage="features")
-        stored = StoredFeatures(record.artifact("features.h5"))
-        return stored.read(positions(stored.cutout_ids, ids, f"features run {features_id}"))
 
     def _mirabest(self, model: str, root: Path) -> float:
         result = evaluate_task.run(
@@ -187,46 +197,37 @@ class BootstrapLoop:
 
     def measure(self, runs: BootstrapRuns, mirabest: Path | None = None) -> Measurement:
         """Score the loop's runs (see the module docstring); ``mirabest`` adds the MiraBest probe."""
+        store = RunStore(self.cfg("extract").paths.runs_dir)
+        empty = str(self.cfg("evaluate").eval.catalogue.empty_label)
         ids, labels, groups = self.truth(runs.merge)
-        labelled = labels != str(self.cfg("evaluate").eval.catalogue.empty_label)
+        labelled = labels != empty
+        with WindowReader(store.resolve(runs.merge, stage="merge").artifact("merged.h5")) as reader:
+            windows = reader.read(ids[labelled])
 
-        def truth_probe(features_id: str) -> float:
-            x = self._features(features_id, ids[labelled])
+        def knn(x: np.ndarray) -> float:
             return grouped_knn_balanced_accuracy(x, labels[labelled], groups[labelled], seed=0)
 
-        merged = (
-            RunStore(self.cfg("extract").paths.runs_dir)
-            .resolve(runs.merge, stage="merge")
-            .artifact("merged.h5")
+        features_file = StoredFeatures(store.resolve(runs.features, stage="features").artifact("features.h5"))
+        bootstrap_features = features_file.read(
+            positions(features_file.cutout_ids, ids[labelled], runs.features)
         )
-        reader = WindowReader(merged)
-        stats = np.concatenate(
-            [
-                radio_statistics(reader.read(chunk))
-                for chunk in np.array_split(ids[labelled], max(1, labelled.sum() // 2048))
-            ]
-        )
-        reader.close()
         features = {
-            "knn_ssl": truth_probe(runs.features),
-            "knn_random_init": truth_probe(self.features_of(runs.merge, None)),
-            "knn_stats": grouped_knn_balanced_accuracy(stats, labels[labelled], groups[labelled], seed=0),
+            "knn_ssl": knn(bootstrap_features),
+            "knn_random_init": knn(self.embed(windows, None)),
+            "knn_stats": knn(radio_statistics(windows)),
         }
-        store = RunStore(self.cfg("extract").paths.runs_dir)
         curated_ids, _ = read_subsample(store.resolve(runs.curated, stage="sample").artifact("subsample.h5"))
         random_ids, _ = read_subsample(store.resolve(runs.random, stage="sample").artifact("subsample.h5"))
+        where = f"merge run {runs.merge}"
         enriched = enrichment(
-            labels,
-            positions(ids, curated_ids, f"merge run {runs.merge}"),
-            positions(ids, random_ids, f"merge run {runs.merge}"),
-            empty_label=str(self.cfg("evaluate").eval.catalogue.empty_label),
+            labels, positions(ids, curated_ids, where), positions(ids, random_ids, where), empty_label=empty
         )
         per_seed: dict[str, dict[str, list[float]]] = {"synthetic": {"curated": [], "random": []}}
         if mirabest is not None:
             per_seed["mirabest_confident"] = {"curated": [], "random": []}
         for arm, models in (("curated", runs.curated_models), ("random", runs.random_models)):
             for seed in self.seeds:
-                per_seed["synthetic"][arm].append(truth_probe(self.features_of(runs.merge, models[seed])))
+                per_seed["synthetic"][arm].append(knn(self.embed(windows, models[seed])))
                 if mirabest is not None:
                     per_seed["mirabest_confident"][arm].append(self._mirabest(models[seed], mirabest))
         pretraining = {
