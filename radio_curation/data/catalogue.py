@@ -37,6 +37,9 @@ class WindowCatalogue:
         :meth:`labels`.
     empty_label : str
         Label of windows with no source within the radius.
+    min_flux : float, optional
+        Sources fainter than this (in the flux column's unit) label nothing, so a window holding only
+        sources below the detection limit counts as ``empty_label``; None: every source labels.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class WindowCatalogue:
         flux_column: str | None = "flux",
         radius_arcsec: float | None = None,
         empty_label: str = "empty",
+        min_flux: float | None = None,
     ) -> None:
         self.path = Path(path).expanduser()
         if not self.path.is_file():
@@ -60,6 +64,12 @@ class WindowCatalogue:
                 f"catalogue {self.path} lacks column(s) {missing}; it has {table.colnames[:30]}. "
                 "Set eval.catalogue.*_column to the right names."
             )
+        if min_flux is not None:
+            if not flux_column:
+                raise RadioCurationError(
+                    f"catalogue min_flux={min_flux} needs a flux column: set eval.catalogue.flux_column."
+                )
+            table = table[np.asarray(table[flux_column], dtype=np.float64) >= float(min_flux)]
         self.ra = np.asarray(table[ra_column], dtype=np.float64)
         self.dec = np.asarray(table[dec_column], dtype=np.float64)
         self.label = np.char.strip(np.asarray(table[label_column]).astype(str))
