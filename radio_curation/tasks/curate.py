@@ -28,7 +28,7 @@ from radio_curation.curation.kmeans import (
 from radio_curation.curation.loading import LoadedFeatures, load_features
 from radio_curation.curation.plots import plot_cluster_sizes, plot_objective, plot_sampling
 from radio_curation.curation.samplers import Compose, Pool, cluster_counts, share_of_largest
-from radio_curation.errors import RadioCurationError
+from radio_curation.errors import EmptyResultError, RadioCurationError
 from radio_curation.features.io import FeatureFile
 from radio_curation.runs.store import RunRecord, RunStore
 from radio_curation.tasks.stage import Run, run_stage
@@ -49,7 +49,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dict
         The sample run's result (see :func:`radio_curation.tasks.stage.run_stage`), with ``clusters_id``.
     """
-    store = RunStore(cfg.paths.runs_dir)
+    store = RunStore.of(cfg)
+    if cfg.target_size is not None and int(cfg.target_size) < 1:
+        raise RadioCurationError(
+            f"target_size={cfg.target_size} would select no windows: give a positive number of windows "
+            "to keep (or target_size=null with a sampler that needs none, e.g. sampler=semdedup)"
+        )
     if cfg.clusters_id is not None:
         clusters = store.resolve(cfg.clusters_id, stage="cluster")
         if cfg.features_id is not None:
@@ -62,7 +67,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         clusters_id = clusters.run_id
     elif cfg.features_id is not None:
         features = store.resolve(cfg.features_id, stage="features")
-        clusters_id = run_stage(cfg, cfg.cluster_stage, cluster, parents=[features.run_id])["run_id"]
+        clusters_id = run_stage(
+            cfg, cfg.cluster_stage, cluster, parents=[features.run_id], resumable=[f"{LEVELS_DIR}/level_*.h5"]
+        )["run_id"]
     else:
         raise RadioCurationError(
             "curate.py needs features_id=<features run ID> (to cluster it) or clusters_id=<cluster run ID>; "
@@ -172,7 +179,7 @@ def sample(run: Run) -> None:
     cfg = run.cfg
     clusters_run = run.parents[0]
     hierarchy = Hierarchy.load(clusters_run.artifact("clusters.h5"))
-    store = RunStore(cfg.paths.runs_dir)
+    store = RunStore.of(cfg)
 
     def features() -> np.ndarray:
         features_run = store.resolve(clusters_run.parents[0], stage="features")
@@ -186,6 +193,8 @@ def sample(run: Run) -> None:
     target = None if cfg.target_size is None else int(cfg.target_size)
     with run.timer("sample"):
         rows, report = sampler(pool, target, int(cfg.seed))
+    if len(rows) == 0:
+        raise EmptyResultError(f"the samplers kept no window of the {pool.n} in the pool ({report})")
     with run.artifact("subsample.h5") as tmp:
         write_subsample(
             tmp,

@@ -16,6 +16,7 @@ from radio_curation.runs.manifest import read_manifest
 from radio_curation.tasks import curate
 from tests.curation.conftest import write_features_run
 from tests.curation.planted import planted
+from tests.kill_after import run_killed
 
 SIZES = [1200, 500, 100, 60, 40]
 SMALL = [
@@ -251,3 +252,29 @@ def test_changing_the_levels_is_one_override(compose, planted_run):
         "kmeans++",
         "kmeans++",
     ]
+
+
+def test_sample_killed_before_its_subsample_is_in_place_resumes(
+    compose, planted_run, runs_dir, data_dir, tmp_path
+):
+    features_id, _, _ = planted_run
+    overrides = [f"features_id={features_id}", "target_size=300", *SMALL]
+    reference = curate.run(compose("curate", overrides))
+    want_ids, want_paths = read_subsample(Path(reference["run_dir"]) / "subsample.h5")
+    # From the command line, a forced new sample of the same clustering, killed once subsample.h5 is written
+    # to its temporary name but before it is moved into place.
+    forced = [f"clusters_id={reference['clusters_id']}", "target_size=300", "force=true"]
+    store = [f"paths.runs_dir={runs_dir}", f"paths.data_dir={data_dir}", "logger=csv"]
+    run_killed("radio_curation.tasks.curate:write_subsample", 1, "curate.py", [*forced, *store], tmp_path)
+    run_dir = runs_dir / "sample" / f"{reference['run_id']}-2"
+    assert read_manifest(run_dir)["status"] == "running"
+    assert not (run_dir / "subsample.h5").exists() and list(run_dir.glob(".subsample.h5.tmp-*"))
+    resumed = curate.run(compose("curate", forced))
+    assert resumed["run_id"] == run_dir.name and not resumed["reused"]
+    manifest = read_manifest(run_dir)
+    assert manifest["status"] == "complete" and manifest["attempts"] == 2
+    got_ids, got_paths = read_subsample(run_dir / "subsample.h5")
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_array_equal(got_paths, want_paths)
+    assert manifest["metrics"] == read_manifest(Path(reference["run_dir"]))["metrics"]
+    assert not list(run_dir.glob(".*.tmp-*"))
