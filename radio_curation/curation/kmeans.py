@@ -145,7 +145,12 @@ def select_per_cluster(assignment: np.ndarray, key: np.ndarray, per_cluster: np.
     ``per_cluster`` is one number for all clusters or one per cluster; clusters smaller than it give all
     their rows. Ties in ``key`` go to the lower row index.
     """
-    order = np.lexsort((key, assignment))
+    n = len(assignment)
+    key_rank = np.empty(n, dtype=np.int64)
+    key_rank[np.argsort(key, kind="stable")] = np.arange(n)
+    # One sort of unique int64 codes (cluster, then key rank): the order of lexsort((key, assignment)),
+    # at a fraction of its cost.
+    order = np.argsort(np.asarray(assignment, dtype=np.int64) * max(n, 1) + key_rank)
     sorted_labels = assignment[order]
     n_clusters = int(assignment.max()) + 1 if len(assignment) else 0
     starts = np.searchsorted(sorted_labels, np.arange(n_clusters))
