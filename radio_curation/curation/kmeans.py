@@ -143,11 +143,20 @@ def select_per_cluster(assignment: np.ndarray, key: np.ndarray, per_cluster: np.
     """Indices of the ``per_cluster`` rows with the smallest ``key`` in each cluster, ascending.
 
     ``per_cluster`` is one number for all clusters or one per cluster; clusters smaller than it give all
-    their rows. Ties in ``key`` go to the lower row index.
+    their rows. Ties in ``key`` go to the lower row index. A ``key`` that is a permutation of ``0..n-1``
+    (a random order) is its own rank, which saves sorting it.
     """
     n = len(assignment)
-    key_rank = np.empty(n, dtype=np.int64)
-    key_rank[np.argsort(key, kind="stable")] = np.arange(n)
+    key = np.asarray(key)
+    if np.issubdtype(key.dtype, np.integer) and len(key) and key.min() >= 0 and key.max() < n:
+        is_permutation = bool((np.bincount(key, minlength=n) == 1).all())
+    else:
+        is_permutation = False
+    if is_permutation:
+        key_rank = key.astype(np.int64, copy=False)
+    else:
+        key_rank = np.empty(n, dtype=np.int64)
+        key_rank[np.argsort(key, kind="stable")] = np.arange(n)
     # One sort of unique int64 codes (cluster, then key rank): the order of lexsort((key, assignment)),
     # at a fraction of its cost.
     order = np.argsort(np.asarray(assignment, dtype=np.int64) * max(n, 1) + key_rank)

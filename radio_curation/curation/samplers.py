@@ -218,7 +218,7 @@ class BalancedSampler(Sampler):
         if self.strategy == "c":
             key = hierarchy.levels[0].distance[rows]
         else:
-            key = rng.random(len(rows))
+            key = rng.permutation(len(rows))
         chosen = rows[select_per_cluster(leaf, key, quota)]
         return np.sort(chosen), {"leaf_clusters_used": int((quota > 0).sum())}
 
