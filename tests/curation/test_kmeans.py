@@ -8,7 +8,13 @@ from sklearn.metrics import adjusted_rand_score
 
 from radio_curation.curation.backends import FaissBackend, TorchBackend
 from radio_curation.curation.initialization import greedy_kmeans_plusplus, n_local_trials
-from radio_curation.curation.kmeans import HierarchicalKMeans, imbalance_factor, init_centroids, kmeans
+from radio_curation.curation.kmeans import (
+    HierarchicalKMeans,
+    imbalance_factor,
+    init_centroids,
+    kmeans,
+    select_per_cluster,
+)
 from radio_curation.errors import RadioCurationError
 from tests.curation.planted import planted
 
@@ -233,3 +239,18 @@ def test_derived_sample_size_is_what_resampling_takes(monkeypatch):
     x, _ = planted(SIZES, seed=13)
     HierarchicalKMeans([20, 5], n_resampling_steps=1, n_iters=3).fit(x, seed=0)
     assert taken == [(len(x) + 20) // 40, 2]
+
+
+def test_select_per_cluster_takes_the_smallest_keys_of_each_cluster():
+    rng = np.random.default_rng(14)
+    assignment = rng.integers(0, 7, 500)
+    per_cluster = rng.integers(0, 90, 7)
+    # Float keys, a permutation (its own rank) and tied integer keys (ties go to the lower row).
+    for key in (rng.random(500), rng.permutation(500), rng.integers(0, 5, 500)):
+        expected = []
+        for cluster in range(7):
+            members = np.flatnonzero(assignment == cluster)
+            ranked = sorted(members, key=lambda row: (key[row], row))
+            expected.extend(ranked[: per_cluster[cluster]])
+        got = select_per_cluster(assignment, key, per_cluster)
+        np.testing.assert_array_equal(got, np.sort(expected))
