@@ -17,20 +17,30 @@ On a synthetic sky cut into windows (cutouts + merge stages, in a temporary run 
     ``--repeats`` times in turn (new forced runs), the best of each. On a CPU the model gets every core not
     taken by loader processes, in both measurements.
 
+(c) data path: the rate at which the features stage's data path delivers model-ready batches (cut from the
+    resident mosaics, normalised, resized; on the device with ``--device cuda``, else by ``gather_on=workers``
+    loader processes into shared memory) with no model, against a plain one-core ``memcpy`` of the same
+    bytes (one float32 channel of ``--resize``² per window) in the same run, for 1 … cores loader workers;
+    and the same for the data path before resident mosaics (``WindowReader.read`` per batch in the
+    workers, normalisation and resizing in the main process).
+
 Usage::
 
     python benchmarks/bench_features.py                                   # CPU, ResNet-18 at 224 px
     python benchmarks/bench_features.py --device cuda --backbone resnet18 --overlap 0.875 --windows 40000
     python benchmarks/bench_features.py --device cuda --backbone vit_small_dinov2 --overlap 0.875 --windows 20000
 
-Prints ``RESULT loader ours=<r> naive=<r> ratio=<x>`` (with the decomposition line after it) and
-``RESULT extraction pipeline=<r> model_only=<r> ratio=<x>``.
+Prints ``RESULT loader ours=<r> naive=<r> ratio=<x>`` (with the decomposition line after it),
+``RESULT extraction pipeline=<r> model_only=<r> ratio=<x>``,
+``RESULT datapath windows_per_s=<r> gb_per_s=<r> memcpy_gb_per_s=<r> fraction=<f> workers=<n>`` (one per
+worker count, then the stage's default count again) and ``RESULT datapath_before ...`` likewise.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -44,8 +54,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from radio_curation.backbones import build_backbone, instantiate_user
 from radio_curation.cutouts.reader import WindowReader
+from radio_curation.cutouts.resident import ResidentMosaics
 from radio_curation.data.preprocess import Preprocess
-from radio_curation.features.extraction import WindowBatches, cpu_threads
+from radio_curation.features.extraction import LOADER_PREFETCH, WindowBatches, cpu_threads
 from radio_curation.features.io import Plan
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import cutouts as cutouts_task
@@ -162,6 +173,132 @@ def loader_benchmark(
     return rates
 
 
+class ReaderBatches(Dataset):
+    """The data path before resident mosaics: one ``WindowReader.read`` per batch in the loader workers."""
+
+    def __init__(self, reader: WindowReader, items: list[tuple[int, np.ndarray]]) -> None:
+        self.reader = reader
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(self.reader.read(self.items[index][1]))
+
+
+def memcpy_rate(nbytes: int, repeats: int) -> float:
+    """Bytes/s of a plain one-core copy of ``nbytes`` (best of ``repeats``)."""
+    source = np.ones(nbytes // 4, np.float32)
+    target = np.empty_like(source)
+    np.copyto(target, source)
+    best = math.inf
+    for _ in range(max(3, repeats)):
+        start = time.perf_counter()
+        np.copyto(target, source)
+        best = min(best, time.perf_counter() - start)
+    return nbytes / best
+
+
+def as_is(item: dict) -> dict:
+    """DataLoader conversion that leaves items as the dataset made them (as the features stage does)."""
+    return item
+
+
+def loader_settings(workers: int, prefetch: int) -> dict:
+    """Loader processes kept across passes: the figures are the steady state, mosaics already loaded."""
+    if workers == 0:
+        return {"num_workers": 0}
+    return {"num_workers": workers, "prefetch_factor": prefetch, "persistent_workers": True}
+
+
+def deliver_on_device(positions: WindowBatches, mosaics: ResidentMosaics, preprocess: Preprocess) -> int:
+    """``gather_on=device``: windows cut from the device-resident mosaics and preprocessed there."""
+    count = 0
+    for item in positions:
+        pixels = mosaics.gather(item["mosaic"], item["y0"], item["x0"], item["size"])
+        count += len(preprocess(pixels))
+    torch.cuda.synchronize()
+    return count
+
+
+def deliver_from_workers(loader: DataLoader) -> int:
+    """``gather_on=workers``: model-ready batches made by the loader processes."""
+    return sum(len(item["inputs"]) for item in loader)
+
+
+def deliver_before(loader: DataLoader, preprocess: Preprocess, device: torch.device) -> int:
+    """Before: raw windows from ``WindowReader.read`` in the workers, preprocessed in the main process."""
+    count = 0
+    for pixels in loader:
+        count += len(preprocess(pixels.to(device, non_blocking=True)))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return count
+
+
+def datapath_benchmark(args: argparse.Namespace, merged: Path, cfg: DictConfig) -> None:
+    """Model-ready batches per second with no model, ours and before, against memcpy of the same bytes."""
+    reader = WindowReader(merged)
+    n = min(len(reader.cutout_ids), args.datapath_windows)
+    plan = Plan(n, n, "bench")
+    sizes = reader.table()["size"]
+    device = torch.device(args.device)
+    preprocess = Preprocess(instantiate_user(cfg.normalization), 3, args.resize).to(device)
+    window_bytes = args.resize * args.resize * 4
+    memcpy = memcpy_rate(args.batch_size * window_bytes, args.repeats)
+    # The worker counts asked for, then the features stage's default (configs/extract.yaml) again.
+    counts = [*args.datapath_workers, int(config([]).num_workers)]
+
+    def best_rate(deliver, *inputs) -> float:
+        deliver(*inputs)  # warm-up: workers started, mosaics loaded, first batches made
+        best = 0.0
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            count = deliver(*inputs)
+            assert count == n, (count, n)
+            best = max(best, count / (time.perf_counter() - start))
+        return best
+
+    def report(name: str, rate: float, workers: int) -> None:
+        gb = rate * window_bytes / 1e9
+        print(
+            f"RESULT {name} windows_per_s={rate:.1f} gb_per_s={gb:.3f} memcpy_gb_per_s={memcpy / 1e9:.3f} "
+            f"fraction={rate * window_bytes / memcpy:.3f} workers={workers}",
+            flush=True,
+        )
+
+    positions = WindowBatches(reader, plan, [0], sizes, args.batch_size, gather=False)
+    ready = WindowBatches(reader, plan, [0], sizes, args.batch_size, preprocess=preprocess.cpu())
+    for workers in counts:
+        if device.type == "cuda":
+            mosaics = ResidentMosaics(
+                reader.mosaic_paths, reader.nan_fill, device, positions.mosaic_order(), ahead=workers
+            )
+            rate = best_rate(deliver_on_device, positions, mosaics, preprocess.to(device))
+            mosaics.close()
+        else:
+            loader = DataLoader(
+                ready, batch_size=None, collate_fn=as_is, **loader_settings(workers, LOADER_PREFETCH)
+            )
+            rate = best_rate(deliver_from_workers, loader)
+        report("datapath", rate, workers)
+
+    preprocess.to(device)
+    threads = torch.get_num_threads()
+    for workers in counts:
+        before = DataLoader(
+            ReaderBatches(reader, positions.items),
+            batch_size=None,
+            pin_memory=device.type == "cuda",
+            **loader_settings(workers, 4),  # as the features stage had it
+        )
+        # As the features stage did on CPUs: compute threads = cores not taken by loader processes.
+        torch.set_num_threads(cpu_threads(workers) if device.type == "cpu" else threads)
+        report("datapath_before", best_rate(deliver_before, before, preprocess, device), workers)
+    torch.set_num_threads(threads)
+
+
 def model_only_rate(cfg: DictConfig, args: argparse.Namespace, n: int) -> float:
     extractor = build_backbone(cfg.backbone).eval()
     device = torch.device(args.device)
@@ -211,6 +348,17 @@ def main() -> None:
         "--backbone", default="resnet18", help="a backbone config (resnet18, vit_small_dinov2 ...)"
     )
     parser.add_argument("--windows", type=int, default=1024, help="windows in the extraction comparison")
+    parser.add_argument("--datapath-windows", type=int, default=4096, help="windows in the data path figures")
+    parser.add_argument(
+        "--datapath-workers",
+        type=int,
+        nargs="+",
+        default=list(range(1, len(os.sched_getaffinity(0)) + 1)),
+        help="loader worker counts of the data path figures (default: 1 … cores)",
+    )
+    parser.add_argument(
+        "--only-datapath", action="store_true", help="only the data path figures (c), not (a) and (b)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes of each; the best counts")
@@ -249,6 +397,11 @@ def main() -> None:
             f"sky: {args.mosaics} x {args.size}^2 px, {n_windows} windows of {args.window} px; device {args.device}"
         )
 
+        datapath_benchmark(args, merged, cfg)
+        if args.only_datapath:
+            return
+        if not args.device.startswith("cuda"):
+            torch.set_num_threads(cpu_threads(args.num_workers))
         rates = loader_benchmark(args, merged, cfg, work)
         ours, naive = rates["ours"], rates["naive"]
         print(f"RESULT loader ours={ours:.1f} naive={naive:.1f} ratio={ours / naive:.2f}", flush=True)

@@ -59,7 +59,11 @@ def test_curate_clusters_then_samples(compose, planted_run, capsys):
             assert group["assignment"].shape == group["distance"].shape == (n_in,)
             assert group["sizes"].shape == (k,) and group["sizes"][()].sum() == len(x)
             assert group["sizes"].dtype == np.int64
-        assert f.attrs["metric"] == "l2"
+        # The default conditioning: centred, unit rows, spherical k-means (unit centroids).
+        assert f.attrs["metric"] == "cosine" and f["conditioning"].attrs["normalize"]
+        np.testing.assert_allclose(f["conditioning/mean"][()], x.astype(np.float64).mean(0), atol=1e-4)
+        assert "projection" not in f["conditioning"]
+        np.testing.assert_allclose(np.linalg.norm(f["level_1/centroids"][()], axis=1), 1.0, rtol=1e-5)
     clusters_manifest = read_manifest(clusters_dir)
     assert clusters_manifest["parents"] == [features_id]
     assert clusters_manifest["metrics"]["levels"]["level_1"]["k"] == 30
@@ -136,7 +140,7 @@ def test_killed_clustering_resumes_at_the_next_level(compose, planted_run, monke
     cluster_dirs = list((tmp_path / "runs" / "cluster").iterdir())
     assert len(cluster_dirs) == 1
     assert read_manifest(cluster_dirs[0])["status"] != "complete"
-    assert [p.name for p in (cluster_dirs[0] / "levels").iterdir()] == ["level_1.h5"]
+    assert sorted(p.name for p in (cluster_dirs[0] / "levels").iterdir()) == ["conditioning.h5", "level_1.h5"]
 
     resumed = curate.run(compose("curate", overrides))
     assert calls == [1, 2, 2, 3]
@@ -185,6 +189,30 @@ def test_nonfinite_rows_are_counted_and_dropped_on_request(compose, features_run
     clusters_dir = Path(result["run_dir"]).parents[1] / "cluster" / result["clusters_id"]
     assert read_manifest(clusters_dir)["counts"]["nonfinite_rows_dropped"] == 4
     assert Hierarchy.load(clusters_dir / "clusters.h5").n == len(x) - 4
+
+
+def test_conditioning_is_part_of_the_clustering_and_the_samplers_use_its_space(compose, planted_run):
+    features_id, x, _ = planted_run
+    overrides = [f"features_id={features_id}", "target_size=200", *SMALL]
+    plain = curate.run(compose("curate", overrides))
+    whitened = curate.run(
+        compose(
+            "curate",
+            [*overrides, "conditioning=pca_whiten", "conditioning.whiten_dim=6", "sampler=prototypicality"],
+        )
+    )
+    assert whitened["clusters_id"] != plain["clusters_id"]
+    clusters_dir = Path(whitened["run_dir"]).parents[1] / "cluster" / whitened["clusters_id"]
+    hierarchy = Hierarchy.load(clusters_dir / "clusters.h5")
+    assert hierarchy.levels[0].centroids.shape == (30, 6)
+    assert read_manifest(clusters_dir)["info"]["conditioning"]["whitened_dim"] == 6
+    # Prototypicality ranks by the cosine distance to the centroid in the conditioned space.
+    y = hierarchy.conditioning.transform(x)
+    c = hierarchy.levels[0].centroids[hierarchy.levels[0].assignment]
+    distance = 1 - (y * c).sum(1) / np.linalg.norm(c, axis=1)
+    ids, _ = read_subsample(Path(whitened["run_dir"]) / "subsample.h5")
+    chosen = np.isin(np.arange(len(x)) * 7 + 3, ids)
+    assert chosen.sum() == 200 and distance[chosen].min() >= distance[~chosen].max() - 1e-5
 
 
 def test_dedup_then_balanced_through_the_config(compose, features_run):

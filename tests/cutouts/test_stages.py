@@ -51,7 +51,8 @@ def test_cutouts_then_merge_on_the_synthetic_sky(compose):
 
 def test_shards_split_the_survey(compose):
     shards = [
-        extract.run(compose("extract", ["stage=cutouts", *SMALL, f"survey.shard={i}/2"])) for i in range(2)
+        extract.run(compose("extract", ["stage=cutouts", *SMALL, f"survey.shard={i}", "survey.n_shards=2"]))
+        for i in range(2)
     ]
     assert shards[0]["run_id"] != shards[1]["run_id"]
     names = [read_index(f"{s['run_dir']}/cutouts.h5").mosaics["name"] for s in shards]

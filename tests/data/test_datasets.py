@@ -231,6 +231,11 @@ def test_catalogue_labels_windows_by_brightest_source_within_radius(tmp_path):
     assert nearest.labels(ra, dec).tolist() == ["faint", "far", "none"]
     per_window = WindowCatalogue(path, "RA", "DEC", "kind", "S")
     assert per_window.labels(ra, dec, np.array([10.0, 60.0, 1.0])).tolist() == ["faint", "far", "empty"]
+    # Sources below min_flux label nothing: the faint one no longer labels the first window.
+    detected = WindowCatalogue(path, "RA", "DEC", "kind", "S", min_flux=2.0)
+    assert detected.labels(ra, dec, np.array([10.0, 60.0, 1.0])).tolist() == ["empty", "far", "empty"]
+    with pytest.raises(RadioCurationError, match="flux column"):
+        WindowCatalogue(path, "RA", "DEC", "kind", None, min_flux=2.0)
     with pytest.raises(RadioCurationError, match="match radius"):
         per_window.labels(ra, dec)
     with pytest.raises(RadioCurationError, match="lacks column"):

@@ -129,6 +129,20 @@ def test_source_rates_are_realistic():
     assert 0.001 < np.mean(np.asarray(sources["has_artefact"])) < 0.02
 
 
+def test_class_fractions_set_the_class_shares_and_name_their_own_sky():
+    rare = {"compact": 0.9, "fri": 0.05, "wat": 0.05}
+    params = SkyParams(mosaics=1, size=6000, class_fractions=rare)
+    classes = np.asarray(sky_model(params, _layout(params)).sources["class"]).astype(str)
+    assert np.mean(classes == "wat") == pytest.approx(0.05, abs=0.01)
+    assert np.mean(classes == "fri") == pytest.approx(0.05, abs=0.01)
+    assert set(np.unique(classes)) == {"compact", "fri", "wat"}
+    assert params.digest != SkyParams(mosaics=1, size=6000).digest
+    # A sky with the default classes keeps the name it had before class_fractions existed.
+    assert SkyParams().digest == SkyParams(class_fractions=None).digest
+    with pytest.raises(RadioCurationError, match="class_fractions"):
+        SkyParams(class_fractions={"spiral": 1.0})
+
+
 def test_same_seed_same_files_other_seed_other_sky(tmp_path, small_sky):
     params = SkyParams(mosaics=2, size=384, seed=3)
     again = generate_sky(tmp_path / "again", params)

@@ -8,15 +8,25 @@ import itertools
 import pytest
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from radio_curation.distributed import lightning_outside_srun
 from radio_curation.errors import RadioCurationError
+from radio_curation.ssl import momentum as momentum_module
 from radio_curation.ssl.byol import BYOL
 from radio_curation.ssl.dino import DINO
 from radio_curation.ssl.simclr import SimCLR
 from tests.ssl.tiny import HEADS, TinyBackbone, augmentation, lars
 
 METHODS = {"byol": BYOL, "simclr": SimCLR, "dino": DINO}
+
+
+@pytest.fixture(autouse=True)
+def _lightning_in_the_test_process():
+    """These tests run Lightning's trainer right here, outside srun, also where SLURM is installed."""
+    with lightning_outside_srun():
+        yield
 
 
 def _model(name: str, **kwargs):
@@ -74,18 +84,49 @@ def test_momentum_network_is_frozen_and_follows_the_online_network(name):
     assert not held & {id(p) for p in teacher.parameters()}
 
 
-def test_byol_momentum_follows_a_cosine_schedule_to_one():
+def _record_momentum_updates(monkeypatch) -> list[tuple[nn.Module, float]]:
+    calls: list[tuple[nn.Module, float]] = []
+    real = momentum_module.update_momentum
+
+    def update(online, copy, m):
+        calls.append((copy, float(m)))
+        real(online, copy, m)
+
+    monkeypatch.setattr(momentum_module, "update_momentum", update)
+    return calls
+
+
+def test_byol_momentum_follows_a_cosine_schedule_to_one(monkeypatch):
     model = _model("byol", momentum=(0.9, 1.0))
-    seen = []
-
-    class Record(pl.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            seen.append(float(trainer.callback_metrics["train/momentum"]))
-
-    _trainer(max_epochs=3, callbacks=[Record()]).fit(model, _loader())
+    calls = _record_momentum_updates(monkeypatch)
+    trainer = _trainer(max_epochs=3)
+    trainer.fit(model, _loader())
+    seen = [m for copy, m in calls if copy is model.backbone_momentum]
+    assert len(seen) == trainer.global_step == 12
     assert seen[0] == pytest.approx(0.9)
     assert seen[-1] == pytest.approx(1.0)
     assert all(a <= b for a, b in itertools.pairwise(seen))
+
+
+@pytest.mark.parametrize("name", ["byol", "dino"])
+def test_momentum_copies_are_updated_once_per_optimiser_step_with_accumulation(name, monkeypatch):
+    model = _model(name, momentum=(0.5, 0.9))
+    calls = _record_momentum_updates(monkeypatch)
+    seen_batches = []
+
+    class Count(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen_batches.append(batch_idx)
+
+    trainer = _trainer(max_steps=3, accumulate_grad_batches=2, callbacks=[Count()])
+    trainer.fit(model, _loader())
+    assert len(seen_batches) == 6 and trainer.global_step == 3
+    copies = [copy for copy, _ in calls]
+    teacher = model.backbone_momentum if name == "byol" else model.teacher_backbone
+    # Two copies (backbone and head) per optimiser step, with the scheduled factor of that step.
+    assert len(calls) == 2 * 3 and sum(c is teacher for c in copies) == 3
+    assert [m for c, m in calls if c is teacher] == pytest.approx([0.5, 0.5 + 0.4 * 0.5, 0.9])
+    assert float(trainer.callback_metrics["train/momentum"]) == pytest.approx(0.9)
 
 
 def test_dino_exports_the_teacher_and_freezes_the_last_layer_in_the_first_epoch():

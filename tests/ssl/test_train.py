@@ -182,15 +182,6 @@ def _manifest_parents(runs_dir: Path, merge_id: str) -> str:
     return RunStore(runs_dir).resolve(merge_id, stage="merge").parents[0]
 
 
-def test_slurm_uses_lightnings_environment_without_auto_requeue(monkeypatch):
-    assert [type(p).__name__ for p in train_task._plugins()] == ["AtomicCheckpointIO"]
-    monkeypatch.setenv("SLURM_NTASKS", "2")
-    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2")
-    monkeypatch.setenv("SLURM_JOB_NAME", "train")
-    _, plugin = train_task._plugins()
-    assert type(plugin).__name__ == "SLURMEnvironment" and plugin.auto_requeue is False
-
-
 def test_curated_subsample_trains_and_its_model_extracts_features(compose, merge_id, runs_dir):
     features = features_task.run(
         compose(
