@@ -38,11 +38,11 @@ def test_expected_run_dir_is_where_each_run_lands(runs_dir):
 def test_a_forced_run_that_did_not_finish_is_expected_back_in_its_directory(runs_dir):
     first = toy_run(runs_dir, a=2)
 
-    def fails(run):
-        raise RuntimeError("time limit")
+    def stopped(run):
+        raise KeyboardInterrupt("the job's time limit")  # as a signal stops a job: kept to be resumed
 
-    with pytest.raises(RuntimeError, match="time limit"):
-        toy_run(runs_dir, work=fails, a=2, force=True)
+    with pytest.raises(KeyboardInterrupt):
+        toy_run(runs_dir, work=stopped, a=2, force=True)
     # A requeued forced job (same overrides) and the DDP ranks of the retry work in the unfinished run.
     unfinished = Path(first["run_dir"]).with_name(f"{first['run_id']}-2")
     assert (unfinished / "manifest.yaml").is_file()
