@@ -8,6 +8,8 @@ import h5py
 import numpy as np
 import pytest
 from hydra.utils import instantiate
+from matplotlib.colors import to_rgb
+from matplotlib.image import imread
 
 from radio_curation.curation.clusters import Hierarchy, read_subsample
 from radio_curation.curation.kmeans import HierarchicalKMeans
@@ -25,6 +27,13 @@ SMALL = [
     "clustering.sample_size=[5,2,2]",
     "clustering.n_iters=10",
 ]
+
+
+def _drawn_per_panel(path: Path, colour: str, panels: int) -> bool:
+    """Whether each of ``panels`` side-by-side panels of a PNG has pixels of ``colour`` drawn in it."""
+    image = imread(path)[..., :3]
+    near = np.abs(image - np.asarray(to_rgb(colour))).max(axis=-1) < 0.02
+    return all(strip.sum() > 20 for strip in np.array_split(near, panels, axis=1))
 
 
 @pytest.fixture
@@ -63,8 +72,10 @@ def test_curate_clusters_then_samples(compose, planted_run, capsys):
         "backend": "faiss",
         "device": "cpu",
     }
-    for png in ("cluster_sizes.png", "objective.png"):
-        assert (clusters_dir / png).read_bytes()[:4] == b"\x89PNG"
+    # One panel per level, each with its histogram; the objectives of the three levels in two panels.
+    assert _drawn_per_panel(clusters_dir / "cluster_sizes.png", "tab:blue", 3)
+    for colour in ("tab:blue", "tab:orange", "tab:green"):
+        assert _drawn_per_panel(clusters_dir / "objective.png", colour, 2)
 
     sample_dir = Path(result["run_dir"])
     ids, paths = read_subsample(sample_dir / "subsample.h5")
@@ -76,7 +87,9 @@ def test_curate_clusters_then_samples(compose, planted_run, capsys):
     assert manifest["metrics"]["target_size"] == manifest["metrics"]["achieved_size"] == 400
     share = manifest["metrics"]["share_of_largest_clusters"]["level_3"]
     assert share["after"] < share["before"]
-    assert (sample_dir / "sampling.png").read_bytes()[:4] == b"\x89PNG"
+    # Per level, the pool's and the subsample's cluster sizes.
+    assert _drawn_per_panel(sample_dir / "sampling.png", "tab:blue", 3)
+    assert _drawn_per_panel(sample_dir / "sampling.png", "tab:orange", 3)
     # Balancing lifts the planted rare clusters (2-4) well above their 12% share of the pool.
     rare = labels[np.searchsorted(feature_ids, ids)] >= 2
     assert rare.mean() > 0.25

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -54,3 +56,17 @@ class KeepModel(pl.Callback):
 
     def on_train_end(self, trainer, pl_module):
         KEPT[self.key] = pl_module
+
+
+class TimeOutOnce(pl.Callback):
+    """At optimizer step ``step``, send this process the signal a scheduler sends before a job's time limit
+    (submitit's ``SIGUSR2``), once: ``marker`` records that it was sent, for the requeued job to see."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step = step
+        self.marker = Path(marker)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step >= self.step and not self.marker.exists():
+            self.marker.write_text(str(trainer.global_step))
+            os.kill(os.getpid(), signal.SIGUSR2)
