@@ -1,18 +1,18 @@
-"""The SLURM launcher configs produce sbatch scripts whose resources match the trainer (no cluster needed)."""
+"""The SLURM launcher configs, through Hydra and the submitit plugin, write sbatch scripts whose resources
+match the trainer and the site settings (no cluster needed: ``sbatch`` is a stand-in that keeps the script)."""
 
 from __future__ import annotations
 
 import os
-import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-import submitit
-from hydra import compose, initialize_config_dir
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from omegaconf import OmegaConf
 
 from tests.conftest import CONFIG_DIR
 
+ROOT = CONFIG_DIR.parent
 SITE = """partition: gpu-long
 account: radio42
 qos: high
@@ -20,51 +20,37 @@ setup: ["module load cuda/12.4"]
 """
 
 
-@pytest.fixture(autouse=True)
-def fake_srun(tmp_path, monkeypatch):
-    """submitit looks for srun before it writes a script; a stand-in lets us inspect the script here."""
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A config dir with the site file a user keeps in configs/local/slurm.yaml."""
+    (tmp_path / "site" / "local").mkdir(parents=True)
+    (tmp_path / "site" / "local" / "slurm.yaml").write_text(SITE)
+    return tmp_path / "site"
+
+
+def _sbatch_script(entry: str, overrides: list[str], site: Path, tmp_path: Path) -> str:
+    """The script the launcher hands to sbatch for ``python <entry> -m <overrides>``."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (bin_dir / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    kept = tmp_path / "submitted.sh"
+    # submitit runs `sbatch <script>`; this one keeps the script and refuses it, which ends the launch.
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {kept}\necho "sbatch: stand-in" >&2\nexit 1\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit wants srun on the PATH
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    runs = [f"paths.runs_dir={tmp_path / 'runs'}", f"paths.data_dir={tmp_path / 'data'}"]
+    done = subprocess.run(
+        [sys.executable, entry, "-m", "--config-dir", str(site), *overrides, *runs],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert kept.is_file(), done.stderr[-3000:]
+    return kept.read_text()
 
 
-@pytest.fixture
-def site_configs(tmp_path):
-    """The project's configs plus a site file in configs/local/, as a user would have them."""
-    configs = tmp_path / "configs"
-    shutil.copytree(CONFIG_DIR, configs)
-    (configs / "local").mkdir(exist_ok=True)
-    (configs / "local" / "slurm.yaml").write_text(SITE)
-    return configs
-
-
-def _sbatch(configs, root, overrides, tmp_path) -> str:
-    with initialize_config_dir(str(configs), version_base="1.3"):
-        cfg = compose(root, overrides=overrides, return_hydra_config=True)
-    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
-    params.pop("_target_")
-    params.pop("submitit_folder")
-    # Resolve the interpolations against the whole config, as Hydra does when it launches.
-    params = {k: OmegaConf.select(cfg, f"hydra.launcher.{k}") for k in params}
-    params = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in params.items()}
-    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
-    base = set(OmegaConf.structured(BaseQueueConf).keys())
-    params.pop("max_num_timeout")
-    params["name"] = root
-    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
-    return executor._executor._make_submission_file_text("python train.py", "uid")
-
-
-def test_gpu_launcher_matches_trainer_devices_and_nodes(site_configs, tmp_path):
-    if not (CONFIG_DIR / "trainer").is_dir():
-        pytest.skip("the trainer group is not there yet")
-    text = _sbatch(
-        site_configs,
-        "train",
-        ["hydra/launcher=slurm_gpu", "trainer.devices=4", "trainer.num_nodes=2"],
-        tmp_path,
+def test_gpu_launcher_matches_trainer_devices_and_nodes(site, tmp_path):
+    text = _sbatch_script(
+        "train.py", ["hydra/launcher=slurm_gpu", "trainer.devices=4", "trainer.num_nodes=2"], site, tmp_path
     )
     assert "#SBATCH --ntasks-per-node=4" in text
     assert "#SBATCH --gpus-per-node=4" in text
@@ -72,12 +58,29 @@ def test_gpu_launcher_matches_trainer_devices_and_nodes(site_configs, tmp_path):
     assert "#SBATCH --partition=gpu-long" in text
     assert "#SBATCH --account=radio42" in text
     assert "#SBATCH --qos=high" in text
+    assert "#SBATCH --time=720" in text
+    assert "#SBATCH --signal=USR2@300" in text
     assert "module load cuda/12.4" in text
+    # Every task is started by srun: Lightning's SLURM environment finds its ranks there.
+    assert "srun --unbuffered" in text
 
 
-def test_cpu_launcher_uses_site_settings_and_no_gpus(site_configs, tmp_path):
-    text = _sbatch(site_configs, "curate", ["hydra/launcher=slurm_cpu"], tmp_path)
+def test_features_gpu_launcher_follows_the_top_level_devices(site, tmp_path):
+    text = _sbatch_script(
+        "extract.py",
+        ["hydra/launcher=slurm_gpu", "stage=features", "devices=2", "num_nodes=3"],
+        site,
+        tmp_path,
+    )
+    assert "#SBATCH --ntasks-per-node=2" in text
+    assert "#SBATCH --gpus-per-node=2" in text
+    assert "#SBATCH --nodes=3" in text
+
+
+def test_cpu_launcher_uses_site_settings_and_no_gpus(site, tmp_path):
+    text = _sbatch_script("curate.py", ["hydra/launcher=slurm_cpu"], site, tmp_path)
     assert "#SBATCH --ntasks-per-node=1" in text
     assert "gpus" not in text
     assert "#SBATCH --cpus-per-task=16" in text
+    assert "#SBATCH --mem=64GB" in text
     assert "#SBATCH --partition=gpu-long" in text

@@ -21,14 +21,14 @@ def test_sharded_cutouts_sweep_on_submitit_local_merges_into_one_index(
     done = subprocess.run(
         [
             sys.executable, "extract.py", "-m", "hydra/launcher=submitit_local", "stage=cutouts", *sky,
-            "survey.shard=0/2,1/2", f"paths.runs_dir={runs_dir}", f"paths.data_dir={data_dir}",
+            "survey.shard=range(0,2)", "survey.n_shards=2", f"paths.runs_dir={runs_dir}", f"paths.data_dir={data_dir}",
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     shards = RunStore(runs_dir).runs("cutouts")
     assert len(shards) == 2 and all(r.complete for r in shards)
-    assert {r.manifest["config"]["survey"]["shard"] for r in shards} == {"0/2", "1/2"}
+    assert {r.manifest["config"]["survey"]["shard"] for r in shards} == {0, 1}
     # Each job's Hydra output directory is its run directory (the log lands beside the manifest).
     assert all((r.dir / "extract.log").is_file() for r in shards)
     # One tracker group (W&B group / MLflow experiment) per sweep: experiment_name plus the sweep's name.

@@ -78,7 +78,13 @@ class WindowCatalogue:
         self.empty_label = str(empty_label)
 
     def labels(self, ra: np.ndarray, dec: np.ndarray, radius_arcsec: np.ndarray | None = None) -> np.ndarray:
-        """The class of each window centred at ``(ra, dec)`` (degrees).
+        """The class of each window centred at ``(ra, dec)`` (degrees); see :meth:`match`."""
+        return self.match(ra, dec, radius_arcsec)[0]
+
+    def match(
+        self, ra: np.ndarray, dec: np.ndarray, radius_arcsec: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The class of each window centred at ``(ra, dec)`` and the catalogue row that gave it.
 
         Parameters
         ----------
@@ -89,8 +95,11 @@ class WindowCatalogue:
 
         Returns
         -------
-        np.ndarray
+        labels : np.ndarray
             ``[N]`` str labels.
+        source : np.ndarray
+            ``[N]`` int64 catalogue row of the matched source, -1 for windows with none. Overlapping
+            windows of one source share it (probes group their folds by it).
         """
         ra = np.asarray(ra, dtype=np.float64)
         if self.radius_arcsec is not None:
@@ -100,8 +109,9 @@ class WindowCatalogue:
         else:
             raise RadioCurationError("a match radius is needed: set eval.catalogue.radius_arcsec")
         out = np.full(len(ra), self.empty_label, dtype=object)
+        source = np.full(len(ra), -1, dtype=np.int64)
         if len(ra) == 0 or len(self.ra) == 0:
-            return out.astype(str)
+            return out.astype(str), source
         windows = SkyCoord(ra * u.deg, np.asarray(dec, dtype=np.float64) * u.deg)
         sources = SkyCoord(self.ra * u.deg, self.dec * u.deg)
         win, src, sep, _ = search_around_sky(windows, sources, float(radius.max()) * u.arcsec)
@@ -115,4 +125,5 @@ class WindowCatalogue:
             first[1:] = win[order][1:] != win[order][:-1]
             chosen = order[first]
             out[win[chosen]] = self.label[src[chosen]]
-        return out.astype(str)
+            source[win[chosen]] = src[chosen]
+        return out.astype(str), source

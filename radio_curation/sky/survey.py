@@ -1,7 +1,7 @@
 """Survey layouts: where a survey's mosaics (and their island masks) are on disk.
 
 Built from the ``survey`` config group with ``hydra.utils.instantiate``. Every survey lists its mosaics in
-name order and can be split into shards (``shard="i/n"``) so a SLURM array spreads the mosaics over tasks.
+name order and can be split into shards (``shard`` of ``n_shards``) so a SLURM array spreads the mosaics over tasks.
 """
 
 from __future__ import annotations
@@ -20,23 +20,42 @@ __all__ = ["FitsGlobSurvey", "LotssDR2Survey", "Survey", "SyntheticSurvey", "par
 ON_ERROR = ("fail", "skip")
 
 
-def parse_shard(shard: str | None) -> tuple[int, int] | None:
-    """Parse ``"i/n"`` (0 ≤ i < n) into ``(i, n)``; ``None`` means all mosaics.
+def parse_shard(shard: int | None, n_shards: int | None) -> tuple[int, int] | None:
+    """Check ``shard`` of ``n_shards`` (0 ≤ shard < n_shards) and return ``(shard, n_shards)``.
+
+    Both ``None`` means all mosaics. A SLURM array sweeps the shard:
+    ``survey.shard=range(0,64) survey.n_shards=64``.
 
     Raises
     ------
     RadioCurationError
-        If the value is not of the form ``i/n``.
+        If only one of them is set, or the shard is not an integer in ``[0, n_shards)``.
     """
-    if shard is None:
+    if shard is None and n_shards is None:
         return None
-    try:
-        index, count = (int(part) for part in str(shard).split("/"))
-    except ValueError:
-        index, count = -1, 0
-    if not 0 <= index < count:
+    example = (
+        "e.g. survey.shard=3 survey.n_shards=64, or survey.shard=range(0,64) survey.n_shards=64 to sweep all"
+    )
+    if isinstance(shard, str) and "/" in shard:
+        index, _, count = shard.partition("/")
         raise RadioCurationError(
-            f"survey.shard={shard!r} is not 'i/n' with 0 <= i < n (e.g. survey.shard=0/64), or null for all mosaics."
+            f"survey.shard={shard!r}: give the shard and the number of shards apart, "
+            f"survey.shard={index} survey.n_shards={count} ({example})."
+        )
+    if shard is None or n_shards is None:
+        missing = "survey.shard" if shard is None else "survey.n_shards"
+        raise RadioCurationError(
+            f"survey.shard={shard} survey.n_shards={n_shards}: set {missing} too ({example}), "
+            "or neither for all mosaics."
+        )
+    try:
+        index, count = int(shard), int(n_shards)
+    except (TypeError, ValueError):
+        index, count = -1, 0
+    if isinstance(shard, bool) or not 0 <= index < count:
+        raise RadioCurationError(
+            f"survey.shard={shard!r} survey.n_shards={n_shards!r}: the shard is an integer from 0 to "
+            f"n_shards - 1 ({example})."
         )
     return index, count
 
@@ -48,19 +67,25 @@ class Survey(ABC):
     ----------
     on_error
         ``fail``: an unreadable mosaic stops the run; ``skip``: it is left out and listed in the manifest.
-    shard
-        ``"i/n"``: only every n-th mosaic starting at i (in name order); ``None``: all.
+    shard, n_shards
+        Only every ``n_shards``-th mosaic starting at ``shard`` (in name order); both ``None``: all.
     num_workers
         Processes used to cut mosaics in parallel (execution only; does not change results).
     """
 
-    def __init__(self, on_error: str = "fail", shard: str | None = None, num_workers: int = 1) -> None:
+    def __init__(
+        self,
+        on_error: str = "fail",
+        shard: int | None = None,
+        n_shards: int | None = None,
+        num_workers: int = 1,
+    ) -> None:
         if on_error not in ON_ERROR:
             raise RadioCurationError(f"survey.on_error={on_error!r}; use one of {', '.join(ON_ERROR)}.")
         if int(num_workers) < 1:
             raise RadioCurationError(f"survey.num_workers={num_workers}; use 1 or more.")
         self.on_error = on_error
-        self.shard = parse_shard(shard)
+        self.shard = parse_shard(shard, n_shards)
         self.num_workers = int(num_workers)
 
     @abstractmethod
@@ -98,7 +123,7 @@ class LotssDR2Survey(Survey):
     image_name, mask_name
         File names inside each mosaic directory; the mask is optional per mosaic.
     **kwargs
-        ``on_error``, ``shard``, ``num_workers`` (see :class:`Survey`).
+        ``on_error``, ``shard``, ``n_shards``, ``num_workers`` (see :class:`Survey`).
     """
 
     def __init__(
@@ -147,7 +172,7 @@ class FitsGlobSurvey(Survey):
     pattern
         Glob pattern, e.g. ``/data/images/*.fits`` (``**`` recurses).
     **kwargs
-        ``on_error``, ``shard``, ``num_workers`` (see :class:`Survey`).
+        ``on_error``, ``shard``, ``n_shards``, ``num_workers`` (see :class:`Survey`).
     """
 
     def __init__(self, pattern: str, **kwargs) -> None:
@@ -178,7 +203,7 @@ class SyntheticSurvey(LotssDR2Survey):
     mosaics, size, seed, overlap, dtype, class_fractions
         Sky parameters (see :class:`radio_curation.sky.synthetic.SkyParams`).
     **kwargs
-        ``on_error``, ``shard``, ``num_workers`` (see :class:`Survey`).
+        ``on_error``, ``shard``, ``n_shards``, ``num_workers`` (see :class:`Survey`).
     """
 
     def __init__(

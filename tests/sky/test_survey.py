@@ -33,15 +33,33 @@ def test_dr2_layout_lists_images_and_optional_masks(tmp_path, nested):
 def test_shards_partition_the_mosaics(tmp_path):
     names = [f"P{i:03d}+20" for i in range(7)]
     root = _dr2_tree(tmp_path, names)
-    shards = [[m.name for m in LotssDR2Survey(str(root), shard=f"{i}/3").mosaics()] for i in range(3)]
+    shards = [[m.name for m in LotssDR2Survey(str(root), shard=i, n_shards=3).mosaics()] for i in range(3)]
     assert sorted(name for shard in shards for name in shard) == names
     assert shards[0] == [names[0], names[3], names[6]]
 
 
-@pytest.mark.parametrize("shard", ["3/3", "x", "1/0", "-1/4"])
-def test_bad_shard_is_a_user_error(shard):
-    with pytest.raises(RadioCurationError, match=r"survey\.shard"):
-        parse_shard(shard)
+@pytest.mark.parametrize(
+    ("shard", "n_shards", "hint"),
+    [
+        (3, 3, "from 0 to n_shards - 1"),
+        ("x", 4, "from 0 to n_shards - 1"),
+        (1, 0, "from 0 to n_shards - 1"),
+        (-1, 4, "from 0 to n_shards - 1"),
+        (True, 4, "from 0 to n_shards - 1"),
+        (2, None, "set survey.n_shards too"),
+        (None, 64, "set survey.shard too"),
+        ("3/64", None, "survey.shard=3 survey.n_shards=64"),
+    ],
+)
+def test_bad_shard_is_a_user_error(shard, n_shards, hint):
+    with pytest.raises(RadioCurationError, match=r"survey\.shard") as caught:
+        parse_shard(shard, n_shards)
+    assert hint in str(caught.value)
+
+
+def test_no_shard_is_all_mosaics():
+    assert parse_shard(None, None) is None
+    assert parse_shard(0, 1) == (0, 1)
 
 
 def test_bad_on_error_and_missing_root_are_user_errors(tmp_path):

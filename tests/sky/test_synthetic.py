@@ -151,8 +151,16 @@ def test_same_seed_same_files_other_seed_other_sky(tmp_path, small_sky):
         np.testing.assert_array_equal(
             fits.getdata(a / "mosaic-blanked.fits"), fits.getdata(b / "mosaic-blanked.fits")
         )
-    other = generate_sky(tmp_path / "other", SkyParams(mosaics=1, size=128, seed=4))
-    assert len(Table.read(other / "truth.fits")) != len(Table.read(small_sky / "truth.fits"))
+    # Same geometry, other seed: same mosaics on the sky, other sources, other noise.
+    other = generate_sky(tmp_path / "other", SkyParams(mosaics=2, size=384, seed=4))
+    assert [d.name for d in _mosaic_dirs(other)] == [d.name for d in _mosaic_dirs(small_sky)]
+    ours, theirs = Table.read(small_sky / "truth.fits"), Table.read(other / "truth.fits")
+    assert not np.isin(np.asarray(theirs["ra"]), np.asarray(ours["ra"])).any()
+    for a, b in zip(_mosaic_dirs(small_sky), _mosaic_dirs(other), strict=True):
+        pixels_a = fits.getdata(a / "mosaic-blanked.fits")
+        pixels_b = fits.getdata(b / "mosaic-blanked.fits")
+        both = np.isfinite(pixels_a) & np.isfinite(pixels_b)
+        assert np.mean(pixels_a[both] != pixels_b[both]) > 0.99
 
 
 def test_concurrent_generation_gives_one_complete_sky(tmp_path):

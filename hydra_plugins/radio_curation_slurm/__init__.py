@@ -1,0 +1,1 @@
+"""The project's Hydra plugins: its SLURM launcher."""
