@@ -1,4 +1,4 @@
-"""The measurement's probes: grouped truth kNN, paired seed differences, hand-made radio statistics."""
+"""The measurement's probes: source-grouped truth kNN and hand-made radio statistics."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from radio_curation.errors import RadioCurationError
-from radio_curation.evaluation.paired import paired_difference
 from radio_curation.evaluation.radio_stats import STATISTICS, radio_statistics
 from radio_curation.evaluation.truth_probe import grouped_knn_balanced_accuracy
 
@@ -47,18 +46,6 @@ def test_classes_with_too_few_sources_are_left_out_and_too_few_classes_is_an_err
     with pytest.raises(RadioCurationError, match="two classes"):
         keep = np.r_[0:50, 100:106]
         grouped_knn_balanced_accuracy(x[keep], label[keep], source[keep])
-
-
-def test_paired_difference_mean_and_t_interval():
-    d = paired_difference([0.80, 0.82, 0.90], [0.70, 0.74, 0.78])
-    assert d.diff == pytest.approx(0.10)
-    assert d.mean_a == pytest.approx(0.84) and d.mean_b == pytest.approx(0.74)
-    # differences 0.10, 0.08, 0.12: sd 0.02, t(0.975, 2) = 4.303
-    half = 4.302653 * 0.02 / np.sqrt(3)
-    assert (d.ci_low, d.ci_high) == pytest.approx((0.10 - half, 0.10 + half), abs=1e-6)
-    assert d.seeds == 3 and d.std_a == pytest.approx(np.std([0.80, 0.82, 0.90], ddof=1))
-    with pytest.raises(RadioCurationError, match="at least 2 seeds"):
-        paired_difference([0.8], [0.7])
 
 
 def _gaussian(size: int, x: float, y: float, sx: float, sy: float, peak: float) -> np.ndarray:
