@@ -22,18 +22,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from radio_curation.backbones.factory import run_backbone
 from radio_curation.curation.clusters import read_subsample
 from radio_curation.cutouts.reader import WindowReader
-from radio_curation.data.preprocess import Preprocess
-from radio_curation.errors import RadioCurationError, instantiate_user
+from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.enrichment import Enrichment, enrichment
 from radio_curation.evaluation.inputs import StoredFeatures, positions, window_labels, window_table
-from radio_curation.evaluation.paired import PairedDifference, paired_difference
 from radio_curation.evaluation.radio_stats import radio_statistics
+from radio_curation.evaluation.seeds import (
+    PairedDifference,
+    paired_difference,
+    seed_spread,
+)
 from radio_curation.evaluation.truth_probe import grouped_knn_balanced_accuracy
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import curate as curate_task
@@ -156,15 +157,11 @@ class BootstrapLoop:
         )["run_id"]
 
     def embed(self, windows: np.ndarray, model: str | None, batch: int = 512) -> np.ndarray:
-        """Features of raw ``windows`` from train run ``model``'s backbone, or random weights (None, seed 0).
-
-        The preprocessing is the features stage's (``normalization``, ``resize`` of the loop's config).
-        """
-        cfg = self.cfg("extract", "stage=features")
-        torch.manual_seed(0)
-        extractor = instantiate(cfg.backbone) if model is None else run_backbone(model, cfg.paths.runs_dir)
-        extractor.eval()
-        preprocess = Preprocess(instantiate_user(cfg.normalization), extractor.in_chans, cfg.resize)
+        """Features of raw ``windows`` as the features stage computes them: with train run ``model``'s
+        backbone, or (None) the loop's backbone with random weights drawn from ``seed``."""
+        run = [] if model is None else ["backbone=run", f"backbone.model_id={model}"]
+        cfg = self.cfg("extract", "stage=features", *run)
+        extractor, preprocess = features_task._models(cfg, np.array([windows.shape[-1]]))
         x = torch.from_numpy(np.asarray(windows, dtype=np.float32))
         with torch.no_grad():
             return torch.cat(
@@ -247,9 +244,11 @@ def result_lines(measurement: Measurement) -> list[str]:
         f"ratio={e.ratio:.3f} empty_ratio={e.empty_ratio:.3f}",
     ]
     for probe, d in measurement.pretraining.items():
+        scores = measurement.per_seed[probe]
+        curated, random = seed_spread(scores["curated"]), seed_spread(scores["random"])
         lines.append(
-            f"RESULT pretraining curated={d.mean_a:.4f} random={d.mean_b:.4f} diff={d.diff:+.4f} "
-            f"ci_low={d.ci_low:+.4f} ci_high={d.ci_high:+.4f} seeds={d.seeds} probe={probe}"
+            f"RESULT pretraining curated={curated.mean:.4f} random={random.mean:.4f} diff={d.mean:+.4f} "
+            f"ci_low={d.low:+.4f} ci_high={d.high:+.4f} seeds={d.n} probe={probe}"
         )
     return lines
 

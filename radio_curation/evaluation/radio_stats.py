@@ -19,7 +19,7 @@ STATISTICS = (
     "log_area_5sigma",
     "log_major",
     "axis_ratio",
-    "islands_3sigma",
+    "islands",
     "log_largest_island",
     "central_fraction",
     "centroid_offset",
@@ -55,8 +55,12 @@ def _window_statistics(x: np.ndarray) -> list[float]:
     else:
         cy = cx = 0.0
         major, axis_ratio = 0.0, 1.0
-    labels, n_islands = ndimage.label(above3)
-    largest = int(np.bincount(labels.ravel())[1:].max()) if n_islands else 0
+    # PyBDSF-like islands: connected pixels above 3 sigma that hold a peak above 5 sigma.
+    labels, n = ndimage.label(above3)
+    peaks = ndimage.maximum(snr, labels, np.arange(1, n + 1)) if n else np.zeros(0)
+    real = np.flatnonzero(np.asarray(peaks) > 5.0) + 1
+    n_islands = len(real)
+    largest = int(np.bincount(labels.ravel())[real].max()) if n_islands else 0
     quarter = size // 4
     central = float(flux[quarter:-quarter, quarter:-quarter].sum() / total) if total > 0 else 0.0
     centred = snr.ravel()

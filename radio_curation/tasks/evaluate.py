@@ -31,6 +31,7 @@ from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation import plots
 from radio_curation.evaluation.curation_report import curation_figures, top_level_exemplars
 from radio_curation.evaluation.embed import dihedral, embed_images, resolve_device
+from radio_curation.evaluation.enrichment import enrichment, rare_classes
 from radio_curation.evaluation.html import Section, Table, render_html
 from radio_curation.evaluation.inputs import (
     RowView,
@@ -538,7 +539,15 @@ def _curation_report(run: Run) -> None:
         )
     grid_pages = _exemplar_pages(out, pool_all, pool_ids, paths, sets, exemplars, int(ev.clusters_per_page))
     metrics = figures.metrics()
-    sections = _report_sections(figures, n_levels, coverage_plot, share_plot, grid_pages, info)
+    enriched = None
+    if labels is not None:
+        # Each set's rare-class (< 1 % of the pool each) and empty-window shares against the random subsample's.
+        empty = str(ev.catalogue.empty_label)
+        rare = rare_classes(labels, exclude=(empty,))
+        enriched = {name: enrichment(labels, rows, random_rows, rare, empty) for name, rows in sets.items()}
+        metrics.update(enriched["subsample"].metrics("curation/enrichment"))
+        info["rare_classes"] = rare
+    sections = _report_sections(figures, n_levels, coverage_plot, share_plot, grid_pages, info, enriched)
     page = render_html(
         f"Curation report: {sample_run.run_id}",
         sections,
@@ -585,8 +594,19 @@ def _exemplar_pages(
     return pages
 
 
-def _report_sections(figures, n_levels, coverage_plot, share_plot, grid_pages, info) -> list[Section]:
+def _report_sections(
+    figures, n_levels, coverage_plot, share_plot, grid_pages, info, enriched=None
+) -> list[Section]:
     names = list(figures.sizes)
+    rare_rows = []
+    if enriched is not None:
+        rare = ", ".join(info.get("rare_classes") or []) or "none"
+        rare_rows = [
+            [f"rare classes ({rare}; < 1 % of the pool each)", *[enriched[n].rare_subsample for n in names]],
+            ["rare-class share / the random subsample's", *[enriched[n].ratio for n in names]],
+            ["empty windows", *[enriched[n].empty_subsample for n in names]],
+            ["empty share / the random subsample's", *[enriched[n].empty_ratio for n in names]],
+        ]
     summary = Table(
         "the subsample vs the whole pool vs a random subsample of the same size",
         ["figure", *names],
@@ -602,6 +622,7 @@ def _report_sections(figures, n_levels, coverage_plot, share_plot, grid_pages, i
                 *[figures.redundancy[n]["nn_similarity_mean"] for n in names],
             ],
             ["near-duplicate rate", *[figures.redundancy[n]["near_duplicate_rate"] for n in names]],
+            *rare_rows,
         ],
     )
     sections = [Section("Summary", tables=[summary]), Section("Cluster coverage", images=[coverage_plot])]

@@ -191,7 +191,19 @@ def test_curation_report_matches_the_clustering(pipeline):
         assert m[f"curation/pool/coverage_level_{level + 1}"] == 1.0
     shares = {k: v for k, v in m.items() if k.startswith("curation/subsample/share/")}
     assert shares and sum(shares.values()) == pytest.approx(1.0)  # labelled by the synthetic truth catalogue
+    # Enrichment: the subsample's rare-class and empty shares over the random subsample's, from the same shares.
+    rare = metrics["info"]["rare_classes"]
+    pool = {k.rsplit("/", 1)[1]: v for k, v in m.items() if k.startswith("curation/pool/share/")}
+    assert rare == sorted(c for c, v in pool.items() if v < 0.01 and c != "empty")
+    in_sub = sum(m[f"curation/subsample/share/{c}"] for c in rare)
+    in_random = sum(m[f"curation/random/share/{c}"] for c in rare)
+    assert m["curation/enrichment/rare_subsample"] == pytest.approx(in_sub)
+    assert m["curation/enrichment/rare_random"] == pytest.approx(in_random)
+    assert m["curation/enrichment/empty_ratio"] == pytest.approx(
+        m["curation/subsample/share/empty"] / m["curation/random/share/empty"]
+    )
     page = (run_dir / "report.html").read_text()
+    assert "rare-class share / the random subsample" in page
     assert page.count("data:image/png;base64,") >= 3 and "<table>" in page
     assert (run_dir / "exemplars_001.png").is_file() and (run_dir / "coverage.png").is_file()
 

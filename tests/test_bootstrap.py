@@ -1,0 +1,104 @@
+"""experiment=bootstrap: the loop makes its own features, chains its runs by ID and reuses them on a rerun."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from radio_curation.bootstrap import BootstrapLoop
+from radio_curation.errors import RadioCurationError
+from radio_curation.runs.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "experiment=bootstrap",
+    "survey.mosaics=2",
+    "survey.size=256",
+    "cutouts.window_size=32",
+    "bootstrap.pretrain_subset=48",
+    "bootstrap.seeds=[0,1]",
+    "target_size=24",
+    "clustering.n_clusters=[8,4,2]",
+    "clustering.sample_size=[2,1,1]",
+    "augmentation.global_size=16",
+    "resize=24",
+    "data.batch_size=16",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "ssl.warmup_epochs=0",
+]
+
+
+@pytest.mark.slow
+def test_bootstrap_loop_chains_its_runs_by_id_and_a_rerun_reuses_them(compose, runs_dir):
+    loop = BootstrapLoop(compose, TINY)
+    runs = loop.run()
+    store = RunStore(runs_dir)
+    parents = {r.run_id: r.parents for r in store.runs()}
+    # The bootstrap model trains on the merge run's windows; the pool's features come from that model.
+    assert parents[runs.bootstrap_model] == [runs.merge]
+    assert set(parents[runs.features]) == {runs.merge, runs.bootstrap_model}
+    assert parents[runs.clusters] == [runs.features]
+    assert parents[runs.curated] == parents[runs.random] == [runs.clusters]
+    assert store.resolve(runs.bootstrap_model).manifest["counts"]["images"] == 48
+    for subsample, models in ((runs.curated, runs.curated_models), (runs.random, runs.random_models)):
+        assert sorted(models) == [0, 1] and len(set(models.values())) == 2
+        for model in models.values():
+            assert parents[model] == [subsample]
+            assert store.resolve(model).manifest["counts"]["images"] == 24
+    before = {r.run_id: r.manifest["attempts"] for r in store.runs()}
+
+    again = BootstrapLoop(compose, TINY).run()
+    assert again == runs
+    assert {r.run_id: r.manifest["attempts"] for r in store.runs()} == before  # nothing recomputed
+
+
+def test_the_loop_needs_its_settings(compose):
+    with pytest.raises(RadioCurationError, match="experiment=bootstrap"):
+        BootstrapLoop(compose, ["experiment=demo"])
+    with pytest.raises(RadioCurationError, match="at least 2 seeds"):
+        BootstrapLoop(compose, ["experiment=bootstrap", "bootstrap.seeds=[0]"])
+
+
+@pytest.mark.slow
+def test_bench_science_quick_prints_the_three_result_lines(tmp_path, shared_data):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/bench_science.py",
+            "--quick",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--mirabest",
+            str(shared_data / "mirabest"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = [line.split() for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    kinds = [(words[1], dict(w.split("=", 1) for w in words[2:])) for words in lines]
+    features = [v for k, v in kinds if k == "features"]
+    enrichment = [v for k, v in kinds if k == "enrichment"]
+    pretraining = {v["probe"]: v for k, v in kinds if k == "pretraining"}
+    assert len(features) == 1 and set(features[0]) == {"knn_ssl", "knn_random_init", "knn_stats"}
+    assert all(0.0 <= float(v) <= 1.0 for v in features[0].values())
+    assert len(enrichment) == 1 and set(enrichment[0]) == {
+        "rare_subsample",
+        "rare_random",
+        "ratio",
+        "empty_ratio",
+    }
+    assert set(pretraining) == {"synthetic", "mirabest_confident"}
+    for row in pretraining.values():
+        assert row["seeds"] == "3"
+        assert float(row["ci_low"]) <= float(row["diff"]) <= float(row["ci_high"])
+        assert float(row["diff"]) == pytest.approx(float(row["curated"]) - float(row["random"]), abs=2e-4)
