@@ -140,6 +140,7 @@ def test_duplicate_cutouts_ids_are_merged_once_with_a_warning(tmp_path):
     assert merged == twice.stdout.strip().splitlines()[-1]
     manifest = yaml.safe_load((store / "merge" / merged.split("=")[1] / "manifest.yaml").read_text())
     assert manifest["parents"] == [cutouts]
+    assert len(list(store.glob("merge/*"))) == 1
 
 
 @pytest.mark.parametrize(
