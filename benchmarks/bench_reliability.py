@@ -15,6 +15,7 @@ Usage::
 
     python benchmarks/bench_reliability.py              # work dir in a temporary directory
     python benchmarks/bench_reliability.py --keep DIR   # keep the stores in DIR for a look afterwards
+    python benchmarks/bench_reliability.py --quick      # a sixth of the bad inputs, 3 kill points
 
 Prints ``RESULT reliability tried=<n> clear_exit2=<n> left_dirs=<n> tracebacks=<n> changed_finished=<n>
 kill_trials=<n> kill_identical=<n>`` (and one ``FAIL`` line per input or trial that missed its target).
@@ -512,6 +513,7 @@ def main() -> None:
     )
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
     parser.add_argument("--no-kill", action="store_true", help="bad inputs only")
+    parser.add_argument("--quick", action="store_true", help="every 6th bad input and 3 kill points")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_reliability_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -527,6 +529,9 @@ def main() -> None:
         inputs = bad_inputs(
             base, pipeline, files, damaged_stores(base, pipeline, work), read_only(work, base.data)
         )
+        points = KILL_POINTS
+        if args.quick:
+            inputs, points = inputs[::6], [KILL_POINTS[i] for i in (3, 6, 9)]
         counts = dict.fromkeys(["tried", "clear_exit2", "left_dirs", "tracebacks"], 0)
         for name, store, command in inputs:
             existing = store.dirs()
@@ -544,7 +549,7 @@ def main() -> None:
                 )
         trials = identical = 0
         if not args.no_kill:
-            for number, point in enumerate(KILL_POINTS):
+            for number, point in enumerate(points):
                 killed, same, note = kill_trial(base, pipeline, work, number, point)
                 trials += killed
                 identical += killed and same
