@@ -422,8 +422,10 @@ def bad_inputs(base: Store, p: Pipeline, files: dict[str, Path], damaged: dict[s
 
 
 def clear(done: subprocess.CompletedProcess) -> bool:
+    """Exit 2 and one ``error:`` line, last on stderr (libraries' own info lines may come before it)."""
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    return done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+    errors = [line for line in lines if line.startswith("error: ")]
+    return done.returncode == 2 and len(errors) == 1 and lines[-1] == errors[0]
 
 
 # Kill trials: (parents to copy, command key, file pattern that marks the kill point, delay s).
