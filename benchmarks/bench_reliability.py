@@ -37,13 +37,15 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import timm
 import torch
 import yaml
 from astropy.io import fits
 
 ROOT = Path(__file__).resolve().parents[1]
 SKY = ["experiment=demo", "survey.mosaics=2", "survey.size=384", "cutouts.window_size=64"]
-FEATURES = ["experiment=demo", "resize=32", "batch_size=4", "num_workers=0"]
+# The demo backbone with fixed weights, saved once: an unseeded random network would differ per process.
+FEATURES = ["experiment=demo", "resize=32", "batch_size=4", "num_workers=0", "backbone.checkpoint=WEIGHTS"]
 CURATE = [
     "experiment=demo",
     "clustering.n_clusters=[16,4]",
@@ -101,6 +103,14 @@ class Pipeline:
     sample: str
     train: str
     commands: dict[str, list[str]] = field(default_factory=dict)
+
+
+def fixed_weights(path: Path) -> None:
+    """Save the demo backbone (timm resnet10t, one channel) with weights drawn once, and point at them."""
+    torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(timm.create_model("resnet10t", pretrained=False, in_chans=1).state_dict(), path)
+    FEATURES[-1] = f"backbone.checkpoint={path}"
 
 
 def build_baseline(store: Store) -> Pipeline:
@@ -521,6 +531,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         base = Store(work / "base", work / "data")
+        fixed_weights(work / "files" / "resnet10t.pth")
         started = time.perf_counter()
         pipeline = build_baseline(base)
         print(

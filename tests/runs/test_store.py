@@ -131,7 +131,10 @@ while True:
 def test_manifest_is_never_half_written(tmp_path):
     for attempt in range(5):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)])
-        time.sleep(1.0 + 0.13 * attempt)
+        deadline = time.time() + 60
+        while not (tmp_path / "manifest.yaml").exists() and time.time() < deadline:
+            time.sleep(0.05)  # the writer has started writing (imports are slow on a loaded machine)
+        time.sleep(0.2 + 0.13 * attempt)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         manifest = yaml.safe_load((tmp_path / "manifest.yaml").read_text())
