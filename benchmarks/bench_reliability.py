@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -525,6 +526,8 @@ def main() -> None:
     )
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
     parser.add_argument("--no-kill", action="store_true", help="bad inputs only")
+    parser.add_argument("--no-inputs", action="store_true", help="kill trials only")
+    parser.add_argument("--jobs", type=int, default=1, help="bad inputs run this many at a time")
     parser.add_argument("--quick", action="store_true", help="every 6th bad input and 3 kill points")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_reliability_"))
@@ -546,20 +549,26 @@ def main() -> None:
         if args.quick:
             inputs, points = inputs[::6], [KILL_POINTS[i] for i in (3, 6, 9)]
         counts = dict.fromkeys(["tried", "clear_exit2", "left_dirs", "tracebacks"], 0)
-        for name, store, command in inputs:
-            existing = store.dirs()
-            done = store.run(*command)
-            left = store.dirs() - existing
-            counts["tried"] += 1
-            counts["clear_exit2"] += clear(done)
+        stores = {id(store): store for _, store, _ in inputs}
+        existing = {key: store.dirs() for key, store in stores.items()}
+
+        def attempt(case: tuple[str, Store, list[str]]) -> tuple[str, subprocess.CompletedProcess]:
+            return case[0], case[1].run(*case[2])
+
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for name, done in pool.map(attempt, [] if args.no_inputs else inputs):
+                counts["tried"] += 1
+                counts["clear_exit2"] += clear(done)
+                counts["tracebacks"] += "Traceback" in done.stderr + done.stdout
+                if not clear(done):
+                    last = (done.stderr.strip().splitlines() or [""])[-1][:300]
+                    print(f"FAIL bad input '{name}': exit {done.returncode}: {last}", flush=True)
+        # Counted at the end: commands running side by side see each other's runs while they work.
+        for key, store in stores.items():
+            left = store.dirs() - existing[key]
             counts["left_dirs"] += len(left)
-            counts["tracebacks"] += "Traceback" in done.stderr + done.stdout
-            if not clear(done) or left:
-                last = (done.stderr.strip().splitlines() or [""])[-1][:300]
-                print(
-                    f"FAIL bad input '{name}': exit {done.returncode}, left {sorted(p.name for p in left)}: {last}",
-                    flush=True,
-                )
+            for path in sorted(left):
+                print(f"FAIL left behind: {path}", flush=True)
         trials = identical = 0
         if not args.no_kill:
             for number, point in enumerate(points):
