@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -54,3 +55,13 @@ class KeepModel(pl.Callback):
 
     def on_train_end(self, trainer, pl_module):
         KEPT[self.key] = pl_module
+
+
+class SlowSteps(pl.Callback):
+    """Sleep ``seconds`` after every step: a long training in wall time that uses no CPU (time limits)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        time.sleep(self.seconds)
