@@ -181,7 +181,7 @@ def test_features_job_requeued_after_its_first_block_finishes_as_an_uninterrupte
     torch.save(timm.create_model("resnet18", num_classes=0, in_chans=1).state_dict(), weights)
     overrides = [
         "stage=features", f"source_id={merge_id}", "backbone=timm", "backbone.name=resnet18",
-        f"backbone.checkpoint={weights}", "resize=64", "batch_size=4", "num_workers=0", "accelerator=cpu",
+        f"backbone.checkpoint={weights}", "resize=96", "batch_size=4", "num_workers=0", "accelerator=cpu",
     ]  # fmt: skip
     reference = features_task.run(compose("extract", overrides))
     run_dir = runs_dir / "features" / f"{reference['run_id']}-2"
@@ -251,12 +251,12 @@ def test_a_job_reaching_its_time_limit_is_requeued_by_submitit_and_resumes(
 ):
     # A two-minute limit; SLURM signals the job (USR2) 60 s before it, submitit requeues the job and exits.
     # SLURM checks limits every ~30 s, so with a one-minute limit the signal could come while the job is
-    # still importing torch, before submitit handles it. Steps sleep 0.5 s: 144 steps outlast one
+    # still importing torch, before submitit handles it. Steps sleep 0.5 s: 108 steps outlast one
     # attempt on any machine, and a loaded one still gets through in a few attempts.
     limit = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=60"]
     slow = ["+callbacks.slow._target_=tests.ssl.callbacks.SlowSteps", "+callbacks.slow.seconds=0.5"]
     overrides = _train_overrides(
-        merge_id, "trainer.max_epochs=4", "callbacks.checkpoint.every_n_train_steps=10", *slow
+        merge_id, "trainer.max_epochs=3", "callbacks.checkpoint.every_n_train_steps=10", *slow
     )
     log = tmp_path / "launcher.log"
     command = _sweep("train.py", [*overrides, *limit], site, runs_dir, data_dir)
@@ -275,7 +275,7 @@ def test_a_job_reaching_its_time_limit_is_requeued_by_submitit_and_resumes(
     manifest = yaml.safe_load((run_dir / "manifest.yaml").read_text())
     assert manifest["status"] == "complete" and manifest["attempts"] >= 2
     assert manifest["info"]["resumed_from_step"] >= 10
-    assert manifest["counts"]["steps"] == 4 * _steps_per_epoch(runs_dir, merge_id)
+    assert manifest["counts"]["steps"] == 3 * _steps_per_epoch(runs_dir, merge_id)
     job_log = "".join(p.read_text() for p in (runs_dir / "_sweeps").rglob("*_log.err"))
     assert re.search(r"Caught signal SIGUSR2 .*: this job is timed-out", job_log), job_log[-3000:]
 
