@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -70,3 +71,13 @@ class TimeOutOnce(pl.Callback):
         if trainer.global_step >= self.step and not self.marker.exists():
             self.marker.write_text(str(trainer.global_step))
             os.kill(os.getpid(), signal.SIGUSR2)
+
+
+class SlowSteps(pl.Callback):
+    """Sleep ``seconds`` after every step: a long training in wall time that uses no CPU (time limits)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        time.sleep(self.seconds)
