@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from radio_curation.errors import exit_on_user_error
+from radio_curation.errors import exit_on_user_error, run_main
 from radio_curation.tasks import train as task
 
 
@@ -14,4 +14,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -3,16 +3,26 @@
 On a synthetic sky cut into windows (cutouts + merge stages, in a temporary run store), in one run:
 
 (a) loader: our DataLoader (one ``WindowReader.read`` gather per batch) + the batched ``Preprocess``
-    (normalisation, resize) against the old way: one ``.npy`` file per window, ``np.load`` per sample,
-    per-sample torchvision transforms (the same normalisation module applied to one image, then
-    ``T.Resize``), default collate. Same windows, batch size, workers, normalisation and resize; one
-    warm-up pass each, then ``--repeats`` timed passes taken in turn; the best of each counts (a shared
-    machine's load only ever slows a pass down). Rates in windows/s.
+    (normalisation, resize of one channel, a 3-channel view) against the same work done the old way:
+    one ``.npy`` file per window, ``np.load`` per sample, per-sample torchvision transforms (the same
+    normalisation module, then ``T.Resize`` with the same kernel), default collate, the same 3-channel
+    view; its first batch is checked equal to ours. Same windows, batch size and workers. The ratio is
+    what batching gains. A decomposition line also times the old kernel (torchvision's antialiased
+    resize) and the old 3 copied channels, to show how far the old pipeline as it was lies behind.
+    One warm-up pass each, then ``--repeats`` timed passes taken in turn; the best of each counts (a
+    shared machine's load only ever slows a pass down). Rates in windows/s.
 (b) extraction: the features stage end to end (``extract.py stage=features``: Lightning predict, device
     preprocessing, block shards, final ``features.h5``; its ``windows_per_s``) against the same backbone's
     forward alone on inputs already on the device, same batch size, precision and channels-last; both
     ``--repeats`` times in turn (new forced runs), the best of each. On a CPU the model gets every core not
     taken by loader processes, in both measurements.
+
+(c) data path: the rate at which the features stage's data path delivers model-ready batches (cut from the
+    resident mosaics, normalised, resized; on the device with ``--device cuda``, else by ``gather_on=workers``
+    loader processes into shared memory) with no model, against a plain one-core ``memcpy`` of the same
+    bytes (one float32 channel of ``--resize``² per window) in the same run, for 1 … cores loader workers;
+    and the same for the data path before resident mosaics (``WindowReader.read`` per batch in the
+    workers, normalisation and resizing in the main process).
 
 Usage::
 
@@ -20,14 +30,17 @@ Usage::
     python benchmarks/bench_features.py --device cuda --backbone resnet18 --overlap 0.875 --windows 40000
     python benchmarks/bench_features.py --device cuda --backbone vit_small_dinov2 --overlap 0.875 --windows 20000
 
-Prints ``RESULT loader ours=<r> naive=<r> ratio=<x>`` and
-``RESULT extraction pipeline=<r> model_only=<r> ratio=<x>``.
+Prints ``RESULT loader ours=<r> naive=<r> ratio=<x>`` (with the decomposition line after it),
+``RESULT extraction pipeline=<r> model_only=<r> ratio=<x>``,
+``RESULT datapath windows_per_s=<r> gb_per_s=<r> memcpy_gb_per_s=<r> fraction=<f> workers=<n>`` (one per
+worker count, then the stage's default count again) and ``RESULT datapath_before ...`` likewise.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -41,8 +54,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from radio_curation.backbones import build_backbone, instantiate_user
 from radio_curation.cutouts.reader import WindowReader
+from radio_curation.cutouts.resident import ResidentMosaics
 from radio_curation.data.preprocess import Preprocess
-from radio_curation.features.extraction import WindowBatches, cpu_threads
+from radio_curation.features.extraction import LOADER_PREFETCH, WindowBatches, cpu_threads
 from radio_curation.features.io import Plan
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import cutouts as cutouts_task
@@ -93,36 +107,61 @@ def timed_pass(loader: DataLoader, step) -> tuple[float, int]:
     return time.perf_counter() - start, n
 
 
+def per_sample_transform(norm, resize: int, channels: int, antialias: bool) -> T.Compose:
+    """The old per-sample transforms; ``channels=3`` copies the window before normalising and resizing."""
+    steps = [T.ToTensor()]
+    if channels == 3:
+        steps.append(T.Lambda(lambda t: t.repeat(3, 1, 1)))
+    steps += [T.Lambda(lambda t: norm(t[None])[0]), T.Resize(resize, antialias=antialias)]
+    return T.Compose(steps)
+
+
 def loader_benchmark(
     args: argparse.Namespace, merged: Path, cfg: DictConfig, workdir: Path
-) -> tuple[float, float]:
+) -> dict[str, float]:
+    """Windows/s of our loader and of the per-file, per-sample loader doing the same and the old work.
+
+    ``naive`` does what ours does (one channel normalised and resized with the same kernel, then a
+    3-channel view of it), one ``.npy`` file and one transform per sample: the ratio is what batching
+    alone gains. ``naive_aa`` adds the old kernel (torchvision's antialiased resize, also on upsampling),
+    ``old`` the old 3 copied channels as well: the old pipeline as it was.
+    """
     reader = WindowReader(merged)
     n = min(len(reader.cutout_ids), args.loader_windows)
     plan = Plan(n, n, "bench")
     ours_ds = WindowBatches(reader, plan, [0], reader.table()["size"], args.batch_size)
     norm = instantiate_user(cfg.normalization)
     preprocess = Preprocess(norm, 3, args.resize)
+    # Preprocess antialiases only when it shrinks (the result of an upsampling is the same either way).
+    ours_antialias = args.resize < args.window
     workers = {"num_workers": args.num_workers, "prefetch_factor": 4 if args.num_workers else None}
     ours = DataLoader(ours_ds, batch_size=None, **workers)
 
     files = write_npy(reader, workdir / "npy")[:n]
-    per_sample = T.Compose(
-        [
-            T.ToTensor(),
-            T.Lambda(lambda t: t.repeat(3, 1, 1)),
-            T.Lambda(lambda t: norm(t[None])[0]),
-            T.Resize(args.resize),
-        ]
-    )
-    naive = DataLoader(NpyWindows(files, per_sample), batch_size=args.batch_size, shuffle=False, **workers)
+
+    def naive_loader(channels: int, antialias: bool) -> DataLoader:
+        transform = per_sample_transform(norm, args.resize, channels, antialias)
+        return DataLoader(NpyWindows(files, transform), batch_size=args.batch_size, shuffle=False, **workers)
 
     def ours_step(batch):
         return preprocess(batch["pixels"])
 
-    def naive_step(batch):
+    def as_three_channels(batch):
+        return batch.expand(-1, 3, -1, -1)
+
+    def as_is(batch):
         return batch
 
-    passes = {"ours": (ours, ours_step), "naive": (naive, naive_step)}
+    passes = {
+        "ours": (ours, ours_step),
+        "naive": (naive_loader(1, ours_antialias), as_three_channels),
+        "naive_aa": (naive_loader(1, True), as_three_channels),
+        "old": (naive_loader(3, True), as_is),
+    }
+    # Same work, same output: the first batch of the per-sample loader equals ours.
+    first_ours = ours_step(next(iter(ours)))
+    first_naive = as_three_channels(next(iter(passes["naive"][0])))
+    torch.testing.assert_close(first_naive, first_ours, rtol=1e-5, atol=1e-5)
     for loader, step in passes.values():
         timed_pass(loader, step)
     rates = {name: 0.0 for name in passes}
@@ -131,7 +170,133 @@ def loader_benchmark(
             seconds, count = timed_pass(loader, step)
             assert count == n, (name, count, n)
             rates[name] = max(rates[name], count / seconds)
-    return rates["ours"], rates["naive"]
+    return rates
+
+
+class ReaderBatches(Dataset):
+    """The data path before resident mosaics: one ``WindowReader.read`` per batch in the loader workers."""
+
+    def __init__(self, reader: WindowReader, items: list[tuple[int, np.ndarray]]) -> None:
+        self.reader = reader
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(self.reader.read(self.items[index][1]))
+
+
+def memcpy_rate(nbytes: int, repeats: int) -> float:
+    """Bytes/s of a plain one-core copy of ``nbytes`` (best of ``repeats``)."""
+    source = np.ones(nbytes // 4, np.float32)
+    target = np.empty_like(source)
+    np.copyto(target, source)
+    best = math.inf
+    for _ in range(max(3, repeats)):
+        start = time.perf_counter()
+        np.copyto(target, source)
+        best = min(best, time.perf_counter() - start)
+    return nbytes / best
+
+
+def as_is(item: dict) -> dict:
+    """DataLoader conversion that leaves items as the dataset made them (as the features stage does)."""
+    return item
+
+
+def loader_settings(workers: int, prefetch: int) -> dict:
+    """Loader processes kept across passes: the figures are the steady state, mosaics already loaded."""
+    if workers == 0:
+        return {"num_workers": 0}
+    return {"num_workers": workers, "prefetch_factor": prefetch, "persistent_workers": True}
+
+
+def deliver_on_device(positions: WindowBatches, mosaics: ResidentMosaics, preprocess: Preprocess) -> int:
+    """``gather_on=device``: windows cut from the device-resident mosaics and preprocessed there."""
+    count = 0
+    for item in positions:
+        pixels = mosaics.gather(item["mosaic"], item["y0"], item["x0"], item["size"])
+        count += len(preprocess(pixels))
+    torch.cuda.synchronize()
+    return count
+
+
+def deliver_from_workers(loader: DataLoader) -> int:
+    """``gather_on=workers``: model-ready batches made by the loader processes."""
+    return sum(len(item["inputs"]) for item in loader)
+
+
+def deliver_before(loader: DataLoader, preprocess: Preprocess, device: torch.device) -> int:
+    """Before: raw windows from ``WindowReader.read`` in the workers, preprocessed in the main process."""
+    count = 0
+    for pixels in loader:
+        count += len(preprocess(pixels.to(device, non_blocking=True)))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return count
+
+
+def datapath_benchmark(args: argparse.Namespace, merged: Path, cfg: DictConfig) -> None:
+    """Model-ready batches per second with no model, ours and before, against memcpy of the same bytes."""
+    reader = WindowReader(merged)
+    n = min(len(reader.cutout_ids), args.datapath_windows)
+    plan = Plan(n, n, "bench")
+    sizes = reader.table()["size"]
+    device = torch.device(args.device)
+    preprocess = Preprocess(instantiate_user(cfg.normalization), 3, args.resize).to(device)
+    window_bytes = args.resize * args.resize * 4
+    memcpy = memcpy_rate(args.batch_size * window_bytes, args.repeats)
+    # The worker counts asked for, then the features stage's default (configs/extract.yaml) again.
+    counts = [*args.datapath_workers, int(config([]).num_workers)]
+
+    def best_rate(deliver, *inputs) -> float:
+        deliver(*inputs)  # warm-up: workers started, mosaics loaded, first batches made
+        best = 0.0
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            count = deliver(*inputs)
+            assert count == n, (count, n)
+            best = max(best, count / (time.perf_counter() - start))
+        return best
+
+    def report(name: str, rate: float, workers: int) -> None:
+        gb = rate * window_bytes / 1e9
+        print(
+            f"RESULT {name} windows_per_s={rate:.1f} gb_per_s={gb:.3f} memcpy_gb_per_s={memcpy / 1e9:.3f} "
+            f"fraction={rate * window_bytes / memcpy:.3f} workers={workers}",
+            flush=True,
+        )
+
+    positions = WindowBatches(reader, plan, [0], sizes, args.batch_size, gather=False)
+    ready = WindowBatches(reader, plan, [0], sizes, args.batch_size, preprocess=preprocess.cpu())
+    for workers in counts:
+        if device.type == "cuda":
+            mosaics = ResidentMosaics(
+                reader.mosaic_paths, reader.nan_fill, device, positions.mosaic_order(), ahead=workers
+            )
+            rate = best_rate(deliver_on_device, positions, mosaics, preprocess.to(device))
+            mosaics.close()
+        else:
+            loader = DataLoader(
+                ready, batch_size=None, collate_fn=as_is, **loader_settings(workers, LOADER_PREFETCH)
+            )
+            rate = best_rate(deliver_from_workers, loader)
+        report("datapath", rate, workers)
+
+    preprocess.to(device)
+    threads = torch.get_num_threads()
+    for workers in counts:
+        before = DataLoader(
+            ReaderBatches(reader, positions.items),
+            batch_size=None,
+            pin_memory=device.type == "cuda",
+            **loader_settings(workers, 4),  # as the features stage had it
+        )
+        # As the features stage did on CPUs: compute threads = cores not taken by loader processes.
+        torch.set_num_threads(cpu_threads(workers) if device.type == "cpu" else threads)
+        report("datapath_before", best_rate(deliver_before, before, preprocess, device), workers)
+    torch.set_num_threads(threads)
 
 
 def model_only_rate(cfg: DictConfig, args: argparse.Namespace, n: int) -> float:
@@ -183,6 +348,17 @@ def main() -> None:
         "--backbone", default="resnet18", help="a backbone config (resnet18, vit_small_dinov2 ...)"
     )
     parser.add_argument("--windows", type=int, default=1024, help="windows in the extraction comparison")
+    parser.add_argument("--datapath-windows", type=int, default=4096, help="windows in the data path figures")
+    parser.add_argument(
+        "--datapath-workers",
+        type=int,
+        nargs="+",
+        default=list(range(1, len(os.sched_getaffinity(0)) + 1)),
+        help="loader worker counts of the data path figures (default: 1 … cores)",
+    )
+    parser.add_argument(
+        "--only-datapath", action="store_true", help="only the data path figures (c), not (a) and (b)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes of each; the best counts")
@@ -221,8 +397,21 @@ def main() -> None:
             f"sky: {args.mosaics} x {args.size}^2 px, {n_windows} windows of {args.window} px; device {args.device}"
         )
 
-        ours, naive = loader_benchmark(args, merged, cfg, work)
+        datapath_benchmark(args, merged, cfg)
+        if args.only_datapath:
+            return
+        if not args.device.startswith("cuda"):
+            torch.set_num_threads(cpu_threads(args.num_workers))
+        rates = loader_benchmark(args, merged, cfg, work)
+        ours, naive = rates["ours"], rates["naive"]
         print(f"RESULT loader ours={ours:.1f} naive={naive:.1f} ratio={ours / naive:.2f}", flush=True)
+        print(
+            f"loader decomposition (windows/s): old pipeline {rates['old']:.1f} "
+            f"-> one channel {rates['naive_aa']:.1f} (x{rates['naive_aa'] / rates['old']:.2f}) "
+            f"-> our resize kernel {naive:.1f} (x{naive / rates['naive_aa']:.2f}) "
+            f"-> batched {ours:.1f} (x{ours / naive:.2f}); old pipeline to ours x{ours / rates['old']:.2f}",
+            flush=True,
+        )
 
         model_only = pipeline = 0.0
         for repeat in range(args.repeats):

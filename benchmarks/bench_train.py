@@ -21,12 +21,18 @@ Usage::
 
 Prints ``RESULT train ours=<r> naive=<r> ratio=<x>`` (training images/s), and before it
 ``RESULT train_data ...``: the rate at which each data path alone delivers view pairs (no model), which is
-what decides training throughput once the model is fast (on a GPU).
+what decides training throughput once the model is fast (on a GPU), and
+``RESULT datapath windows_per_s=<r> gb_per_s=<r> memcpy_gb_per_s=<r> fraction=<f> workers=<n>``: our data
+path's view pairs per second (both views on the training device: the GPU, or the main process on CPUs)
+for 1 … cores loader workers and then the train stage's default count, against a plain one-core
+``memcpy`` of the same bytes (two float32 views of ``--window``² per window) in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import shutil
 import subprocess
 import tempfile
@@ -232,6 +238,34 @@ def data_rate(loader: DataLoader, augmentation: nn.Module, device: torch.device)
     return images / (time.perf_counter() - start)
 
 
+def memcpy_rate(nbytes: int) -> float:
+    """Bytes/s of a plain one-core copy of ``nbytes`` (best of five)."""
+    source = np.ones(nbytes // 4, np.float32)
+    target = np.empty_like(source)
+    best = math.inf
+    for _ in range(6):
+        start = time.perf_counter()
+        np.copyto(target, source)
+        best = min(best, time.perf_counter() - start)
+    return nbytes / best
+
+
+def datapath_figures(args: argparse.Namespace, data: TrainingWindows, augmentation: nn.Module) -> None:
+    """``RESULT datapath`` lines: view pairs/s of our data path for each worker count, against memcpy."""
+    pair_bytes = 2 * args.window * args.window * 4
+    memcpy = memcpy_rate(args.batch_size * pair_bytes)
+    device = torch.device(args.device)
+    for workers in [*args.datapath_workers, int(config("train", []).data.num_workers)]:
+        data.num_workers = workers
+        rate = max(data_rate(data.train_dataloader(), augmentation, device) for _ in range(args.repeats))
+        print(
+            f"RESULT datapath windows_per_s={rate:.1f} gb_per_s={rate * pair_bytes / 1e9:.3f} "
+            f"memcpy_gb_per_s={memcpy / 1e9:.3f} fraction={rate * pair_bytes / memcpy:.3f} workers={workers}",
+            flush=True,
+        )
+    data.num_workers = args.num_workers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -248,6 +282,16 @@ def main() -> None:
         "--repeats", type=int, default=2, help="interleaved repeats; the best of each is kept"
     )
     parser.add_argument("--cache", action="store_true", help="ours reads the HDF5 pixel cache")
+    parser.add_argument(
+        "--datapath-workers",
+        type=int,
+        nargs="+",
+        default=list(range(1, len(os.sched_getaffinity(0)) + 1)),
+        help="loader worker counts of the data path figures (default: 1 … cores)",
+    )
+    parser.add_argument(
+        "--only-datapath", action="store_true", help="only the data path figures, not the comparisons"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workdir", type=Path, default=None, help="run store and sky (default: a temp dir)")
     args = parser.parse_args()
@@ -280,8 +324,12 @@ def main() -> None:
             num_workers=args.num_workers,
             cache_path=work / "cache.h5" if args.cache else None,
             augmentation=ours_aug if on_cpu else None,  # as train.py's data.augment_on=auto
+            resident_gb=cfg.data.resident_gb,
         )
         ours_data.setup("fit")
+        datapath_figures(args, ours_data, ours_aug)
+        if args.only_datapath:
+            return
 
         files = write_npy(reader, ids, work / "npy")
         naive_data = DataLoader(

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import difflib
+import fcntl
+import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import (
+    ConfigCompositionException,
+    InstantiationException,
+    MissingConfigException,
+    OverrideParseException,
+)
 from hydra.utils import instantiate
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 #: Exit status of a run stopped by a user-facing error (bad input, bad config, wrong run ID).
 USER_ERROR_EXIT = 2
@@ -19,6 +28,11 @@ USER_ERROR_EXIT = 2
 
 class RadioCurationError(Exception):
     """A mistake the user can fix: the message says what is wrong and how to fix it."""
+
+
+class EmptyResultError(RadioCurationError):
+    """A stage would produce no rows; the message says why (the same command would again, so nothing is
+    kept of the run)."""
 
 
 class UserErrorExit(SystemExit):
@@ -57,15 +71,28 @@ def _remove_unstarted_run_dir() -> None:
     if not HydraConfig.initialized():
         return
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if run_dir.is_dir() and not (run_dir / "manifest.yaml").exists():
-        # Only Hydra's own log can be there: the run store writes a manifest before anything else.
-        shutil.rmtree(run_dir, ignore_errors=True)
+    if not run_dir.is_dir() or (run_dir / "manifest.yaml").exists():
+        return
+    # Only Hydra's own log can be there: the run store writes a manifest before anything else. Another
+    # process may have just claimed the directory (it holds the lock before it writes the manifest).
+    lock = run_dir / ".lock"
+    if lock.exists():
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        finally:
+            os.close(fd)
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """Turn a :class:`RadioCurationError` (also one Hydra wrapped while building an object) into one
     message on stderr and exit status 2."""
+    global _task_started
+    _task_started = True
     try:
         yield
     except (RadioCurationError, InstantiationException) as err:
@@ -75,3 +102,63 @@ def exit_on_user_error() -> Iterator[None]:
         _remove_unstarted_run_dir()
         print(f"error: {cause}", file=sys.stderr, flush=True)
         raise UserErrorExit(str(cause)) from None
+
+
+# Set once the task function runs: an OSError before that is Hydra failing to make the run directory.
+_task_started = False
+
+
+def _close_matches(word: str, options: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, options, n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(prefix + c for c in close)}?)" if close else ""
+
+
+def config_error_line(err: BaseException) -> str | None:
+    """One line for a mistake in the command line or config that Hydra reports, else None.
+
+    Unknown group options keep Hydra's list of the available ones; unknown keys get the closest keys.
+    """
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
+        group, _, option = str(err.missing_cfg_file).rpartition("/")
+        options = [str(o) for o in err.options or []]
+        if not group or not options:
+            return str(err).splitlines()[0]
+        return (
+            f"{group}={option} is not an option{_close_matches(option, options)}; available options for "
+            f"{group}: {', '.join(options)}"
+        )
+    cause = err.__cause__
+    if isinstance(err, ConfigCompositionException) and isinstance(
+        cause, ConfigKeyError | ConfigAttributeError
+    ):
+        key = str(getattr(cause, "full_key", None) or cause.key)
+        parent = getattr(cause, "parent_node", None)
+        prefix = key[: -len(str(cause.key))]
+        close = _close_matches(str(cause.key), [str(k) for k in parent], prefix) if parent is not None else ""
+        return f"unknown config key '{key}'{close}; to add a new key, prefix it with +: +{key}=..."
+    if isinstance(err, ConfigCompositionException | OverrideParseException | OmegaConfBaseException):
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        lines = [line for line in lines if not line.startswith(("full_key:", "object_type=", "See https"))]
+        return "; ".join(lines) or type(err).__name__
+    return None
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Call a ``@hydra.main`` entry point; Hydra's config errors and an unwritable run store become one
+    message on stderr and exit status 2, like every other user error."""
+    # Hydra then raises its errors here instead of printing them with a trimmed traceback and exit 1.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except Exception as err:
+        user = _user_cause(err)
+        line = str(user) if user is not None else config_error_line(err)
+        if line is None and isinstance(err, OSError) and not _task_started:
+            line = (
+                f"cannot create the run directory: {err.strerror}: {err.filename}; point paths.runs_dir "
+                "(or RC_RUNS_DIR) at a writable directory"
+            )
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        raise UserErrorExit(line) from None

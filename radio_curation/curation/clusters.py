@@ -3,7 +3,9 @@
 ``clusters.h5``: ``cutout_id`` [N]; per level ``level_<l>/`` (l = 1..L): ``centroids`` [k_l, D],
 ``assignment`` [n_l] (level 1: per point; level t: per level t-1 centroid), ``distance`` [n_l],
 ``sizes`` [k_l] (points under each cluster), ``objective``, ``resampling_objective``; attrs ``metric``,
-``distance`` (``squared_l2`` or ``cosine``), ``n_levels``.
+``distance`` (``squared_l2`` or ``cosine``), ``n_levels``; ``conditioning/`` (optional ``mean`` [D],
+``projection`` [D, d]; attr ``normalize``): the transform the features went through before clustering,
+so centroids and distances live in the conditioned space.
 
 ``subsample.h5``: ``cutout_id`` [M] int64 ascending, ``cluster_path`` [M, L] int64; attrs ``sampler``,
 ``target_size``.
@@ -12,24 +14,27 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from radio_curation.curation.conditioning import ConditioningFit
 from radio_curation.curation.kmeans import ClusterLevel
 from radio_curation.errors import RadioCurationError
 
 
 @dataclass
 class Hierarchy:
-    """A clustering: the points' cutout IDs and one :class:`ClusterLevel` per level (finest first)."""
+    """A clustering: the points' cutout IDs, one :class:`ClusterLevel` per level (finest first), and the
+    conditioning that maps the features into the space of the centroids."""
 
     cutout_id: np.ndarray
     levels: list[ClusterLevel]
     metric: str = "l2"
+    conditioning: ConditioningFit = field(default_factory=ConditioningFit)
 
     @property
     def n_levels(self) -> int:
@@ -63,6 +68,7 @@ class Hierarchy:
             f.attrs["metric"] = self.metric
             f.attrs["distance"] = "cosine" if self.metric == "cosine" else "squared_l2"
             f.attrs["n_levels"] = self.n_levels
+            self.conditioning.save(f.create_group("conditioning"))
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
 
@@ -73,7 +79,8 @@ class Hierarchy:
             with h5py.File(path, "r") as f:
                 n_levels = int(f.attrs["n_levels"])
                 levels = [ClusterLevel.load(f[f"level_{i}"]) for i in range(1, n_levels + 1)]
-                return cls(f["cutout_id"][()], levels, str(f.attrs["metric"]))
+                conditioning = ConditioningFit.load(f["conditioning"])
+                return cls(f["cutout_id"][()], levels, str(f.attrs["metric"]), conditioning)
         except (OSError, KeyError) as err:
             raise RadioCurationError(f"{path} is not a readable clusters.h5 ({err})") from err
 

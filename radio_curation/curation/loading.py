@@ -69,7 +69,7 @@ class LoadedFeatures:
     Attributes
     ----------
     x
-        ``[m, d]`` float32 (L2-normalised when asked).
+        ``[m, d]`` float32.
     cutout_id
         ``[m]`` int64, in file order.
     n_nonfinite
@@ -88,7 +88,6 @@ def load_features(
     source: FeatureSource,
     *,
     drop_nonfinite: bool = False,
-    normalize: bool = False,
     keep_ids: np.ndarray | None = None,
     chunk_rows: int = CHUNK_ROWS,
     label: str = "the features",
@@ -101,8 +100,6 @@ def load_features(
         A :class:`FeatureSource`.
     drop_nonfinite
         Drop rows holding NaN or Inf; otherwise such rows are an error (which counts them).
-    normalize
-        L2-normalise every row (cosine metric).
     keep_ids
         Only the rows whose cutout ID is in this sorted array (e.g. the points of a clustering).
     chunk_rows
@@ -137,10 +134,7 @@ def load_features(
             bad_ids.extend(ids[rows][bad][: 10 - len(bad_ids)].tolist())
             keep = keep & finite
         m = int(keep.sum())
-        target = x[write : write + m]
-        target[:] = chunk if m == len(chunk) else chunk[keep]
-        if normalize:
-            target /= np.maximum(np.linalg.norm(target, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+        x[write : write + m] = chunk if m == len(chunk) else chunk[keep]
         out_ids[write : write + m] = ids[rows][keep]
         write += m
     if n_bad and not drop_nonfinite:

@@ -107,6 +107,18 @@ class WindowReader:
         self._ensure()
         return self.fill
 
+    @property
+    def mosaic_paths(self) -> list[str]:
+        """Mosaic files, indexed by the ``mosaic`` code of :meth:`positions`."""
+        self._ensure()
+        return list(self._paths)
+
+    def positions(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """``mosaic`` (code into :attr:`mosaic_paths`), ``y0``, ``x0`` and ``size`` of the windows ``ids``."""
+        col = self._ensure()
+        rows = self.rows(ids)
+        return {key: col[key][rows] for key in ("mosaic", "y0", "x0", "size")}
+
     def table(self) -> dict[str, np.ndarray]:
         """Every column of the index, with ``mosaic`` as the mosaic name (str).
 

@@ -10,10 +10,18 @@ The order of operations for each view is::
     raw window [B, 1, S, S] (Jy/beam)
       -> random resized crop (scale range, ratio 1) + rotation by any angle + flip  -> [B, 1, s, s]
       -> Gaussian blur (random sigma)
-      -> additive Gaussian noise (a random fraction of the view's robust rms)
+      -> additive beam-correlated Gaussian noise (a random fraction of the view's robust rms)
       -> the normalisation group's module (per view, so per-cutout normalisations see the crop)
       -> contrast-only jitter around the view's mean
       -> 1 -> ``in_chans`` channels (identical channels: there is no colour, so no hue/saturation jitter)
+
+Two radio-specific rules keep the views free of artefacts a model could learn instead of morphology:
+
+- A rotated crop never reaches outside the window. With rotation on, crops are cut from the centred square
+  that stays inside the window at every angle (side S/√2), so no corner is filled by padding: reflection
+  padding would fill up to ~17 % of a view with mirrored sky and create symmetric fake sources.
+- Added noise is correlated over the beam, like the sky's own noise (white per-pixel noise would be a
+  texture no real window has, and trivially tells views apart).
 """
 
 from __future__ import annotations
@@ -39,13 +47,16 @@ class CropParams:
     Attributes
     ----------
     scale
-        Area of the crop as a fraction of the window's area.
+        Area of the crop as a fraction of the largest square the view may cover: the window itself, or with
+        rotation the centred square of side S/√2 that stays inside the window at every angle.
     angle
         Rotation in radians.
     flip
         ``-1`` for a mirrored view, ``+1`` otherwise.
     cx, cy
         Centre of the crop in normalised window coordinates (``[-1, 1]``).
+    side
+        Side of the crop as a fraction of the window's side (``√scale``, or ``√(scale / 2)`` with rotation).
     """
 
     scale: Tensor
@@ -53,6 +64,7 @@ class CropParams:
     flip: Tensor
     cx: Tensor
     cy: Tensor
+    side: Tensor
 
 
 def _check_range(name: str, values: Sequence[float], low: float, high: float) -> tuple[float, float]:
@@ -82,10 +94,12 @@ def sample_crop_params(
     n
         Number of images.
     scale
-        ``(min, max)`` crop area as a fraction of the window area; drawn uniformly in area, as
+        ``(min, max)`` crop area as a fraction of the largest allowed square (the window, or with ``rotate``
+        the centred square of side S/√2); drawn uniformly in area, as
         ``torchvision.transforms.RandomResizedCrop`` does.
     rotate
-        Rotate by an angle drawn uniformly in ``[0, 2π)``; otherwise 0.
+        Rotate by an angle drawn uniformly in ``[0, 2π)``; otherwise 0. The crop then spans at most
+        S/√2 of the window's side S, so that at any angle it lies inside the window.
     flip
         Mirror half of the images.
     device
@@ -94,23 +108,25 @@ def sample_crop_params(
     Returns
     -------
     CropParams
-        The parameters; the crop centre is drawn so that the unrotated crop lies inside the window.
+        The parameters; the crop centre is drawn so that the crop, rotated by any angle, lies inside the
+        window.
     """
     device = torch.device(device)
     area = _uniform(n, float(scale[0]), float(scale[1]), device)
-    side = area.sqrt()
+    # A square of half-side h rotated by any angle stays within the disc of radius h√2, so crops of side
+    # √(area/2) keep every rotation inside the window and no padding ever enters a view.
+    side = (area / 2).sqrt() if rotate else area.sqrt()
+    reach = side * math.sqrt(2) if rotate else side
     angle = _uniform(n, 0.0, 2 * math.pi, device) if rotate else torch.zeros(n, device=device)
     mirror = (
         torch.where(torch.rand(n, device=device) < 0.5, -1.0, 1.0) if flip else torch.ones(n, device=device)
     )
-    cx = (torch.rand(n, device=device) * 2 - 1) * (1 - side)
-    cy = (torch.rand(n, device=device) * 2 - 1) * (1 - side)
-    return CropParams(scale=area, angle=angle, flip=mirror, cx=cx, cy=cy)
+    cx = (torch.rand(n, device=device) * 2 - 1) * (1 - reach)
+    cy = (torch.rand(n, device=device) * 2 - 1) * (1 - reach)
+    return CropParams(scale=area, angle=angle, flip=mirror, cx=cx, cy=cy, side=side)
 
 
-def crop_rotate_flip(
-    x: Tensor, params: CropParams, size: int, padding_mode: str = "reflection", mode: str = "bilinear"
-) -> Tensor:
+def crop_rotate_flip(x: Tensor, params: CropParams, size: int, mode: str = "bilinear") -> Tensor:
     """Apply per-image crop, rotation and flip to a batch with one ``grid_sample`` call.
 
     Parameters
@@ -121,9 +137,6 @@ def crop_rotate_flip(
         Per-image parameters (see :func:`sample_crop_params`).
     size
         Side of the square output in pixels.
-    padding_mode
-        How ``grid_sample`` fills the corners a rotated crop takes from outside the window.
-        ``reflection`` continues the sky noise instead of inserting an artificial flat border.
     mode
         Interpolation, ``bilinear`` or ``nearest``.
 
@@ -132,7 +145,7 @@ def crop_rotate_flip(
     Tensor
         ``[B, C, size, size]``.
     """
-    side = params.scale.sqrt().to(x.dtype)
+    side = params.side.to(x.dtype)
     cos, sin = params.angle.cos().to(x.dtype), params.angle.sin().to(x.dtype)
     f = params.flip.to(x.dtype)
     # Output coordinates (u, v) in [-1, 1] map to input coordinates side * R(angle) @ (f * u, v) + centre.
@@ -144,7 +157,8 @@ def crop_rotate_flip(
         dim=1,
     )
     grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
+    # Crops from sample_crop_params stay inside the window; "border" only guards against rounding there.
+    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
 
 
 def gaussian_blur(x: Tensor, sigma: Tensor, max_sigma: float) -> Tensor:
@@ -175,6 +189,21 @@ def gaussian_blur(x: Tensor, sigma: Tensor, max_sigma: float) -> Tensor:
     flat = F.conv2d(flat, kernel[:, None, None, :], groups=b * c)
     flat = F.conv2d(flat, kernel[:, None, :, None], groups=b * c)
     return flat.reshape(b, c, h, w)
+
+
+def beam_noise(n: int, size: int, sigma: Tensor, device: torch.device | str = "cpu") -> Tensor:
+    """Unit-rms Gaussian noise ``[n, 1, size, size]`` correlated over a Gaussian beam of ``sigma`` px each.
+
+    White noise convolved with the beam, as a radio image's noise is; each image is rescaled to unit rms
+    (a discrete kernel's variance reduction is only approximately ``1 / (4πσ²)``). ``sigma`` 0 gives white
+    noise.
+    """
+    noise = torch.randn(n, 1, size, size, device=device)
+    sigma = sigma.to(device=device, dtype=noise.dtype)
+    if float(sigma.max()) > 0:
+        noise = gaussian_blur(noise, sigma, float(sigma.max()))
+        noise = noise / noise.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+    return noise
 
 
 def robust_rms(x: Tensor, samples: int = 32) -> Tensor:
@@ -216,13 +245,14 @@ class RadioAugmentation(nn.Module):
         ``(min, max)`` crop area as a fraction of the window.
     rotate, flip
         Rotate by any angle; mirror half of the views. The sky has no preferred orientation.
-    padding_mode
-        ``grid_sample`` padding for rotated corners (``reflection``, ``border`` or ``zeros``).
     blur_prob, blur_sigma
         Probability of a Gaussian blur and the ``(min, max)`` of its sigma in output pixels.
     noise_prob, noise_level
         Probability of added Gaussian noise and the ``(min, max)`` of its std as a multiple of the view's
         robust rms.
+    noise_correlation
+        Gaussian sigma, in window pixels, over which the added noise is correlated (the beam's: LoTSS's 6″
+        FWHM on 1.5″ pixels is 1.7 px); converted to each view's pixels; 0 adds white noise.
     contrast_prob, contrast
         Probability of a contrast change and its strength: the factor is drawn in ``[1 - c, 1 + c]``.
     """
@@ -239,11 +269,11 @@ class RadioAugmentation(nn.Module):
         local_scale: Sequence[float] = (0.2, 0.5),
         rotate: bool = True,
         flip: bool = True,
-        padding_mode: str = "reflection",
         blur_prob: float = 0.5,
         blur_sigma: Sequence[float] = (0.1, 1.5),
         noise_prob: float = 0.5,
         noise_level: Sequence[float] = (0.0, 1.0),
+        noise_correlation: float = 1.7,
         contrast_prob: float = 0.8,
         contrast: float = 0.4,
     ) -> None:
@@ -254,9 +284,10 @@ class RadioAugmentation(nn.Module):
             raise RadioCurationError(
                 f"augmentation.n_global={n_global}, n_local={n_local}: need n_global >= 1 and n_local >= 0."
             )
-        if padding_mode not in ("reflection", "border", "zeros"):
+        if not 0.0 <= noise_correlation <= 16.0:
             raise RadioCurationError(
-                f"augmentation.padding_mode={padding_mode!r}: choose reflection, border or zeros."
+                f"augmentation.noise_correlation={noise_correlation} must be in [0, 16] window pixels "
+                "(the beam's Gaussian sigma, e.g. 1.7 for a 6 arcsec beam on 1.5 arcsec pixels)."
             )
         for name, p in (
             ("blur_prob", blur_prob),
@@ -277,11 +308,11 @@ class RadioAugmentation(nn.Module):
         self.local_scale = _check_range("local_scale", local_scale, 1e-4, 1.0)
         self.rotate = bool(rotate)
         self.flip = bool(flip)
-        self.padding_mode = padding_mode
         self.blur_prob = float(blur_prob)
         self.blur_sigma = _check_range("blur_sigma", blur_sigma, 0.0, math.inf)
         self.noise_prob = float(noise_prob)
         self.noise_level = _check_range("noise_level", noise_level, 0.0, math.inf)
+        self.noise_correlation = float(noise_correlation)
         self.contrast_prob = float(contrast_prob)
         self.contrast = float(contrast)
 
@@ -294,13 +325,16 @@ class RadioAugmentation(nn.Module):
         """One random view of every window of ``x`` ``[B, 1, S, S]`` → ``[B, in_chans, size, size]``."""
         b, device = x.shape[0], x.device
         params = sample_crop_params(b, scale, self.rotate, self.flip, device)
-        v = crop_rotate_flip(x, params, size, padding_mode=self.padding_mode)
+        v = crop_rotate_flip(x, params, size)
         if self.blur_prob > 0 and self.blur_sigma[1] > 0:
             sigma = _uniform(b, *self.blur_sigma, device) * (torch.rand(b, device=device) < self.blur_prob)
             v = gaussian_blur(v, sigma, self.blur_sigma[1])
         if self.noise_prob > 0 and self.noise_level[1] > 0:
             level = _uniform(b, *self.noise_level, device) * (torch.rand(b, device=device) < self.noise_prob)
-            v = v + torch.randn_like(v) * (level * robust_rms(v)).to(v.dtype)[:, None, None, None]
+            # The beam's sigma in view pixels: the crop spans side * S window pixels over `size` view pixels.
+            sigma = self.noise_correlation * size / (params.side * x.shape[-1])
+            noise = beam_noise(b, size, sigma, device)
+            v = v + noise * (level * robust_rms(v)).to(v.dtype)[:, None, None, None]
         v = self.normalization(v)
         if self.contrast_prob > 0 and self.contrast > 0:
             factor = _uniform(b, 1 - self.contrast, 1 + self.contrast, device)

@@ -37,6 +37,9 @@ class WindowCatalogue:
         :meth:`labels`.
     empty_label : str
         Label of windows with no source within the radius.
+    min_flux : float, optional
+        Sources fainter than this (in the flux column's unit) label nothing, so a window holding only
+        sources below the detection limit counts as ``empty_label``; None: every source labels.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class WindowCatalogue:
         flux_column: str | None = "flux",
         radius_arcsec: float | None = None,
         empty_label: str = "empty",
+        min_flux: float | None = None,
     ) -> None:
         self.path = Path(path).expanduser()
         if not self.path.is_file():
@@ -60,6 +64,12 @@ class WindowCatalogue:
                 f"catalogue {self.path} lacks column(s) {missing}; it has {table.colnames[:30]}. "
                 "Set eval.catalogue.*_column to the right names."
             )
+        if min_flux is not None:
+            if not flux_column:
+                raise RadioCurationError(
+                    f"catalogue min_flux={min_flux} needs a flux column: set eval.catalogue.flux_column."
+                )
+            table = table[np.asarray(table[flux_column], dtype=np.float64) >= float(min_flux)]
         self.ra = np.asarray(table[ra_column], dtype=np.float64)
         self.dec = np.asarray(table[dec_column], dtype=np.float64)
         self.label = np.char.strip(np.asarray(table[label_column]).astype(str))
@@ -68,7 +78,13 @@ class WindowCatalogue:
         self.empty_label = str(empty_label)
 
     def labels(self, ra: np.ndarray, dec: np.ndarray, radius_arcsec: np.ndarray | None = None) -> np.ndarray:
-        """The class of each window centred at ``(ra, dec)`` (degrees).
+        """The class of each window centred at ``(ra, dec)`` (degrees); see :meth:`match`."""
+        return self.match(ra, dec, radius_arcsec)[0]
+
+    def match(
+        self, ra: np.ndarray, dec: np.ndarray, radius_arcsec: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The class of each window centred at ``(ra, dec)`` and the catalogue row that gave it.
 
         Parameters
         ----------
@@ -79,8 +95,11 @@ class WindowCatalogue:
 
         Returns
         -------
-        np.ndarray
+        labels : np.ndarray
             ``[N]`` str labels.
+        source : np.ndarray
+            ``[N]`` int64 catalogue row of the matched source, -1 for windows with none. Overlapping
+            windows of one source share it (probes group their folds by it).
         """
         ra = np.asarray(ra, dtype=np.float64)
         if self.radius_arcsec is not None:
@@ -90,8 +109,9 @@ class WindowCatalogue:
         else:
             raise RadioCurationError("a match radius is needed: set eval.catalogue.radius_arcsec")
         out = np.full(len(ra), self.empty_label, dtype=object)
+        source = np.full(len(ra), -1, dtype=np.int64)
         if len(ra) == 0 or len(self.ra) == 0:
-            return out.astype(str)
+            return out.astype(str), source
         windows = SkyCoord(ra * u.deg, np.asarray(dec, dtype=np.float64) * u.deg)
         sources = SkyCoord(self.ra * u.deg, self.dec * u.deg)
         win, src, sep, _ = search_around_sky(windows, sources, float(radius.max()) * u.arcsec)
@@ -105,4 +125,5 @@ class WindowCatalogue:
             first[1:] = win[order][1:] != win[order][:-1]
             chosen = order[first]
             out[win[chosen]] = self.label[src[chosen]]
-        return out.astype(str)
+            source[win[chosen]] = src[chosen]
+        return out.astype(str), source

@@ -1,8 +1,12 @@
-"""Training data: raw windows of a subsample, gathered a batch at a time, optionally from a pixel cache.
+"""Training data: raw windows of a subsample, gathered a batch at a time, held in memory when they fit.
 
-The DataLoader gathers raw ``[B, 1, S, S]`` windows (one batched read per batch through the cutout reader,
-or one fancy-indexed read from the cache). Views are made for whole batches, never per sample: on the
-model's device (GPUs), or in the DataLoader workers when training on CPUs.
+When the windows take at most ``resident_gb`` they are read once (through the cutout reader in
+``cutout_id`` order, or from the pixel cache) into one float32 tensor, and every batch is one index gather
+from it: on the GPU itself when the views are made there (the loader then only hands out row numbers), or
+by the DataLoader workers from shared memory otherwise. Larger subsamples are read a batch at a time (one
+batched read through the cutout reader, or one fancy-indexed read from the cache). Views are made for whole
+batches, never per sample: on the model's device (GPUs), or in the DataLoader workers when training on
+CPUs. A batch holds its windows in ``cutout_id`` order whichever way they are read.
 """
 
 from __future__ import annotations
@@ -76,6 +80,72 @@ class ReaderWindows(Dataset):
 
     def __getitem__(self, index: int) -> Tensor:
         return self.__getitems__([index])[0]
+
+
+def load_windows(merged_path: str | Path, cutout_ids: np.ndarray, nan_fill: float = 0.0) -> Tensor:
+    """The pixels of ``cutout_ids`` as one float32 ``[N, 1, S, S]`` tensor in shared memory, rows in that order.
+
+    Read in ``cutout_id`` order (sequential reads of each mosaic), bitwise what the reader returns.
+    """
+    reader = WindowReader(str(merged_path), nan_fill=nan_fill)
+    ids = np.asarray(cutout_ids, dtype=np.int64)
+    size = int(reader.positions(ids[:1])["size"][0])
+    pixels = torch.empty((len(ids), 1, size, size), dtype=torch.float32).share_memory_()
+    order = np.argsort(ids, kind="stable")
+    with progress(len(ids), "loading windows", unit="win") as bar:
+        for start in range(0, len(ids), CACHE_READ_BATCH):
+            rows = torch.from_numpy(order[start : start + CACHE_READ_BATCH])
+            pixels[rows] = torch.from_numpy(reader.read(ids[rows.numpy()]))
+            bar.advance(len(rows))
+    return pixels
+
+
+def load_cache(path: str | Path) -> Tensor:
+    """The whole pixel cache written by :func:`write_cache` as one float32 tensor in shared memory."""
+    with h5py.File(path, "r") as f:
+        pixels = torch.empty(f["pixels"].shape, dtype=torch.float32).share_memory_()
+        f["pixels"].read_direct(pixels.numpy())
+    return pixels
+
+
+class ResidentWindows(Dataset):
+    """Windows held in one tensor (in shared memory, so DataLoader workers read it in place).
+
+    Parameters
+    ----------
+    pixels
+        ``[N, 1, S, S]`` float32, row ``i`` = window ``i`` of the training set (sorted by ``cutout_id``).
+    """
+
+    def __init__(self, pixels: Tensor) -> None:
+        self.pixels = pixels
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitems__(self, indices: list[int]) -> Tensor:
+        """The windows at ``indices`` as one ``[B, 1, S, S]`` tensor, in row (= ``cutout_id``) order."""
+        return self.pixels[torch.from_numpy(np.sort(np.asarray(indices, dtype=np.int64)))]
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.pixels[index]
+
+
+class WindowRows(Dataset):
+    """Row numbers only, for windows resident on the training device (gathered after the transfer)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitems__(self, indices: list[int]) -> Tensor:
+        """The rows ``indices`` sorted (as the other datasets order a batch) as an int64 tensor."""
+        return torch.from_numpy(np.sort(np.asarray(indices, dtype=np.int64)))
+
+    def __getitem__(self, index: int) -> Tensor:
+        return torch.tensor(index)
 
 
 class CachedWindows(Dataset):
@@ -186,6 +256,9 @@ class TrainingWindows(pl.LightningDataModule):
     augmentation
         If set, the views are made in the DataLoader workers (see :class:`ViewsInWorkers`); otherwise the
         batches are raw windows and the views are made on the training device.
+    resident_gb
+        Hold the windows in memory when they take at most this many GB (0: never); on a GPU that makes the
+        views (no ``augmentation`` here) they are moved there if its free memory allows.
     """
 
     def __init__(
@@ -199,6 +272,7 @@ class TrainingWindows(pl.LightningDataModule):
         pin_memory: bool = True,
         prefetch_factor: int = 2,
         augmentation: nn.Module | None = None,
+        resident_gb: float = 0.0,
     ) -> None:
         super().__init__()
         self.merged_path = str(merged_path)
@@ -210,7 +284,10 @@ class TrainingWindows(pl.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.prefetch_factor = int(prefetch_factor)
         self.augmentation = augmentation
+        self.resident_gb = float(resident_gb)
         self.dataset: Dataset | None = None
+        self._pixels: Tensor | None = None
+        self._on_device: Tensor | None = None
         # The cache lives in the run directory, which every node sees: one process writes it.
         self.prepare_data_per_node = False
         if self.batch_size < 1:
@@ -232,19 +309,56 @@ class TrainingWindows(pl.LightningDataModule):
         if self.cache_path is not None and not self._cache_is_current():
             write_cache(self.merged_path, self.cutout_ids, self.cache_path, nan_fill=self.nan_fill)
 
+    def resident_bytes(self) -> int:
+        """Bytes the windows take in memory as float32."""
+        size = int(WindowReader(self.merged_path).positions(self.cutout_ids[:1])["size"][0])
+        return len(self.cutout_ids) * size * size * 4
+
     def setup(self, stage: str) -> None:
-        if self.cache_path is not None:
+        if self.dataset is not None:
+            return
+        if self.resident_bytes() <= self.resident_gb * 1e9:
+            if self.cache_path is not None:
+                self._pixels = load_cache(self.cache_path)
+            else:
+                self._pixels = load_windows(self.merged_path, self.cutout_ids, self.nan_fill)
+            self.dataset = ResidentWindows(self._pixels)
+        elif self.cache_path is not None:
             self.dataset = CachedWindows(self.cache_path)
         else:
             self.dataset = ReaderWindows(self.merged_path, self.cutout_ids, nan_fill=self.nan_fill)
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _rows_on_device(self) -> bool:
+        """Whether the resident windows go to the GPU that makes the views (it has room for them)."""
+        device = self._device()
+        if self._pixels is None or self.augmentation is not None or device.type != "cuda":
+            return False
+        free, _ = torch.cuda.mem_get_info(device)
+        # Leave the model, its optimizer state and the views most of the device.
+        return self._pixels.nbytes <= free / 2
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Rows → windows, gathered on the device, when the windows are resident there."""
+        if self._on_device is None:
+            return batch
+        return self._on_device[batch]
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled full batches (the last incomplete batch is dropped; Lightning adds the DDP sampler)."""
         if self.dataset is None:
             self.setup("fit")
         workers = self.num_workers
+        dataset = self.dataset
+        self._on_device = None
+        if self._rows_on_device():
+            self._on_device = self._pixels.to(self._device())
+            dataset, workers = WindowRows(len(self._pixels)), 0
         return DataLoader(
-            self.dataset,
+            dataset,
             batch_size=self.batch_size,
             shuffle=True,
             drop_last=True,

@@ -89,6 +89,20 @@ class MinMaxInterval(Interval):
         return values.amin(dim=1), values.amax(dim=1)
 
 
+class SymmetricInterval(Interval):
+    """``±`` the cutout's largest absolute value, so zero flux maps to 0.5 and the noise stays centred there.
+
+    The rescale of the fixed-offset normalisations (``imagenet``, ``mean05std05``, ``mean05std0225``):
+    subtracting 0.45 or 0.5 then brings the sky background back to about zero, where bfloat16/float16 are
+    finest, whereas after :class:`MinMaxInterval` the noise of a window with a bright source sits near 0
+    and the offset moves it to about -2, where bfloat16's step (0.0156) exceeds the noise.
+    """
+
+    def limits(self, values: Tensor) -> tuple[Tensor, Tensor]:
+        peak = values.abs().amax(dim=1)
+        return -peak, peak
+
+
 class ManualInterval(Interval):
     """Fixed limits for every cutout, e.g. in Jy/beam (``astropy.visualization.ManualInterval``)."""
 
@@ -330,9 +344,11 @@ class Standardize(nn.Module):
         Fixed values (``imagenet``: 0.45 / 0.225; ``zscore`` LoTSS DR2 defaults: 2e-5 / 3e-3 Jy/beam), or
         None for the cutout's own mean / standard deviation (a cutout with zero spread maps to zeros).
     rescale
-        An interval applied first (``MinMaxInterval`` brings each cutout to ``[0, 1]``, which is what
-        ImageNet statistics assume); None applies the statistics to the pixel values as they are, as the
-        pipeline this replaces did.
+        An interval applied first, bringing each cutout to ``[0, 1]`` (the range statistics such as
+        ImageNet's describe): :class:`SymmetricInterval` for the fixed-offset configs, so zero flux lands
+        near zero after the offset. None applies the statistics to the values as they are: right for
+        Jy/beam statistics (``zscore``), but an offset such as 0.45 on raw Jy/beam pixels (~1e-4) leaves a
+        window at -2.000 ± 0.002, which a bfloat16 model sees as one or two distinct values.
     """
 
     def __init__(self, mean: float | None, std: float | None, rescale: Interval | None = None) -> None:

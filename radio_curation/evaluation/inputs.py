@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from radio_curation.backbones.export import read_preprocessing
 from radio_curation.cutouts.index import read_index
 from radio_curation.data.catalogue import WindowCatalogue
 from radio_curation.data.preprocess import Preprocess
@@ -158,8 +159,8 @@ def synthetic_truth(merged: Path) -> Path | None:
 
 def window_labels(
     catalogue: DictConfig, merged: Path, table: dict[str, np.ndarray]
-) -> tuple[np.ndarray, str]:
-    """Class of each window of ``table`` from the configured catalogue.
+) -> tuple[np.ndarray, str, np.ndarray]:
+    """Class of each window of ``table`` from the configured catalogue, and the source that labels it.
 
     ``catalogue.path=auto`` uses the synthetic sky's truth catalogue when the windows come from one.
 
@@ -169,6 +170,9 @@ def window_labels(
         ``[N]`` str.
     source : str
         The catalogue file used.
+    groups : np.ndarray
+        ``[N]`` int64: the catalogue row of the matched source (windows of one source share it), a
+        distinct negative number for each window without one.
     """
     path = catalogue.path
     if path == "auto":
@@ -182,7 +186,10 @@ def window_labels(
     options.pop("path")
     cat = WindowCatalogue(path, **options)
     radius = 0.5 * table["size"] * table["pixel_scale"]
-    return cat.labels(table["ra"], table["dec"], radius), str(path)
+    labels, groups = cat.match(table["ra"], table["dec"], radius)
+    unmatched = groups < 0
+    groups[unmatched] = -1 - np.arange(int(unmatched.sum()))
+    return labels, str(path), groups
 
 
 def _train_config(record: RunRecord) -> dict[str, Any]:
@@ -190,12 +197,30 @@ def _train_config(record: RunRecord) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else {}
 
 
+def _model_preprocessing(record: RunRecord) -> tuple[dict[str, Any], int] | None:
+    """The normalisation config and input size train run ``record``'s model was trained with.
+
+    From its ``backbone.pt``; for a model exported before that was stored, from the run's config (the
+    ``augmentation.global_size`` views it trained on). None when neither says.
+    """
+    stored = read_preprocessing(record.artifact("backbone.pt"))
+    if stored is not None:
+        return stored["normalization"], int(stored["input_size"])
+    trained = _train_config(record)
+    size = (trained.get("augmentation") or {}).get("global_size")
+    if "normalization" not in trained or size is None:
+        return None
+    return trained["normalization"], int(size)
+
+
 def build_model(cfg: DictConfig) -> tuple[nn.Module, Preprocess, dict[str, Any]]:
     """The feature extractor and its preprocessing for the configured representation.
 
-    ``model_id`` (a train run) wins over ``backbone``; with ``preprocess_from_model`` the train run's own
-    normalisation and resize are used, so the model sees inputs like those it was trained on. Weights that
-    are not loaded from a file (random-initialisation baselines) are drawn with ``cfg.seed``.
+    ``model_id`` (a train run) wins over ``backbone``; with ``preprocess_from_model`` the normalisation
+    and input size stored with the model (those it was trained with) are used, so the model sees inputs
+    like those it was trained on; ``preprocess_from_model=false`` takes ``normalization`` and ``resize``
+    of the evaluate config. Weights that are not loaded from a file (random-initialisation baselines)
+    are drawn with ``cfg.seed``.
 
     Returns
     -------
@@ -211,14 +236,12 @@ def build_model(cfg: DictConfig) -> tuple[nn.Module, Preprocess, dict[str, Any]]
     if cfg.model_id:
         from radio_curation.backbones.factory import run_backbone
 
-        record = RunStore(cfg.paths.runs_dir).resolve(str(cfg.model_id), stage="train")
+        record = RunStore.of(cfg).resolve(str(cfg.model_id), stage="train")
         extractor = run_backbone(record.run_id, cfg.paths.runs_dir)
         info: dict[str, Any] = {"model": record.run_id, "preprocess_from": "evaluate config"}
-        trained = _train_config(record)
-        if cfg.preprocess_from_model and "normalization" in trained:
-            normalization_cfg = OmegaConf.create(trained["normalization"])
-            # train.py feeds the model views of augmentation.global_size pixels.
-            resize = trained.get("resize", (trained.get("augmentation") or {}).get("global_size", resize))
+        trained = _model_preprocessing(record) if cfg.preprocess_from_model else None
+        if trained is not None:
+            normalization_cfg, resize = OmegaConf.create(trained[0]), trained[1]
             info["preprocess_from"] = f"train run {record.run_id}"
     else:
         extractor = instantiate(cfg.backbone)

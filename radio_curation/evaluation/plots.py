@@ -69,7 +69,8 @@ def histogram_plot(
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.set_title(title)
-    ax.legend()
+    # A fixed corner: matplotlib's "best" placement scans every bar and warns when that takes over a second.
+    ax.legend(loc="upper right")
     return _save(fig, path, dpi)
 
 
@@ -112,7 +113,8 @@ def map_plot(
             for i, name in enumerate(categories):
                 ax.scatter([], [], s=20, color=palette[i], label=name)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(markerscale=1, fontsize="small", loc="best")
+        # Beside the axes: "best" would scan every point of a large map (slow, and it hides no point).
+        ax.legend(markerscale=1, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title)

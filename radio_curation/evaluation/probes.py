@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
@@ -173,8 +173,13 @@ def evaluate_probe(
     folds: int = 5,
     split: np.ndarray | None = None,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> ProbeResult:
     """Score ``classify`` by stratified k-fold cross-validation and on the fixed split if given.
+
+    With ``groups``, the folds are stratified group folds: rows of one group (e.g. the overlapping
+    windows of one catalogue source) are all in the training part or all in the test part of a fold, so
+    a probe is never scored on a near-copy of what it was fitted on.
 
     Parameters
     ----------
@@ -190,6 +195,8 @@ def evaluate_probe(
         ``[N]`` strings ``train``/``test``: the dataset's fixed split.
     seed : int
         Seed of the fold shuffling.
+    groups : np.ndarray, optional
+        ``[N]`` group of each row; None: every row is its own group.
 
     Returns
     -------
@@ -213,8 +220,19 @@ def evaluate_probe(
     n_classes = len(counts)
     accuracy, macro_f1 = [], []
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
-    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    for train_idx, test_idx in splitter.split(features, labels):
+    if groups is None:
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    else:
+        groups = np.asarray(groups)
+        per_class = min(len(np.unique(groups[labels == c])) for c in np.flatnonzero(counts))
+        if per_class < folds:
+            raise RadioCurationError(
+                f"a class has {per_class} distinct sources, fewer than eval.folds={folds}: folds are split "
+                "by source so that overlapping windows of one source never sit on both sides; lower "
+                "eval.folds or label more of the sky"
+            )
+        splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    for train_idx, test_idx in splitter.split(features, labels, groups):
         predicted = classify(features[train_idx], labels[train_idx], features[test_idx])
         accuracy.append(float(accuracy_score(labels[test_idx], predicted)))
         macro_f1.append(float(f1_score(labels[test_idx], predicted, average="macro", zero_division=0)))

@@ -1,9 +1,18 @@
-"""Lightning pieces of the features stage: batches of raw windows in, feature blocks out.
+"""Lightning pieces of the features stage: windows cut where they are consumed, feature blocks out.
 
-The DataLoader only gathers raw windows (one :meth:`WindowReader.read` per batch, in worker processes);
-normalisation, resizing and the forward pass run on the model's device inside ``predict_step``. Each rank
-gets whole blocks of the plan (round robin over the blocks still missing, decided by rank 0 and broadcast
-so every rank sees the same list) and :class:`BlockWriter` writes a block as soon as its rows are in.
+Windows are cut from whole mosaics held in memory as float32 (:class:`ResidentMosaics`: each mosaic read
+and converted once, in ``cutout_id`` order, which is mosaic-major), in one of two places (``gather_on``):
+
+- ``device`` (the default on GPUs): the DataLoader only hands out window positions; ``predict_step`` cuts
+  the windows from the mosaic resident on the model's device, normalises and resizes them there. Loader
+  threads read and convert the next mosaics into page-locked memory meanwhile.
+- ``workers`` (the default on CPUs): each DataLoader worker holds the mosaics it reads, cuts its batch and
+  normalises and resizes it, a few windows at a time, straight into shared memory, so the model's process
+  gets the model-ready batch without a copy.
+
+Each rank gets a contiguous run of the blocks still missing (decided by rank 0 and broadcast so every rank
+sees the same list), so each rank reads only its own mosaics, and :class:`BlockWriter` writes a block as
+soon as its rows are in.
 """
 
 from __future__ import annotations
@@ -19,12 +28,23 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from radio_curation.cutouts.reader import WindowReader
+from radio_curation.cutouts.resident import ResidentMosaics
 from radio_curation.errors import RadioCurationError
 from radio_curation.features.io import BlockShards, Plan
 from radio_curation.progress import ProgressBar, progress
+
+#: Where windows are cut and preprocessed (``gather_on``).
+GATHER_ON = ("device", "workers")
+#: Windows preprocessed at a time in a loader worker: a chunk's intermediates stay in the CPU caches.
+PREPROCESS_CHUNK = 16
+#: Batches each loader worker prepares ahead of the one being consumed.
+LOADER_PREFETCH = 2
+#: Shared output buffers per loader worker (and window side): the prefetched batches, the two the predict
+#: loop holds, and one spare.
+OUTPUT_BUFFERS = LOADER_PREFETCH + 3
 
 
 def cpu_threads(num_workers: int) -> int:
@@ -33,17 +53,55 @@ def cpu_threads(num_workers: int) -> int:
     return max(1, cores - int(num_workers))
 
 
+def _keep(item: dict[str, Any]) -> dict[str, Any]:
+    """DataLoader conversion that leaves NumPy positions on the host (the default makes them tensors)."""
+    return item
+
+
 class WindowBatches(Dataset):
-    """Item ``i`` is a whole batch: ``{"pixels" [B, 1, S, S], "cutout_id" [B], "block"}``.
+    """Item ``i`` is a whole batch of windows of one block and one size.
 
     Batches never cross a block and hold windows of one size (a merged index may mix 64 and 128 px runs).
+    Every item has ``cutout_id`` (NumPy int64 ``[B]``) and ``block``, and, by what this dataset does:
+
+    - ``gather=False``: the positions ``mosaic``, ``y0``, ``x0`` (NumPy ``[B]``) and ``size``, for the model's
+      device to cut the windows (:meth:`ResidentMosaics.gather`);
+    - ``preprocess`` given: ``inputs``, the model-ready windows ``[B, 1, R, R]`` (one channel; in shared
+      memory when made in a loader worker);
+    - neither: ``pixels``, the raw windows ``[B, 1, S, S]``.
+
+    Parameters
+    ----------
+    reader
+        The index's window reader.
+    plan, blocks
+        The block plan and the blocks to cover, in order.
+    sizes
+        Window size of every row of the index.
+    batch_size
+        Windows per item.
+    preprocess
+        Normalisation and resizing to apply here (one channel is kept; the model's side repeats it).
+    gather
+        Cut the windows here (False: hand out positions only).
     """
 
     def __init__(
-        self, reader: WindowReader, plan: Plan, blocks: list[int], sizes: np.ndarray, batch_size: int
+        self,
+        reader: WindowReader,
+        plan: Plan,
+        blocks: list[int],
+        sizes: np.ndarray,
+        batch_size: int,
+        preprocess: nn.Module | None = None,
+        gather: bool = True,
     ) -> None:
         ids = reader.cutout_ids
         self.reader = reader
+        self.preprocess = preprocess
+        self.gather = gather
+        self.batch_size = int(batch_size)
+        self._buffers: dict[int, list[Tensor]] = {}
         self.items: list[tuple[int, np.ndarray]] = []
         for block in blocks:
             start, stop = plan.block_range(block)
@@ -52,17 +110,61 @@ class WindowBatches(Dataset):
                 rows = start + np.flatnonzero(block_sizes == size)
                 for first in range(0, len(rows), batch_size):
                     self.items.append((block, ids[rows[first : first + batch_size]]))
+        self.mosaics = ResidentMosaics(
+            reader.mosaic_paths, reader.nan_fill, "cpu", self.mosaic_order(), ahead=1
+        )
+
+    def mosaic_order(self) -> list[int]:
+        """Mosaic codes in the order the items use them."""
+        codes = self.reader.positions(
+            np.concatenate([ids for _, ids in self.items] or [np.zeros(0, np.int64)])
+        )
+        first = np.unique(codes["mosaic"], return_index=True)[1]
+        return codes["mosaic"][np.sort(first)].tolist()
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         block, ids = self.items[index]
-        return {
-            "pixels": torch.from_numpy(self.reader.read(ids)),
-            "cutout_id": torch.from_numpy(ids),
-            "block": block,
-        }
+        where = self.reader.positions(ids)
+        item: dict[str, Any] = {"cutout_id": ids, "block": block}
+        if not self.gather:
+            size = int(where["size"][0])
+            return {**item, "mosaic": where["mosaic"], "y0": where["y0"], "x0": where["x0"], "size": size}
+        pixels = self.mosaics.gather(where["mosaic"], where["y0"], where["x0"], int(where["size"][0]))
+        if self.preprocess is None:
+            return {**item, "pixels": pixels}
+        return {**item, "inputs": self._model_ready(pixels)}
+
+    def _model_ready(self, pixels: Tensor) -> Tensor:
+        side = self.preprocess.resize or pixels.shape[-1]
+        with torch.no_grad():
+            if get_worker_info() is None:
+                # In the model's process: one batch, the compute threads split it.
+                return self.preprocess(pixels)[:, :1].contiguous()
+            out = self._output_buffer(side)[: len(pixels)]
+            # One thread per worker: a few windows at a time keep the intermediates in the CPU caches.
+            for start in range(0, len(pixels), PREPROCESS_CHUNK):
+                chunk = pixels[start : start + PREPROCESS_CHUNK]
+                out[start : start + len(chunk)] = self.preprocess(chunk)[:, :1]
+        return out
+
+    def _output_buffer(self, side: int) -> Tensor:
+        """The next of this worker's shared-memory output buffers for ``side`` px windows.
+
+        The model's process maps them, so a batch crosses the process boundary without a copy, and reusing
+        them spares the page faults of fresh memory for every batch. A buffer comes round again only after
+        ``OUTPUT_BUFFERS`` more batches of this worker: by then the DataLoader (which hands out at most
+        ``LOADER_PREFETCH`` batches per worker beyond the one being consumed) and the predict loop (which
+        holds the current batch and the next one) are done with it.
+        """
+        ring = self._buffers.setdefault(side, [])
+        if len(ring) < OUTPUT_BUFFERS:
+            ring.append(torch.empty((self.batch_size, 1, side, side), dtype=torch.float32).share_memory_())
+            return ring[-1]
+        ring.append(ring.pop(0))
+        return ring[-1]
 
     @property
     def rows(self) -> int:
@@ -78,7 +180,12 @@ class FeatureDataModule(pl.LightningDataModule):
     merged_path
         The merge run's ``merged.h5``.
     batch_size, num_workers
-        DataLoader settings (each item is already a batch).
+        Windows per item; DataLoader processes (``gather_on=workers``) or mosaic loader threads
+        (``gather_on=device``).
+    preprocess
+        Normalisation and resizing (the model's :class:`~radio_curation.data.preprocess.Preprocess`).
+    gather_on
+        ``device`` or ``workers`` (see the module docstring).
     shards, plan
         The block store and its plan on rank 0; other ranks pass None and receive them in :meth:`setup`.
     """
@@ -88,13 +195,19 @@ class FeatureDataModule(pl.LightningDataModule):
         merged_path: Path,
         batch_size: int,
         num_workers: int,
+        preprocess: nn.Module,
+        gather_on: str,
         shards: BlockShards | None = None,
         plan: Plan | None = None,
     ) -> None:
         super().__init__()
+        if gather_on not in GATHER_ON:
+            raise RadioCurationError(f"gather_on={gather_on!r}: choose auto, {' or '.join(GATHER_ON)}.")
         self.merged_path = Path(merged_path)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
+        self.preprocess = preprocess
+        self.gather_on = gather_on
         self.shards = shards
         self.plan = plan
         self.dataset: WindowBatches | None = None
@@ -112,26 +225,54 @@ class FeatureDataModule(pl.LightningDataModule):
         payload = trainer.strategy.broadcast(payload, src=0)
         self.shards = BlockShards(payload["directory"])
         self.plan = payload["plan"]
-        mine = payload["pending"][trainer.global_rank :: trainer.world_size]
+        # Contiguous runs of blocks, not round robin: each rank then reads only the mosaics of its blocks.
+        mine = [
+            int(b)
+            for b in np.array_split(np.asarray(payload["pending"], dtype=np.int64), trainer.world_size)[
+                trainer.global_rank
+            ]
+        ]
         reader = WindowReader(self.merged_path)
         self.cutout_ids = reader.cutout_ids
-        self.dataset = WindowBatches(reader, self.plan, mine, reader.table()["size"], self.batch_size)
+        on_device = self.gather_on == "device"
+        self.dataset = WindowBatches(
+            reader,
+            self.plan,
+            mine,
+            reader.table()["size"],
+            self.batch_size,
+            preprocess=None if on_device else self.preprocess,
+            gather=not on_device,
+        )
+
+    @property
+    def loader_processes(self) -> int:
+        """DataLoader worker processes this data module starts."""
+        return self.num_workers if self.gather_on == "workers" else 0
+
+    def resident_mosaics(self, device: torch.device) -> ResidentMosaics:
+        """The mosaics of this rank's windows on ``device``, ``num_workers`` of them loaded ahead."""
+        reader = self.dataset.reader
+        return ResidentMosaics(
+            reader.mosaic_paths, reader.nan_fill, device, self.dataset.mosaic_order(), ahead=self.num_workers
+        )
 
     def predict_dataloader(self) -> DataLoader:
-        workers = self.num_workers
+        workers = self.loader_processes
         return DataLoader(
             self.dataset,
             batch_size=None,
             shuffle=False,
             num_workers=workers,
-            pin_memory=torch.cuda.is_available(),
-            prefetch_factor=4 if workers > 0 else None,
+            collate_fn=_keep,
+            pin_memory=workers > 0 and torch.cuda.is_available(),
+            prefetch_factor=LOADER_PREFETCH if workers > 0 else None,
             persistent_workers=False,
         )
 
 
 class FeatureModule(pl.LightningModule):
-    """``predict_step``: preprocess the raw batch on the device, then the tapped backbone.
+    """``predict_step``: the batch made model-ready (here, or by the loader workers), then the backbone.
 
     Parameters
     ----------
@@ -149,29 +290,47 @@ class FeatureModule(pl.LightningModule):
         self.preprocess = preprocess
         self.channels_last = channels_last
         self._threads = torch.get_num_threads()
+        self._mosaics: ResidentMosaics | None = None
 
     def on_predict_start(self) -> None:
         if self.channels_last:
             self.extractor.to(memory_format=torch.channels_last)
         self._threads = torch.get_num_threads()
+        datamodule: FeatureDataModule = self.trainer.datamodule
+        if datamodule.gather_on == "device":
+            self._mosaics = datamodule.resident_mosaics(self.device)
         if self.device.type == "cpu":
             # DataLoader workers take cores too: more compute threads than free cores stall on each other.
-            torch.set_num_threads(cpu_threads(self.trainer.datamodule.num_workers))
+            torch.set_num_threads(cpu_threads(datamodule.loader_processes))
 
     def on_predict_end(self) -> None:
         torch.set_num_threads(self._threads)
+        if self._mosaics is not None:
+            self._mosaics.close()
+            self._mosaics = None
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        # Normalisation statistics stay in float32 whatever the autocast precision of the model.
-        with torch.autocast(self.device.type, enabled=False):
-            x = self.preprocess(batch["pixels"])
+    def model_inputs(self, batch: dict[str, Any]) -> Tensor:
+        """The model-ready ``[B, in_chans, R, R]`` float32 batch on this module's device."""
+        if "inputs" in batch:
+            x = batch["inputs"].expand(-1, self.preprocess.in_chans, -1, -1)
+        else:
+            pixels = self._mosaics.gather(batch["mosaic"], batch["y0"], batch["x0"], batch["size"])
+            # Normalisation statistics stay in float32 whatever the autocast precision of the model.
+            with torch.autocast(self.device.type, enabled=False):
+                x = self.preprocess(pixels)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.extractor(x)
+        return x
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self.extractor(self.model_inputs(batch))
 
 
 class BlockWriter(Callback):
     """Collects each block's rows and writes the block file once all of them are in.
+
+    On a GPU the features of a batch are copied to the host asynchronously and stored one batch later, so
+    the device already works on the next batch instead of waiting for the copy.
 
     Parameters
     ----------
@@ -183,6 +342,7 @@ class BlockWriter(Callback):
         self.dtype = np.dtype(dtype)
         self.rows_written = 0
         self._open: dict[int, dict[str, Any]] = {}
+        self._copies: list[tuple[torch.cuda.Event | None, Tensor, np.ndarray, int]] = []
 
     def on_predict_batch_end(
         self,
@@ -193,12 +353,26 @@ class BlockWriter(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        feats = outputs.detach().float()
+        event = None
+        if feats.is_cuda:
+            host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
+            host.copy_(feats, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            feats = host
+        self._copies.append((event, feats, np.asarray(batch["cutout_id"]), int(batch["block"])))
+        while len(self._copies) > (1 if event is not None else 0):
+            self._store(trainer, *self._copies.pop(0))
+
+    def _store(
+        self, trainer: pl.Trainer, event: torch.cuda.Event | None, feats: Tensor, ids: np.ndarray, block: int
+    ) -> None:
+        if event is not None:
+            event.synchronize()
         datamodule: FeatureDataModule = trainer.datamodule
-        plan = datamodule.plan
-        block = int(batch["block"])
-        feats = outputs.detach().float().cpu().numpy().astype(self.dtype, copy=False)
-        ids = batch["cutout_id"].cpu().numpy()
-        start, stop = plan.block_range(block)
+        feats = feats.numpy().astype(self.dtype, copy=False)
+        start, stop = datamodule.plan.block_range(block)
         block_ids = datamodule.cutout_ids[start:stop]
         entry = self._open.get(block)
         if entry is None:
@@ -221,6 +395,8 @@ class BlockWriter(Callback):
             raise SIGTERMException
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        while self._copies:
+            self._store(trainer, *self._copies.pop(0))
         if self._open:
             raise RadioCurationError(
                 f"blocks {sorted(self._open)} were left incomplete on rank {trainer.global_rank}"

@@ -147,6 +147,8 @@ class Plan:
     n_rows: int
     block_rows: int
     source_id: str
+    #: :func:`~radio_curation.backbones.export.weights_digest` of the model that computes the blocks.
+    model: str | None = None
 
     @property
     def n_blocks(self) -> int:
@@ -172,8 +174,18 @@ class BlockShards:
         path = self.directory / "plan.json"
         return Plan(**json.loads(path.read_text())) if path.is_file() else None
 
-    def load_or_create_plan(self, n_rows: int, block_rows: int, source_id: str) -> Plan:
-        """The plan of an earlier attempt, or a new one written atomically."""
+    def load_or_create_plan(
+        self, n_rows: int, block_rows: int, source_id: str, model: str | None = None
+    ) -> Plan:
+        """The plan of an earlier attempt, or a new one written atomically.
+
+        Raises
+        ------
+        RadioCurationError
+            The earlier attempt's blocks come from another source, or from a model with other weights
+            (e.g. a backbone without checkpoint initialised differently): joining them with new blocks
+            would mix two networks' features in one file.
+        """
         plan = self.existing_plan()
         if plan is not None:
             if plan.source_id != source_id:
@@ -181,8 +193,15 @@ class BlockShards:
                     f"{self.directory} holds blocks of source {plan.source_id}, not {source_id}; "
                     "remove the folder to start over"
                 )
+            if model is not None and plan.model is not None and plan.model != model:
+                raise RadioCurationError(
+                    f"{self.directory} holds blocks computed by a model with weights {plan.model}, but this "
+                    f"attempt built weights {model} (a changed checkpoint file, or random weights drawn "
+                    "without the same seed); resuming would mix two networks' features. Restore the "
+                    f"checkpoint, or remove {self.directory.parent} to start over"
+                )
             return plan
-        plan = Plan(int(n_rows), int(block_rows), str(source_id))
+        plan = Plan(int(n_rows), int(block_rows), str(source_id), model)
         self.directory.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.directory / "plan.json", json.dumps(asdict(plan)).encode())
         return plan

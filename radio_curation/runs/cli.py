@@ -1,11 +1,14 @@
-"""``radio-curation runs list|show|lineage|find|compare``: find and inspect runs without a database."""
+"""``radio-curation runs list|show|lineage|find|compare|verify``: find, inspect and check runs without a
+database."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -15,7 +18,9 @@ from rich.table import Table
 from rich.tree import Tree
 
 from radio_curation.errors import RadioCurationError
-from radio_curation.runs.store import RunRecord, RunStore
+from radio_curation.evaluation.seeds import SPREAD_OVER_SEEDS, paired_difference, seed_spread
+from radio_curation.runs.manifest import DamagedRunError
+from radio_curation.runs.store import RunRecord, RunStore, check_artifact, stage_of
 from radio_curation.tracking.base import flatten
 
 # Wide enough for run IDs and config keys when piped (rich assumes 80 columns off a terminal).
@@ -49,10 +54,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="print every matching ID, comma-separated (e.g. the shards of a sharded cutouts sweep)",
     )
     find.set_defaults(func=_with_store(cmd_find))
-    compare = sub.add_parser("compare", help="runs side by side: params that differ, and metrics")
-    compare.add_argument("run_ids", nargs="+")
+    compare = sub.add_parser(
+        "compare",
+        help="runs side by side: params that differ, and metrics; with --group, settings over seeds",
+    )
+    compare.add_argument("run_ids", nargs="*")
     compare.add_argument("--all", action="store_true", help="show params that are equal too")
+    compare.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="NAME=ID,ID,...",
+        help="one setting's runs, one per training seed, in the same seed order in every group: each "
+        "metric's mean and std over seeds, and each group's paired difference to the first group with "
+        "its 95%% interval",
+    )
+    compare.add_argument("--out", help="also write the --group summary to this JSON file")
     compare.set_defaults(func=_with_store(cmd_compare))
+    verify = sub.add_parser(
+        "verify", help="check runs' manifests and artifacts (size and sha256); list what is damaged"
+    )
+    verify.add_argument("run_ids", nargs="*", help="the runs to check (default: every run)")
+    verify.set_defaults(func=_with_store(cmd_verify))
 
 
 def _with_store(
@@ -85,11 +108,13 @@ def cmd_list(store: RunStore, args: argparse.Namespace) -> int:
         table.add_row(
             record.run_id,
             record.stage,
-            m.get("status"),
+            store.display_status(record),
             str(m.get("created")),
             ", ".join(record.parents),
             str(m.get("experiment")),
         )
+    for run_id in store.damaged(args.stage):
+        table.add_row(run_id, stage_of(run_id), "damaged (runs verify says more)", "", "", "")
     console.print(table)
     return 0
 
@@ -157,6 +182,12 @@ def cmd_find(store: RunStore, args: argparse.Namespace) -> int:
 
 
 def cmd_compare(store: RunStore, args: argparse.Namespace) -> int:
+    if args.group:
+        if args.run_ids:
+            raise RadioCurationError("give either run IDs or --group NAME=ID,ID,... options, not both")
+        return _compare_groups(store, args.group, args.out)
+    if not args.run_ids:
+        raise RadioCurationError("give the run IDs to compare, or --group NAME=ID,ID,... per setting")
     records = [store.resolve(run_id, require_complete=False) for run_id in args.run_ids]
     params = {r.run_id: _params(r) for r in records}
     results = {r.run_id: _results(r) for r in records}
@@ -174,7 +205,116 @@ def cmd_compare(store: RunStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_groups(groups: list[str]) -> dict[str, list[str]]:
+    parsed: dict[str, list[str]] = {}
+    for group in groups:
+        name, sep, ids = group.partition("=")
+        if not sep or not name or not ids or name in parsed:
+            raise RadioCurationError(
+                f"--group {group!r}: write NAME=ID,ID,... with a new name for each setting "
+                "(e.g. --group random=evaluate-1a,evaluate-2b --group balanced=evaluate-3c,evaluate-4d)"
+            )
+        parsed[name] = [i for i in ids.split(",") if i]
+    return parsed
+
+
+def seed_summary(store: RunStore, groups: dict[str, list[str]]) -> dict[str, Any]:
+    """Each metric's spread over the seeds of each group, and paired differences to the first group."""
+    values: dict[str, dict[str, list[float]]] = {}
+    for name, ids in groups.items():
+        metrics = [flatten(store.resolve(i).manifest.get("metrics") or {}) for i in ids]
+        shared = set.intersection(*(set(m) for m in metrics))
+        values[name] = {
+            k: [float(m[k]) for m in metrics]
+            for k in sorted(shared)
+            if all(isinstance(m[k], int | float) for m in metrics)
+        }
+    reference = next(iter(groups))
+    summary: dict[str, Any] = {
+        "spread": SPREAD_OVER_SEEDS,
+        "pairing": f"the i-th run of every group has the i-th seed; differences are group - {reference}",
+        "groups": {
+            name: {
+                "runs": groups[name],
+                "metrics": {k: seed_spread(v).as_dict() for k, v in values[name].items()},
+            }
+            for name in groups
+        },
+        "differences": {},
+    }
+    for name in list(groups)[1:]:
+        shared = sorted(set(values[name]) & set(values[reference]))
+        summary["differences"][f"{name} - {reference}"] = {
+            k: paired_difference(values[name][k], values[reference][k]).as_dict() for k in shared
+        }
+    return summary
+
+
+def _compare_groups(store: RunStore, groups: list[str], out: str | None) -> int:
+    parsed = _parse_groups(groups)
+    summary = seed_summary(store, parsed)
+    table = Table(
+        title=f"over seeds (mean ± std over seeds; Δ: paired difference to {next(iter(parsed))}, 95% CI)"
+    )
+    table.add_column("metric")
+    for name in parsed:
+        table.add_column(f"{name} (n={len(parsed[name])})")
+    for name in list(parsed)[1:]:
+        table.add_column(f"Δ {name}")
+    metrics = sorted({k for g in summary["groups"].values() for k in g["metrics"]})
+    for metric in metrics:
+        cells = []
+        for name in parsed:
+            spread = summary["groups"][name]["metrics"].get(metric)
+            cells.append("—" if spread is None else f"{spread['mean']:.4g} ± {spread['std']:.2g}")
+        for name in list(parsed)[1:]:
+            diff = summary["differences"][f"{name} - {next(iter(parsed))}"].get(metric)
+            cells.append(
+                "—"
+                if diff is None
+                else f"{diff['mean']:+.3g} [{diff['ci_low']:+.3g}, {diff['ci_high']:+.3g}]"
+            )
+        table.add_row(metric, *cells)
+    console.print(table)
+    if out:
+        Path(out).write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
 def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "—" if value is None else str(value)
+
+
+def cmd_verify(store: RunStore, args: argparse.Namespace) -> int:
+    """Exit 0 when every checked run is whole, 1 when something is damaged (listed on stdout)."""
+    problems: list[tuple[str, str]] = []
+    if args.run_ids:
+        records = []
+        for run_id in args.run_ids:
+            try:
+                records.append(store.resolve(run_id, require_complete=False))
+            except DamagedRunError as err:
+                problems.append((run_id, str(err)))
+    else:
+        records = store.runs()
+        problems.extend(store.damaged().items())
+    files = 0
+    for record in records:
+        for name in record.manifest.get("artifacts") or {}:
+            files += 1
+            try:
+                check_artifact(record.dir, name, record.manifest, checksum=True)
+            except DamagedRunError as err:
+                problems.append((record.run_id, str(err)))
+    if not problems:
+        console.print(f"{len(records)} runs, {files} artifacts: sizes and sha256 checksums match")
+        return 0
+    table = Table(title=f"{len(problems)} damaged in {store.root}")
+    table.add_column("run_id")
+    table.add_column("problem", overflow="fold")
+    for run_id, problem in problems:
+        table.add_row(run_id, problem)
+    console.print(table)
+    return 1

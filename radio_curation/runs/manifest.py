@@ -1,4 +1,18 @@
-"""The manifest of a run: written atomically, so it is either the old one or the new one, never half."""
+"""The manifest of a run: written atomically, so it is either the old one or the new one, never half.
+
+A run's ``status`` is one of:
+
+``running``
+    A process works on it, or one did and was killed (``runs list`` shows ``interrupted`` when no process
+    holds the run's lock). Running the same command again resumes it.
+``complete``
+    Finished; the only status a later stage accepts as a parent.
+``failed``
+    Stopped by an error after it had saved work worth resuming (feature blocks, k-means levels, mosaic
+    parts, training checkpoints); ``error`` holds the message. Fix the cause and run the same command
+    again to resume. A run that fails before saving such work is removed instead, so a failure leaves
+    nothing behind.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +23,19 @@ from typing import Any
 
 import yaml
 
+from radio_curation.errors import RadioCurationError
+
 MANIFEST = "manifest.yaml"
+RUNNING = "running"
 COMPLETE = "complete"
+FAILED = "failed"
 #: Stopped from outside (SLURM preemption, time-out or requeue, Ctrl-C), not by an error of its own:
 #: the same command, or SLURM's requeue of the job, resumes it.
 INTERRUPTED = "interrupted"
+
+
+class DamagedRunError(RadioCurationError):
+    """A run's manifest or one of its artifacts is not what the run wrote (truncated, changed, missing)."""
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -31,12 +53,37 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     write_atomic(run_dir / MANIFEST, yaml.safe_dump(manifest, sort_keys=False))
 
 
+def recompute_hint(run_dir: Path, manifest: dict[str, Any] | None = None) -> str:
+    """How to recompute a damaged run under the same ID: remove it and rerun the command that made it."""
+    command = (manifest or {}).get("command")
+    again = f"`python {command}`" if command else "the command that made it"
+    return f"remove {run_dir} and run {again} again to recompute it under the same ID"
+
+
 def read_manifest(run_dir: Path) -> dict[str, Any] | None:
-    """The manifest of ``run_dir``, or None when it has none (a run that never started)."""
+    """The manifest of ``run_dir``, or None when it has none (a run that never started).
+
+    Raises
+    ------
+    DamagedRunError
+        If the file is not a whole manifest (truncated or overwritten: manifests are written atomically,
+        so this is damage from outside).
+    """
     path = run_dir / MANIFEST
     if not path.is_file():
         return None
-    return yaml.safe_load(path.read_text())
+    try:
+        manifest = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        problem = str(err).splitlines()[0]
+        raise DamagedRunError(
+            f"the manifest {path} is damaged ({problem}); {recompute_hint(run_dir)}"
+        ) from err
+    if not isinstance(manifest, dict) or not {"run_id", "stage", "status"} <= manifest.keys():
+        raise DamagedRunError(
+            f"the manifest {path} is damaged (it is not a whole run manifest); {recompute_hint(run_dir)}"
+        )
+    return manifest
 
 
 def sha256sum(path: Path, block: int = 1 << 22) -> str:

@@ -1,4 +1,4 @@
-"""OmegaConf resolvers that let Hydra's output directory be the run directory."""
+"""OmegaConf resolvers: Hydra's output directory is the run directory; rows a limited features run takes."""
 
 from __future__ import annotations
 
@@ -22,7 +22,18 @@ def run_dir(*, _root_: DictConfig) -> str:
     return str(expected_run_dir(_root_))
 
 
+def limit_rows(limit_batches: int | None, batch_size: int) -> int | None:
+    """``${rc_limit_rows:${limit_batches},${batch_size}}``: windows a ``limit_batches`` run extracts (None: all).
+
+    Part of a features run's identity, so that two runs that differ only in ``batch_size`` (otherwise
+    execution-only) but extract different numbers of rows never share an ID.
+    """
+    return None if limit_batches is None else int(limit_batches) * int(batch_size)
+
+
 def register_resolvers() -> None:
     """Register the project's resolvers (idempotent)."""
     if not OmegaConf.has_resolver("rc_run_dir"):
         OmegaConf.register_new_resolver("rc_run_dir", run_dir)
+    if not OmegaConf.has_resolver("rc_limit_rows"):
+        OmegaConf.register_new_resolver("rc_limit_rows", limit_rows)

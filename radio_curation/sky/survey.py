@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 
 from radio_curation.errors import RadioCurationError
@@ -199,7 +200,7 @@ class SyntheticSurvey(LotssDR2Survey):
     ----------
     data_dir
         Cache directory for generated data (``paths.data_dir``).
-    mosaics, size, seed, overlap, dtype
+    mosaics, size, seed, overlap, dtype, class_fractions
         Sky parameters (see :class:`radio_curation.sky.synthetic.SkyParams`).
     **kwargs
         ``on_error``, ``shard``, ``n_shards``, ``num_workers`` (see :class:`Survey`).
@@ -213,9 +214,15 @@ class SyntheticSurvey(LotssDR2Survey):
         seed: int = 0,
         overlap: float = 0.35,
         dtype: str = "float64",
+        class_fractions: Mapping[str, float] | None = None,
         **kwargs,
     ) -> None:
-        self.params = SkyParams(mosaics=mosaics, size=size, seed=seed, overlap=overlap, dtype=dtype)
+        fractions = (
+            None if class_fractions is None else {str(k): float(v) for k, v in class_fractions.items()}
+        )
+        self.params = SkyParams(
+            mosaics=mosaics, size=size, seed=seed, overlap=overlap, dtype=dtype, class_fractions=fractions
+        )
         name = f"sky-n{mosaics}-px{size}-seed{seed}-{self.params.digest}"
         super().__init__(root=str(Path(data_dir) / "synthetic" / name), **kwargs)
 

@@ -110,6 +110,10 @@ class SkyParams:
         Sources per square degree (down to the faintest flux of the counts, 0.2 mJy).
     dtype
         ``float64`` (as DR2) or ``float32``.
+    class_fractions
+        Share of the sources in each class (classes left out get none; shares are normalised); None:
+        :data:`CLASS_FRACTIONS`. Experiments about rare morphologies raise the rare classes' shares so that
+        a sky of a few square degrees holds enough of them to measure.
     """
 
     mosaics: int = 4
@@ -124,6 +128,7 @@ class SkyParams:
     rms_scatter: float = 0.15
     density: float = 1300.0
     dtype: str = "float64"
+    class_fractions: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.mosaics < 1:
@@ -134,11 +139,29 @@ class SkyParams:
             raise RadioCurationError(f"synthetic sky: overlap={self.overlap} must be in [0, 0.9).")
         if self.dtype not in ("float32", "float64"):
             raise RadioCurationError(f"synthetic sky: dtype={self.dtype!r}; use float64 or float32.")
+        if self.class_fractions is not None:
+            unknown = sorted(set(self.class_fractions) - set(CLASS_FRACTIONS))
+            shares = list(self.class_fractions.values())
+            if unknown or any(float(v) < 0 for v in shares) or sum(float(v) for v in shares) <= 0:
+                raise RadioCurationError(
+                    f"synthetic sky: class_fractions={dict(self.class_fractions)} must give non-negative shares "
+                    f"(not all 0) to classes among {list(CLASS_FRACTIONS)}."
+                )
+
+    @property
+    def fractions(self) -> dict[str, float]:
+        """Normalised share of the sources in every class."""
+        given = CLASS_FRACTIONS if self.class_fractions is None else self.class_fractions
+        total = sum(float(v) for v in given.values())
+        return {name: float(given.get(name, 0.0)) / total for name in CLASS_FRACTIONS}
 
     @property
     def digest(self) -> str:
         """Short hash of all parameters (names the cache directory)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        params = asdict(self)
+        if self.class_fractions is None:
+            del params["class_fractions"]  # skies with the default classes keep their earlier names
+        return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
 
     @classmethod
     def from_header(cls, header: fits.Header, **overrides: object) -> SkyParams:
@@ -381,8 +404,9 @@ def sky_model(params: SkyParams, centres: list[tuple[float, float]]) -> SkyModel
         math.sin(math.radians(dec_hi)) - math.sin(math.radians(dec_lo))
     )
     dec = np.degrees(np.arcsin(sin_dec))
-    names = list(CLASS_FRACTIONS)
-    probs = np.array([CLASS_FRACTIONS[k] for k in names])
+    fractions = params.fractions
+    names = list(fractions)
+    probs = np.array([fractions[k] for k in names])
     cls_index = rng.choice(len(names), size=n, p=probs / probs.sum())
     flux = np.empty(n)
     size = np.empty(n)

@@ -8,17 +8,17 @@ from collections.abc import Callable, Sequence
 import torch
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
-from lightly.utils.scheduler import cosine_schedule, linear_warmup_schedule
+from lightly.models.utils import deactivate_requires_grad
+from lightly.utils.scheduler import linear_warmup_schedule
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from radio_curation.data.augmentation import RadioAugmentation
 from radio_curation.errors import RadioCurationError
-from radio_curation.ssl.base import SSLModule
+from radio_curation.ssl.momentum import MomentumMethod
 
 
-class DINO(SSLModule):
+class DINO(MomentumMethod):
     """Self-distillation: a student matches a momentum teacher's centred, sharpened outputs (multi-crop).
 
     The teacher sees the global views only; the student sees global and local views. The exported
@@ -39,7 +39,8 @@ class DINO(SSLModule):
     freeze_last_layer
         Epochs during which the head's last layer is not updated.
     momentum
-        ``(start, end)`` of the teacher's EMA factor, cosine-scheduled over the optimizer steps.
+        ``(start, end)`` of the teacher's EMA factor, cosine-scheduled over the optimizer steps and
+        applied once per step.
     teacher_temp
         ``(start, end)`` of the teacher temperature, linearly warmed up over ``warmup_teacher_temp_epochs``.
     warmup_teacher_temp_epochs
@@ -112,9 +113,6 @@ class DINO(SSLModule):
 
     def step(self, views: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Cross-entropy between teacher outputs on global views and student outputs on all other views."""
-        m = cosine_schedule(self.global_step, self.total_steps, *self.momentum)
-        update_momentum(self.backbone, self.teacher_backbone, m)
-        update_momentum(self.head, self.teacher_head, m)
         global_views = views[:2]
         with torch.no_grad():
             teacher_out = [self.teacher_head(self.teacher_backbone(v)) for v in global_views]
@@ -127,9 +125,12 @@ class DINO(SSLModule):
             end_value=self.teacher_temp[1],
         )
         loss = self.criterion(teacher_out, student_out, teacher_temp=temp)
-        self.log("train/momentum", m, on_step=True, on_epoch=False)
         self.log("train/teacher_temp", temp, on_step=True, on_epoch=False)
         return loss, student_features[0]
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """Student backbone and head with the teacher's."""
+        return [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
 
     def on_after_backward(self) -> None:
         self.head.cancel_last_layer_gradients(current_epoch=self.current_epoch)

@@ -12,6 +12,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from radio_curation.curation.clusters import Hierarchy, write_subsample
+from radio_curation.curation.conditioning import (
+    FeatureConditioning,
+    load_conditioning,
+    normalize_rows,
+    save_conditioning,
+)
 from radio_curation.curation.kmeans import (
     ClusterLevel,
     HierarchicalKMeans,
@@ -22,7 +28,7 @@ from radio_curation.curation.kmeans import (
 from radio_curation.curation.loading import LoadedFeatures, load_features
 from radio_curation.curation.plots import plot_cluster_sizes, plot_objective, plot_sampling
 from radio_curation.curation.samplers import Compose, Pool, cluster_counts, share_of_largest
-from radio_curation.errors import RadioCurationError
+from radio_curation.errors import EmptyResultError, RadioCurationError
 from radio_curation.features.io import FeatureFile
 from radio_curation.runs.store import RunRecord, RunStore
 from radio_curation.tasks.stage import Run, run_stage
@@ -30,6 +36,7 @@ from radio_curation.tasks.stage import Run, run_stage
 log = logging.getLogger(__name__)
 
 LEVELS_DIR = "levels"
+CONDITIONING_FILE = "conditioning.h5"
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -42,7 +49,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dict
         The sample run's result (see :func:`radio_curation.tasks.stage.run_stage`), with ``clusters_id``.
     """
-    store = RunStore(cfg.paths.runs_dir)
+    store = RunStore.of(cfg)
+    if cfg.target_size is not None and int(cfg.target_size) < 1:
+        raise RadioCurationError(
+            f"target_size={cfg.target_size} would select no windows: give a positive number of windows "
+            "to keep (or target_size=null with a sampler that needs none, e.g. sampler=semdedup)"
+        )
     if cfg.clusters_id is not None:
         clusters = store.resolve(cfg.clusters_id, stage="cluster")
         if cfg.features_id is not None:
@@ -55,7 +67,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         clusters_id = clusters.run_id
     elif cfg.features_id is not None:
         features = store.resolve(cfg.features_id, stage="features")
-        clusters_id = run_stage(cfg, cfg.cluster_stage, cluster, parents=[features.run_id])["run_id"]
+        clusters_id = run_stage(
+            cfg, cfg.cluster_stage, cluster, parents=[features.run_id], resumable=[f"{LEVELS_DIR}/level_*.h5"]
+        )["run_id"]
     else:
         raise RadioCurationError(
             "curate.py needs features_id=<features run ID> (to cluster it) or clusters_id=<cluster run ID>; "
@@ -77,8 +91,10 @@ def _log_plot(run: Run, name: str, draw: Callable[..., None], *args: Any) -> Non
 
 
 def cluster(run: Run) -> None:
-    """Work of the cluster stage: levels saved one by one under ``levels/``, then ``clusters.h5``."""
+    """Work of the cluster stage: features conditioned (the fit saved under ``levels/``), levels saved one
+    by one under ``levels/``, then ``clusters.h5``."""
     cfg = run.cfg
+    conditioning: FeatureConditioning = instantiate(cfg.conditioning)
     algo: HierarchicalKMeans = instantiate(cfg.clustering)
     features_run = run.parents[0]
     levels_dir = run.dir / LEVELS_DIR
@@ -97,15 +113,23 @@ def cluster(run: Run) -> None:
         log.info("resuming clustering %s after level %d", run.run_id, len(done))
         run.info["resumed_after_level"] = len(done)
     x = None
-    if not done:
+    if done:
+        fit = load_conditioning(levels_dir / CONDITIONING_FILE)
+    else:
         with run.timer("read_features"):
-            loaded = _read_features(
-                features_run, drop_nonfinite=bool(cfg.drop_nonfinite), normalize=algo.spherical
-            )
-        x, cutout_id = loaded.x, loaded.cutout_id
+            loaded = _read_features(features_run, drop_nonfinite=bool(cfg.drop_nonfinite))
+        cutout_id = loaded.cutout_id
         run.counts["nonfinite_rows_dropped"] = loaded.n_nonfinite
         if loaded.n_nonfinite:
             run.info["nonfinite_cutout_ids"] = loaded.nonfinite_ids
+        with run.timer("conditioning"):
+            fit = conditioning.fit(loaded.x)
+            x = fit.transform(loaded.x, inplace=True)
+            del loaded
+            if algo.spherical and not fit.normalize:
+                normalize_rows(x)
+        save_conditioning(levels_dir / CONDITIONING_FILE, fit)
+    run.info["conditioning"] = fit.describe()
     run.counts["points"] = len(cutout_id)
     run.info["backend"] = algo.backend.describe()
     run.info["max_points_per_centroid"] = algo.max_points_per_centroid
@@ -120,7 +144,7 @@ def cluster(run: Run) -> None:
 
     levels = algo.fit(x, seed=int(cfg.seed), done=done, on_level=on_level)
     del x
-    hierarchy = Hierarchy(cutout_id, levels, algo.metric)
+    hierarchy = Hierarchy(cutout_id, levels, algo.metric, fit)
     with run.artifact("clusters.h5") as tmp:
         hierarchy.save(tmp, attrs={"features_id": features_run.run_id, "backend": algo.backend.name})
     run.metrics["levels"] = {}
@@ -155,19 +179,22 @@ def sample(run: Run) -> None:
     cfg = run.cfg
     clusters_run = run.parents[0]
     hierarchy = Hierarchy.load(clusters_run.artifact("clusters.h5"))
-    store = RunStore(cfg.paths.runs_dir)
+    store = RunStore.of(cfg)
 
     def features() -> np.ndarray:
         features_run = store.resolve(clusters_run.parents[0], stage="features")
         with run.timer("read_features"):
             loaded = _read_features(features_run, drop_nonfinite=True, keep_ids=hierarchy.cutout_id)
-        return loaded.x
+        # The samplers measure distances in the clustering's space, where its centroids live.
+        return hierarchy.conditioning.transform(loaded.x, inplace=True)
 
     pool = Pool(hierarchy, features)
     sampler = build_sampler(cfg.sampler)
     target = None if cfg.target_size is None else int(cfg.target_size)
     with run.timer("sample"):
         rows, report = sampler(pool, target, int(cfg.seed))
+    if len(rows) == 0:
+        raise EmptyResultError(f"the samplers kept no window of the {pool.n} in the pool ({report})")
     with run.artifact("subsample.h5") as tmp:
         write_subsample(
             tmp,

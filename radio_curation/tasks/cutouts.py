@@ -20,9 +20,10 @@ from omegaconf import DictConfig
 
 from radio_curation.cutouts.cut import combine_parts, cut_mosaic, part_path
 from radio_curation.cutouts.index import write_index
-from radio_curation.errors import RadioCurationError, instantiate_user
+from radio_curation.cutouts.strategies import CatalogWindows, CutoutStrategy, SlidingWindow
+from radio_curation.errors import EmptyResultError, RadioCurationError, instantiate_user
 from radio_curation.progress import progress
-from radio_curation.sky.fitsio import MosaicFiles
+from radio_curation.sky.fitsio import MosaicFiles, MosaicReadError, open_mosaic
 from radio_curation.tasks.stage import Run, run_stage
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,36 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dict
         The run summary from :func:`radio_curation.tasks.stage.run_stage`.
     """
-    return run_stage(cfg, cfg.stage, _work)
+    strategy = instantiate_user(cfg.cutouts)
+    instantiate_user(cfg.survey)
+    if isinstance(strategy, CatalogWindows):
+        strategy.sources()  # a catalogue that cannot be read stops before the run is claimed
+    return run_stage(cfg, cfg.stage, _work, resumable=["parts/*.h5"])
+
+
+def _why_empty(mosaics: list[MosaicFiles], strategy: CutoutStrategy, counts: dict[str, int]) -> str:
+    """Why cutting ``mosaics`` gave no window, for the error message."""
+    if not mosaics:
+        return "every mosaic was skipped as unreadable (see the warnings above)"
+    sides = []
+    for files in mosaics:
+        with open_mosaic(files) as mosaic:
+            sides.append(min(mosaic.shape))
+    sizes = [strategy.window_size] if isinstance(strategy, SlidingWindow) else []
+    if sizes and min(sizes) > max(sides):
+        return (
+            f"window {min(sizes)} px is larger than every mosaic ({max(sides)} px); set "
+            f"cutouts.window_size to at most {max(sides)}"
+        )
+    candidates, dropped = counts.get("candidates", 0), counts.get("dropped_nan", 0)
+    if candidates and dropped == candidates:
+        return (
+            f"all {candidates} candidate windows have too many NaN pixels (cutouts.max_nan_fraction="
+            f"{strategy.max_nan_fraction}): the mosaics are blank where the windows fall"
+        )
+    if isinstance(strategy, CatalogWindows):
+        return "no catalogue source falls inside a mosaic; check cutouts.catalog and its columns"
+    return f"no window passed the strategy's filters (counts: {counts})"
 
 
 def _work(run: Run) -> None:
@@ -53,6 +83,8 @@ def _work(run: Run) -> None:
 
     def done(files: MosaicFiles, outcome: dict[str, int] | RadioCurationError) -> None:
         if isinstance(outcome, RadioCurationError):
+            if not isinstance(outcome, MosaicReadError):
+                raise outcome
             if survey.on_error == "fail":
                 raise RadioCurationError(
                     f"{outcome} (survey.on_error=skip leaves unreadable mosaics out and lists them in the manifest)"
@@ -95,8 +127,10 @@ def _work(run: Run) -> None:
     kept = [m for m in mosaics if m.name not in skipped_names]
     with run.timer("combine"):
         index, counts = combine_parts([part_path(parts_dir, m) for m in kept], strategy.attrs())
-        with run.artifact("cutouts.h5") as tmp:
-            write_index(tmp, index)
+    if len(index) == 0:
+        raise EmptyResultError(f"no windows: {_why_empty(kept, strategy, counts)}")
+    with run.timer("write"), run.artifact("cutouts.h5") as tmp:
+        write_index(tmp, index)
     shutil.rmtree(parts_dir)
     sizes, per_size = np.unique(index.columns["size"], return_counts=True)
     run.counts.update({"candidates": 0, "dropped_nan": 0, **counts})

@@ -56,6 +56,13 @@ from radio_curation.evaluation.similarity import ArrayFeatures, FeatureSource
 from radio_curation.runs.store import RunRecord, RunStore
 from radio_curation.tasks.stage import Run, run_stage
 
+#: What the ``*_std`` of a probe's metrics is, written beside them in ``metrics.json``.
+SPREAD_OVER_FOLDS = (
+    "*_std is the standard deviation over the cross-validation folds of this one model: it says how "
+    "stable the probe is, not how much another training seed would change the result (for that, compare "
+    "runs of several seeds with `radio-curation runs compare --group NAME=ID,ID,...`)"
+)
+
 #: Rows per chunk when streaming a features file.
 CHUNK = 65_536
 
@@ -104,7 +111,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _store(cfg: DictConfig) -> RunStore:
-    return RunStore(cfg.paths.runs_dir)
+    return RunStore.of(cfg)
 
 
 def _parent(run: Run, key: str, stage: str) -> RunRecord:
@@ -147,35 +154,43 @@ class Pool:
         return out
 
 
-def _labels_or_none(cfg: DictConfig, pool: Pool, info: dict[str, Any]) -> np.ndarray | None:
-    """Catalogue labels of the pool's windows, or None when no catalogue applies (noted in ``info``)."""
+def _labels_or_none(
+    cfg: DictConfig, pool: Pool, info: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Catalogue labels of the pool's windows and the source that labels each (see ``window_labels``),
+    or None when no catalogue applies (noted in ``info``)."""
     if cfg.eval.catalogue.path is None:
         return None
     try:
-        labels, source = window_labels(cfg.eval.catalogue, pool.merged, pool.table)
+        labels, source, groups = window_labels(cfg.eval.catalogue, pool.merged, pool.table)
     except RadioCurationError as err:
         if cfg.eval.catalogue.path != "auto":
             raise
         info["labels"] = f"none ({err})"
         return None
     info["labels"] = source
-    return labels
+    return labels, groups
 
 
 # ---------------------------------------------------------------------------------------------- probes
 
 
-def _labelled_set(run: Run, info: dict[str, Any]) -> tuple[np.ndarray, LabelledImages]:
-    """Features and labels for a probe: a features run with catalogue labels, or an embedded dataset."""
+def _labelled_set(run: Run, info: dict[str, Any]) -> tuple[np.ndarray, LabelledImages, np.ndarray | None]:
+    """Features and labels for a probe: a features run with catalogue labels, or an embedded dataset.
+
+    The third item groups the rows for cross-validation: overlapping windows labelled by one catalogue
+    source share a group, so they never sit on both sides of a fold (None: every image is its own).
+    """
     cfg = run.cfg
     if cfg.features_id:
         pool = Pool(_store(cfg), _parent(run, "features_id", "features"))
-        labels = _labels_or_none(cfg, pool, info)
-        if labels is None:
+        matched = _labels_or_none(cfg, pool, info)
+        if matched is None:
             raise RadioCurationError(
                 f"features run {cfg.features_id} has no window labels: set eval.catalogue.path to a source "
                 "catalogue (auto works for the synthetic sky), or probe a labelled dataset without features_id"
             )
+        labels, groups = matched
         keep = np.flatnonzero(~np.isin(labels, list(cfg.eval.exclude_labels)))
         if cfg.eval.max_images is not None and len(keep) > cfg.eval.max_images:
             rng = np.random.default_rng(cfg.seed)
@@ -188,20 +203,21 @@ def _labelled_set(run: Run, info: dict[str, Any]) -> tuple[np.ndarray, LabelledI
             names=pool.cutout_ids[keep].astype(str),
         )
         info["source"] = f"features run {cfg.features_id}"
-        return pool.file.read(keep), data
+        info["folds_grouped_by"] = "catalogue source labelling the window"
+        return pool.file.read(keep), data, groups[keep]
     data = instantiate(cfg.dataset).load()
     extractor, preprocess, model_info = build_model(cfg)
     info.update(model_info, source=f"dataset {cfg.dataset._target_.rsplit('.', 1)[-1]}")
     features = embed_images(
         extractor, preprocess, data.images, int(cfg.batch_size), resolve_device(cfg.device)
     )
-    return features, data
+    return features, data, None
 
 
 def _probe(run: Run) -> None:
     cfg, ev = run.cfg, run.cfg.eval
     out, info = Outputs(run), {}
-    features, data = _labelled_set(run, info)
+    features, data, groups = _labelled_set(run, info)
     record: dict[str, Any] = {}
     if ev.name == "linear_probe":
         classify = logistic_classifier(
@@ -221,6 +237,7 @@ def _probe(run: Run) -> None:
             folds=int(ev.folds),
             split=data.split if ev.use_split else None,
             seed=cfg.seed,
+            groups=groups,
         )
     names = list(data.class_names)
     out.png(
@@ -234,6 +251,7 @@ def _probe(run: Run) -> None:
     details = {
         "classes": data.class_counts(),
         "folds": {"accuracy": result.accuracy, "macro_f1": result.macro_f1},
+        "spread": SPREAD_OVER_FOLDS,
         "confusion": result.confusion,
         "split_confusion": result.split_confusion,
         "info": {**info, **record},
@@ -336,9 +354,9 @@ def _umap(run: Run) -> None:
             cluster[rows] = hierarchy.paths()[:, level - 1].astype(str)
             colours[f"cluster level {level}"] = cluster.astype(str)
         colours["mosaic"] = pool.table["mosaic"]
-        labels = _labels_or_none(cfg, pool, info) if "label" in ev.colour_by else None
-        if labels is not None:
-            colours["label"] = labels
+        matched = _labels_or_none(cfg, pool, info) if "label" in ev.colour_by else None
+        if matched is not None:
+            colours["label"] = matched[0]
         if sample_run is not None:
             highlight = np.zeros(len(ids), bool)
             highlight[pool.rows_of(read_subsample(sample_run.artifact("subsample.h5"))[0], "subsample")] = (
@@ -478,9 +496,8 @@ def _curation_report(run: Run) -> None:
     random_rows = np.sort(rng.choice(len(pool_ids), len(sub_rows), replace=False))
     sets = {"pool": np.arange(len(pool_ids)), "subsample": sub_rows, "random": random_rows}
     paths = hierarchy.paths()
-    labels = _labels_or_none(cfg, pool_all, info)
-    if labels is not None:
-        labels = labels[cluster_rows]
+    matched = _labels_or_none(cfg, pool_all, info)
+    labels = None if matched is None else matched[0][cluster_rows]
     with run.timer("figures"):
         figures = curation_figures(
             pool,
@@ -513,7 +530,11 @@ def _curation_report(run: Run) -> None:
         )
     with run.timer("exemplars"):
         exemplars = top_level_exemplars(
-            pool, paths, hierarchy.levels[-1].centroids, int(ev.exemplars), metric=hierarchy.metric
+            hierarchy.conditioning.source(pool),
+            paths,
+            hierarchy.levels[-1].centroids,
+            int(ev.exemplars),
+            metric=hierarchy.metric,
         )
     grid_pages = _exemplar_pages(out, pool_all, pool_ids, paths, sets, exemplars, int(ev.clusters_per_page))
     metrics = figures.metrics()

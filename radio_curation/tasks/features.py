@@ -25,16 +25,25 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from radio_curation.backbones import build_backbone
+from radio_curation.backbones.export import weights_digest
+from radio_curation.backbones.factory import run_preprocessing
 from radio_curation.cutouts.reader import WindowReader
+from radio_curation.data.precision import check_first_batch, describe
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.distributed import cluster_plugins, launched_rank, lightning_outside_srun
-from radio_curation.errors import RadioCurationError, instantiate_user
-from radio_curation.features.extraction import BlockWriter, FeatureDataModule, FeatureModule, RateBar
-from radio_curation.features.io import BlockShards, FeatureFile, consolidate
+from radio_curation.errors import EmptyResultError, RadioCurationError, instantiate_user
+from radio_curation.features.extraction import (
+    GATHER_ON,
+    BlockWriter,
+    FeatureDataModule,
+    FeatureModule,
+    RateBar,
+)
+from radio_curation.features.io import BlockShards, FeatureFile, Plan, consolidate
 from radio_curation.runs.manifest import COMPLETE, read_manifest
 from radio_curation.runs.resolvers import expected_run_dir
 from radio_curation.runs.store import RunRecord, RunStore
-from radio_curation.tasks.stage import Run, run_stage
+from radio_curation.tasks.stage import Run, check_precision, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +59,7 @@ def _source(cfg: DictConfig) -> RunRecord:
             "no source: give the merge run to extract features of, e.g. "
             "extract.py stage=features source_id=merge-1a2b3c4d5e"
         )
-    return RunStore(cfg.paths.runs_dir).resolve(str(cfg.source_id), stage="merge")
+    return RunStore.of(cfg).resolve(str(cfg.source_id), stage="merge")
 
 
 def _on_gpu(cfg: DictConfig) -> bool:
@@ -65,6 +74,16 @@ def resolve_precision(cfg: DictConfig) -> str:
     if not _on_gpu(cfg):
         return "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def resolve_gather_on(cfg: DictConfig) -> str:
+    """Where windows are cut and preprocessed (``auto``: on the model's GPU, else in the loader workers)."""
+    where = str(cfg.gather_on)
+    if where == "auto":
+        return "device" if _on_gpu(cfg) else "workers"
+    if where not in GATHER_ON:
+        raise RadioCurationError(f"gather_on={where!r}: choose auto, {' or '.join(GATHER_ON)}.")
+    return where
 
 
 def _dtype(cfg: DictConfig) -> np.dtype:
@@ -82,13 +101,42 @@ def _check_settings(cfg: DictConfig) -> None:
         raise RadioCurationError(
             f"limit_batches must be a positive number of batches or null, got {cfg.limit_batches}"
         )
+    check_precision(cfg.precision, "precision", extra=("auto",))
     _dtype(cfg)
+    resolve_gather_on(cfg)
+
+
+def preprocessing(cfg: DictConfig) -> tuple[DictConfig, int | None, str]:
+    """The normalisation config, input size and a description of where they come from.
+
+    With ``backbone=run`` and ``preprocess_from_model`` (the default) they are those the model was
+    trained with, stored in its ``backbone.pt``; otherwise ``normalization`` and ``resize``.
+    """
+    model_id = OmegaConf.select(cfg, "backbone.model_id", default=None)
+    if model_id and cfg.preprocess_from_model:
+        stored = run_preprocessing(str(model_id), cfg.paths.runs_dir)
+        if stored is not None:
+            normalization = OmegaConf.create(stored["normalization"])
+            target = str(normalization.get("_target_", "?")).rsplit(".", 1)[-1]
+            return (
+                normalization,
+                int(stored["input_size"]),
+                f"the normalization of model {model_id} ({target})",
+            )
+    return cfg.normalization, cfg.resize, describe(cfg)
 
 
 def _models(cfg: DictConfig, sizes: np.ndarray) -> tuple[torch.nn.Module, Preprocess]:
-    """The backbone and its preprocessing, checked on one window of each size in the index."""
-    extractor = build_backbone(cfg.backbone)
-    preprocess = Preprocess(instantiate_user(cfg.normalization), extractor.in_chans, cfg.resize)
+    """The backbone and its preprocessing, checked on one window of each size in the index.
+
+    Weights not loaded from a file are drawn from ``cfg.seed``: every run and every DDP rank of one
+    config builds the same network.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.seed))
+        extractor = build_backbone(cfg.backbone)
+    normalization, resize, _ = preprocessing(cfg)
+    preprocess = Preprocess(instantiate_user(normalization), extractor.in_chans, resize)
     extractor.eval()
     for size in np.unique(sizes):
         try:
@@ -98,7 +146,7 @@ def _models(cfg: DictConfig, sizes: np.ndarray) -> tuple[torch.nn.Module, Prepro
             raise
         except Exception as err:
             raise RadioCurationError(
-                f"the backbone cannot take {size} px windows resized to {cfg.resize}: {type(err).__name__}: "
+                f"the backbone cannot take {size} px windows resized to {resize}: {type(err).__name__}: "
                 f"{err}. Set resize= to a size it accepts (or backbone.model_kwargs.dynamic_img_size=true "
                 "for a timm ViT)."
             ) from err
@@ -135,20 +183,35 @@ def _feature_module(extractor: torch.nn.Module, preprocess: Preprocess, cfg: Dic
     return FeatureModule(extractor, preprocess, channels_last=_on_gpu(cfg))
 
 
-def _attrs(cfg: DictConfig, extractor: Any, source_id: str, dtype: np.dtype) -> dict[str, Any]:
+def _datamodule(
+    cfg: DictConfig,
+    merged: Path,
+    preprocess: Preprocess,
+    shards: BlockShards | None = None,
+    plan: Plan | None = None,
+) -> FeatureDataModule:
+    return FeatureDataModule(
+        merged, cfg.batch_size, cfg.num_workers, preprocess, resolve_gather_on(cfg), shards, plan
+    )
+
+
+def _attrs(cfg: DictConfig, extractor: Any, source_id: str, dtype: np.dtype, weights: str) -> dict[str, Any]:
     def as_json(node: Any) -> str:
         return json.dumps(OmegaConf.to_container(node, resolve=True), sort_keys=True)
 
+    normalization, resize, _ = preprocessing(cfg)
     return {
         "backbone": as_json(cfg.backbone),
         "tap": extractor.tap,
         "pooling": extractor.pooling or "default",
-        "normalization": as_json(cfg.normalization),
-        "resize": int(cfg.resize) if cfg.resize is not None else 0,
+        "normalization": as_json(normalization),
+        "resize": int(resize) if resize is not None else 0,
         "precision": resolve_precision(cfg),
         "dtype": dtype.name,
         "source_id": source_id,
         "limit_batches": int(cfg.limit_batches) if cfg.limit_batches is not None else 0,
+        "seed": int(cfg.seed),
+        "weights_sha256": weights,
     }
 
 
@@ -176,16 +239,20 @@ def _work(run: Run) -> None:
     reader = WindowReader(merged)
     ids, sizes = reader.cutout_ids, reader.table()["size"]
     n_rows = len(ids)
-    if cfg.limit_batches is not None:
-        n_rows = min(n_rows, int(cfg.limit_batches) * int(cfg.batch_size))
-    plan = shards.load_or_create_plan(n_rows, BATCHES_PER_BLOCK * int(cfg.batch_size), source.run_id)
-    extractor, preprocess = _models(cfg, sizes[: plan.n_rows])
+    if n_rows == 0:
+        raise EmptyResultError(f"merge run {source.run_id} has no windows to extract features of")
+    if cfg.stage.limit_rows is not None:
+        n_rows = min(n_rows, int(cfg.stage.limit_rows))
+    extractor, preprocess = _models(cfg, sizes[:n_rows])
+    weights = weights_digest(extractor)
+    plan = shards.load_or_create_plan(n_rows, BATCHES_PER_BLOCK * int(cfg.batch_size), source.run_id, weights)
+    run.info["weights_sha256"] = weights
     pending = shards.pending(plan)
     run.info["blocks"] = plan.n_blocks
     run.info["blocks_done_before"] = plan.n_blocks - len(pending)
     run.info["precision"] = resolve_precision(cfg)
     if pending:
-        datamodule = FeatureDataModule(merged, cfg.batch_size, cfg.num_workers, shards, plan)
+        datamodule = _datamodule(cfg, merged, preprocess, shards, plan)
         module = _feature_module(extractor, preprocess, cfg)
         began = time.perf_counter()
         with run.timer("extract"):
@@ -197,7 +264,7 @@ def _work(run: Run) -> None:
         run.info["world_size"] = world_size
     dtype = _dtype(cfg)
     with run.timer("join"), run.artifact(FEATURES) as tmp:
-        attrs = _attrs(cfg, extractor, source.run_id, dtype)
+        attrs = _attrs(cfg, extractor, source.run_id, dtype, weights)
         run.info["blocks_by_rank"] = consolidate(shards, plan, ids, tmp, extractor.feature_dim, dtype, attrs)
     _finish(run, final, shards)
 
@@ -221,7 +288,7 @@ def _rank_worker(cfg: DictConfig, source: RunRecord) -> dict[str, Any]:
     merged = source.artifact("merged.h5")
     reader = WindowReader(merged)
     extractor, preprocess = _models(cfg, reader.table()["size"])
-    datamodule = FeatureDataModule(merged, cfg.batch_size, cfg.num_workers)
+    datamodule = _datamodule(cfg, merged, preprocess)
     writer, _ = _predict(cfg, _feature_module(extractor, preprocess, cfg), datamodule)
     return {"rank": launched_rank(), "rows": writer.rows_written}
 
@@ -239,10 +306,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ------
     RadioCurationError
         No or a wrong source ID (e.g. a cutouts ID), a bad checkpoint or module name, a backbone that
-        cannot take the windows, bad settings.
+        cannot take the windows, bad settings, a normalisation whose output the model's precision
+        cannot hold (checked on the first batch).
     """
     _check_settings(cfg)
     source = _source(cfg)
+    normalization, resize, described = preprocessing(cfg)
+    check_first_batch(
+        source.artifact("merged.h5"),
+        None,
+        int(cfg.batch_size),
+        Preprocess(instantiate_user(normalization), 1, resize),
+        resolve_precision(cfg),
+        described,
+        "precision",
+    )
     if launched_rank() > 0:
         return _rank_worker(cfg, source)
-    return run_stage(cfg, cfg.stage, _work)
+    return run_stage(cfg, cfg.stage, _work, resumable=["shards/block-*.h5", FEATURES])

@@ -6,15 +6,18 @@ removed.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, ListConfig
 
 from radio_curation.cutouts.index import read_index, write_index
-from radio_curation.errors import RadioCurationError, instantiate_user
+from radio_curation.errors import EmptyResultError, RadioCurationError, instantiate_user
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks.stage import Run, run_stage
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -35,17 +38,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise RadioCurationError(
             "no cutouts runs to merge: give their IDs, e.g. extract.py stage=merge 'cutouts_ids=[cutouts-1a2b3c4d5e]'"
         )
-    store = RunStore(cfg.paths.runs_dir)
-    for run_id in ids if isinstance(ids, ListConfig) else [ids]:
-        store.resolve(str(run_id), stage="cutouts")
-    return run_stage(cfg, cfg.stage, _work)
+    store = RunStore.of(cfg)
+    given = [
+        store.resolve(str(i), stage="cutouts").run_id for i in (ids if isinstance(ids, ListConfig) else [ids])
+    ]
+    parents = list(dict.fromkeys(given))
+    if len(parents) < len(given):
+        repeated = sorted({i for i in given if given.count(i) > 1})
+        log.warning("cutouts_ids names %s more than once; merging each run once", ", ".join(repeated))
+    merger = instantiate_user(cfg.merge)  # a bad merge setting stops before the run is claimed
+    return run_stage(cfg, cfg.stage, lambda run: _work(run, merger), parents=parents)
 
 
-def _work(run: Run) -> None:
+def _work(run: Run, merger: Any) -> None:
     indexes = [read_index(parent.artifact("cutouts.h5")) for parent in run.parents]
-    merger = instantiate_user(run.cfg.merge)
     with run.timer("merge"):
         merged, counts = merger.merge(indexes)
+    if len(merged) == 0:
+        removed = {k: v for k, v in counts.items() if k not in ("input", "windows") and v}
+        raise EmptyResultError(
+            f"the merge keeps no window of the {counts.get('input', 0)} in {', '.join(p.run_id for p in run.parents)}"
+            f" (removed: {removed or 'none'}); loosen the merge filters (merge=...)"
+        )
     merged.attrs["parents"] = [parent.run_id for parent in run.parents]
     with run.artifact("merged.h5") as tmp:
         write_index(tmp, merged)

@@ -29,6 +29,7 @@ from radio_curation.backbones.export import save_backbone
 from radio_curation.curation.clusters import read_subsample
 from radio_curation.cutouts.index import read_index
 from radio_curation.data.datamodule import TrainingWindows
+from radio_curation.data.precision import check_first_batch, describe
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.distributed import cluster_plugins, launched_rank, lightning_outside_srun
 from radio_curation.errors import RadioCurationError, instantiate_user
@@ -37,7 +38,7 @@ from radio_curation.runs.store import RunRecord, RunStore
 from radio_curation.ssl.base import SSLModule
 from radio_curation.ssl.checkpoint_io import AtomicCheckpointIO
 from radio_curation.ssl.monitor import OnlineKNN, TrackerLogger
-from radio_curation.tasks.stage import Run, run_stage
+from radio_curation.tasks.stage import Run, check_precision, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def resolve_source(cfg: DictConfig) -> TrainingSource:
         Neither or both IDs given, an ID of the wrong stage, ``random_subset`` with ``subsample_id`` or
         larger than the source, a ``data.window_size`` the source does not have.
     """
-    store = RunStore(cfg.paths.runs_dir)
+    store = RunStore.of(cfg)
     subsample_id, source_id, subset = cfg.subsample_id, cfg.source_id, cfg.random_subset
     if (subsample_id is None) == (source_id is None):
         raise RadioCurationError(
@@ -231,6 +232,7 @@ def fit(
         nan_fill=data.nan_fill,
         pin_memory=data.pin_memory,
         prefetch_factor=data.prefetch_factor,
+        resident_gb=data.resident_gb,
     )
     knn = _knn_monitor(cfg, model) if run is not None else None  # evaluated on rank 0 only
     logger = TrackerLogger(run.tracker, run.run_id) if run is not None else False
@@ -289,7 +291,17 @@ def _work(run: Run, source: TrainingSource) -> None:
         trainer, model = fit(cfg, source, run.dir, run)
     run.register(LAST_CHECKPOINT)
     with run.artifact("backbone.pt") as tmp:
-        save_backbone(model.export_backbone(), OmegaConf.to_container(cfg.backbone, resolve=True), tmp)
+        save_backbone(
+            model.export_backbone(),
+            OmegaConf.to_container(cfg.backbone, resolve=True),
+            tmp,
+            preprocessing={
+                # The model saw views of augmentation.global_size pixels, normalised per view.
+                "input_size": int(cfg.augmentation.global_size),
+                "normalization": OmegaConf.to_container(cfg.normalization, resolve=True),
+                "in_chans": int(model.backbone.in_chans),
+            },
+        )
     run.counts.update(
         {
             "images": len(source.cutout_ids),
@@ -314,7 +326,17 @@ def _work(run: Run, source: TrainingSource) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain the ``ssl`` method on the windows of ``subsample_id`` or ``source_id``; see the module doc."""
+    check_precision(cfg.trainer.precision, "trainer.precision")
     source = resolve_source(cfg)
+    check_first_batch(
+        source.merged,
+        source.cutout_ids,
+        int(cfg.data.batch_size),
+        Preprocess(instantiate_user(cfg.normalization), 1, int(cfg.augmentation.global_size)),
+        cfg.trainer.precision,
+        describe(cfg),
+        "trainer.precision",
+    )
     if launched_rank() > 0:
         run_dir = expected_run_dir(cfg)
         trainer, _ = fit(cfg, source, run_dir)
@@ -324,4 +346,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "stage": cfg.stage.name,
             "rank": trainer.global_rank,
         }
-    return run_stage(cfg, cfg.stage, lambda handle: _work(handle, source))
+    return run_stage(
+        cfg, cfg.stage, lambda handle: _work(handle, source), resumable=[f"{CHECKPOINT_DIR}/*.ckpt"]
+    )

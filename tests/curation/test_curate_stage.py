@@ -15,6 +15,7 @@ from radio_curation.runs.manifest import read_manifest
 from radio_curation.tasks import curate
 from tests.curation.conftest import write_features_run
 from tests.curation.planted import planted
+from tests.kill_after import run_killed
 
 SIZES = [1200, 500, 100, 60, 40]
 SMALL = [
@@ -49,7 +50,11 @@ def test_curate_clusters_then_samples(compose, planted_run, capsys):
             assert group["assignment"].shape == group["distance"].shape == (n_in,)
             assert group["sizes"].shape == (k,) and group["sizes"][()].sum() == len(x)
             assert group["sizes"].dtype == np.int64
-        assert f.attrs["metric"] == "l2"
+        # The default conditioning: centred, unit rows, spherical k-means (unit centroids).
+        assert f.attrs["metric"] == "cosine" and f["conditioning"].attrs["normalize"]
+        np.testing.assert_allclose(f["conditioning/mean"][()], x.astype(np.float64).mean(0), atol=1e-4)
+        assert "projection" not in f["conditioning"]
+        np.testing.assert_allclose(np.linalg.norm(f["level_1/centroids"][()], axis=1), 1.0, rtol=1e-5)
     clusters_manifest = read_manifest(clusters_dir)
     assert clusters_manifest["parents"] == [features_id]
     assert clusters_manifest["metrics"]["levels"]["level_1"]["k"] == 30
@@ -122,7 +127,7 @@ def test_killed_clustering_resumes_at_the_next_level(compose, planted_run, monke
     cluster_dirs = list((tmp_path / "runs" / "cluster").iterdir())
     assert len(cluster_dirs) == 1
     assert read_manifest(cluster_dirs[0])["status"] != "complete"
-    assert [p.name for p in (cluster_dirs[0] / "levels").iterdir()] == ["level_1.h5"]
+    assert sorted(p.name for p in (cluster_dirs[0] / "levels").iterdir()) == ["conditioning.h5", "level_1.h5"]
 
     resumed = curate.run(compose("curate", overrides))
     assert calls == [1, 2, 2, 3]
@@ -173,6 +178,30 @@ def test_nonfinite_rows_are_counted_and_dropped_on_request(compose, features_run
     assert Hierarchy.load(clusters_dir / "clusters.h5").n == len(x) - 4
 
 
+def test_conditioning_is_part_of_the_clustering_and_the_samplers_use_its_space(compose, planted_run):
+    features_id, x, _ = planted_run
+    overrides = [f"features_id={features_id}", "target_size=200", *SMALL]
+    plain = curate.run(compose("curate", overrides))
+    whitened = curate.run(
+        compose(
+            "curate",
+            [*overrides, "conditioning=pca_whiten", "conditioning.whiten_dim=6", "sampler=prototypicality"],
+        )
+    )
+    assert whitened["clusters_id"] != plain["clusters_id"]
+    clusters_dir = Path(whitened["run_dir"]).parents[1] / "cluster" / whitened["clusters_id"]
+    hierarchy = Hierarchy.load(clusters_dir / "clusters.h5")
+    assert hierarchy.levels[0].centroids.shape == (30, 6)
+    assert read_manifest(clusters_dir)["info"]["conditioning"]["whitened_dim"] == 6
+    # Prototypicality ranks by the cosine distance to the centroid in the conditioned space.
+    y = hierarchy.conditioning.transform(x)
+    c = hierarchy.levels[0].centroids[hierarchy.levels[0].assignment]
+    distance = 1 - (y * c).sum(1) / np.linalg.norm(c, axis=1)
+    ids, _ = read_subsample(Path(whitened["run_dir"]) / "subsample.h5")
+    chosen = np.isin(np.arange(len(x)) * 7 + 3, ids)
+    assert chosen.sum() == 200 and distance[chosen].min() >= distance[~chosen].max() - 1e-5
+
+
 def test_dedup_then_balanced_through_the_config(compose, features_run):
     rng = np.random.default_rng(0)
     base, _ = planted(SIZES, dim=12, separation=20.0, seed=2)
@@ -193,3 +222,29 @@ def test_dedup_then_balanced_through_the_config(compose, features_run):
     assert result["info"]["samplers"]["balanced"]["out"] == 800
     ids, _ = read_subsample(Path(result["run_dir"]) / "subsample.h5")
     assert len(ids) == 800
+
+
+def test_sample_killed_before_its_subsample_is_in_place_resumes(
+    compose, planted_run, runs_dir, data_dir, tmp_path
+):
+    features_id, _, _ = planted_run
+    overrides = [f"features_id={features_id}", "target_size=300", *SMALL]
+    reference = curate.run(compose("curate", overrides))
+    want_ids, want_paths = read_subsample(Path(reference["run_dir"]) / "subsample.h5")
+    # From the command line, a forced new sample of the same clustering, killed once subsample.h5 is written
+    # to its temporary name but before it is moved into place.
+    forced = [f"clusters_id={reference['clusters_id']}", "target_size=300", "force=true"]
+    store = [f"paths.runs_dir={runs_dir}", f"paths.data_dir={data_dir}", "logger=csv"]
+    run_killed("radio_curation.tasks.curate:write_subsample", 1, "curate.py", [*forced, *store], tmp_path)
+    run_dir = runs_dir / "sample" / f"{reference['run_id']}-2"
+    assert read_manifest(run_dir)["status"] == "running"
+    assert not (run_dir / "subsample.h5").exists() and list(run_dir.glob(".subsample.h5.tmp-*"))
+    resumed = curate.run(compose("curate", forced))
+    assert resumed["run_id"] == run_dir.name and not resumed["reused"]
+    manifest = read_manifest(run_dir)
+    assert manifest["status"] == "complete" and manifest["attempts"] == 2
+    got_ids, got_paths = read_subsample(run_dir / "subsample.h5")
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_array_equal(got_paths, want_paths)
+    assert manifest["metrics"] == read_manifest(Path(reference["run_dir"]))["metrics"]
+    assert not list(run_dir.glob(".*.tmp-*"))

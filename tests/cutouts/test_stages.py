@@ -11,6 +11,7 @@ from radio_curation.cutouts.index import read_index
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.errors import RadioCurationError
 from radio_curation.tasks import extract
+from tests.kill_after import run_killed
 from tests.sky.helpers import noise_image, write_image
 
 SMALL = ["survey.mosaics=2", "survey.size=512"]
@@ -158,3 +159,64 @@ def test_merge_needs_cutouts_runs(compose):
 def test_config_mistakes_are_user_errors(compose, overrides, message):
     with pytest.raises(RadioCurationError, match=message):
         extract.run(compose("extract", ["stage=cutouts", *overrides]))
+
+
+def _killed(target: str, n: int, overrides: list[str], runs_dir, data_dir, cwd) -> None:
+    store = [f"paths.runs_dir={runs_dir}", f"paths.data_dir={data_dir}", "logger=csv"]
+    run_killed(target, n, "extract.py", [*overrides, *store], cwd)
+
+
+def _leftovers(run_dir) -> list[str]:
+    return sorted(p.name for p in run_dir.rglob(".*.tmp-*"))
+
+
+def test_cutouts_killed_mid_mosaic_resume_to_the_uninterrupted_index(compose, runs_dir, data_dir, tmp_path):
+    sky = ["stage=cutouts", "survey.mosaics=3", "survey.size=256", "cutouts.window_size=32"]
+    reference = extract.run(compose("extract", sky))
+    want = read_index(f"{reference['run_dir']}/cutouts.h5")
+    # A forced new run, killed once the second mosaic's rows are written but before they are in place.
+    forced = [*sky, "force=true"]
+    _killed("radio_curation.cutouts.cut:write_index", 2, forced, runs_dir, data_dir, tmp_path)
+    run_dir = runs_dir / "cutouts" / f"{reference['run_id']}-2"
+    assert yaml.safe_load((run_dir / "manifest.yaml").read_text())["status"] == "running"
+    assert not (run_dir / "cutouts.h5").exists()
+    assert len(list((run_dir / "parts").glob("*.h5"))) == 1 and _leftovers(run_dir)
+    calls = []
+    original = cutouts_task.cut_mosaic
+
+    def counting(files, strategy, out, threads):
+        calls.append(files.name)
+        return original(files, strategy, out, threads)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cutouts_task, "cut_mosaic", counting)
+        resumed = extract.run(compose("extract", forced))
+    assert resumed["run_id"] == run_dir.name and _manifest(resumed)["attempts"] == 2
+    assert len(calls) == 2  # the mosaic finished before the kill is not cut again
+    got = read_index(f"{resumed['run_dir']}/cutouts.h5")
+    assert got.mosaics["name"] == want.mosaics["name"]
+    for name, column in want.columns.items():
+        np.testing.assert_array_equal(got.columns[name], column)
+    assert resumed["counts"] == reference["counts"] and not _leftovers(run_dir)
+
+
+def test_merge_killed_before_its_index_is_in_place_resumes(compose, runs_dir, data_dir, tmp_path):
+    cutouts = extract.run(compose("extract", ["stage=cutouts", *SMALL]))
+    merge = ["stage=merge", f"cutouts_ids=[{cutouts['run_id']}]", "merge.min_peak_snr=5"]
+    reference = extract.run(compose("extract", merge))
+    want = WindowReader(f"{reference['run_dir']}/merged.h5").table()
+    forced = [*merge, "force=true"]
+    _killed("radio_curation.tasks.merge:write_index", 1, forced, runs_dir, data_dir, tmp_path)
+    run_dir = runs_dir / "merge" / f"{reference['run_id']}-2"
+    assert yaml.safe_load((run_dir / "manifest.yaml").read_text())["status"] == "running"
+    assert not (run_dir / "merged.h5").exists() and _leftovers(run_dir)
+    # The interrupted run is not taken for a result: a plain rerun of the same merge reuses the first.
+    assert extract.run(compose("extract", merge))["run_id"] == reference["run_id"]
+    resumed = extract.run(compose("extract", forced))
+    assert resumed["run_id"] == run_dir.name and not resumed["reused"]
+    assert _manifest(resumed)["attempts"] == 2 and _manifest(resumed)["status"] == "complete"
+    got = WindowReader(f"{resumed['run_dir']}/merged.h5").table()
+    assert got.keys() == want.keys()
+    for name, column in want.items():
+        np.testing.assert_array_equal(got[name], column)
+    assert resumed["counts"] == reference["counts"] and not _leftovers(run_dir)

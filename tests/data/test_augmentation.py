@@ -11,6 +11,7 @@ from torch import nn
 from radio_curation.data.augmentation import (
     CropParams,
     RadioAugmentation,
+    beam_noise,
     contrast_jitter,
     crop_rotate_flip,
     gaussian_blur,
@@ -29,7 +30,9 @@ def _params(
     n: int, angle: float = 0.0, flip: float = 1.0, scale: float = 1.0, cx: float = 0.0, cy: float = 0.0
 ):
     full = lambda v: torch.full((n,), float(v))  # noqa: E731
-    return CropParams(scale=full(scale), angle=full(angle), flip=full(flip), cx=full(cx), cy=full(cy))
+    return CropParams(
+        scale=full(scale), angle=full(angle), flip=full(flip), cx=full(cx), cy=full(cy), side=full(scale**0.5)
+    )
 
 
 def _geometry_only(**kwargs) -> RadioAugmentation:
@@ -54,10 +57,19 @@ def test_rotationally_symmetric_source_is_invariant_under_any_rotation_and_flip(
     torch.manual_seed(0)
     params = sample_crop_params(8, (1.0, 1.0), rotate=True, flip=True)
     assert params.angle.std() > 0.5 and set(params.flip.tolist()) == {-1.0, 1.0}
+    unrotated = CropParams(
+        scale=params.scale,
+        angle=torch.zeros(8),
+        flip=torch.ones(8),
+        cx=params.cx,
+        cy=params.cy,
+        side=params.side,
+    )
     out = crop_rotate_flip(source, params, 64)
-    assert torch.allclose(out, source, atol=1e-2)  # bilinear interpolation error only (peak is 1)
+    assert torch.allclose(out, crop_rotate_flip(source, unrotated, 64), atol=1e-2)  # interpolation error only
     elongated = torch.exp(-(xx**2 / 20.0**2 + yy**2 / 3.0**2) / 2)[None, None].repeat(8, 1, 1, 1)
-    assert (crop_rotate_flip(elongated, params, 64) - elongated).abs().amax() > 0.5
+    diff = crop_rotate_flip(elongated, params, 64) - crop_rotate_flip(elongated, unrotated, 64)
+    assert diff.abs().amax() > 0.5
 
 
 def test_asymmetric_source_changes_orientation_and_rotations_cover_all_angles():
@@ -85,6 +97,61 @@ def test_crop_area_stays_in_the_configured_range(low, high):
     assert area.min() < low + 0.05 and area.max() > high - 0.05  # the whole range is used
     # The unrotated crop lies inside the window.
     assert out.min() >= -1 - 1e-5 and out.max() <= 1 + 1e-5
+
+
+def _blob(size: int, x: float, y: float, sigma: float) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    return torch.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+
+
+def test_rotated_views_never_show_a_mirrored_copy_of_a_source_near_the_edge():
+    # A one-sided jet touching the window's left edge: any padding (reflection, border) would put a
+    # mirrored or smeared copy of it in the corners of a rotated view and raise the view's total flux.
+    size = 64
+    window = _blob(size, 3.0, 32.0, 2.0) + 0.5 * _blob(size, 9.0, 32.0, 2.0)
+    window = window[None, None].repeat(400, 1, 1, 1)
+    torch.manual_seed(6)
+    params = sample_crop_params(400, (0.3, 1.0), rotate=True, flip=True)
+    views = crop_rotate_flip(window, params, 32)
+    # Flux in a view, in window-pixel units: each view pixel covers (side * S / 32)^2 window pixels.
+    flux = views.sum(dim=(1, 2, 3)) * (params.side * size / 32) ** 2
+    assert flux.max() <= 1.02 * window[0].sum()
+    # Every view lies inside the disc of radius S/2 * side * √2 around its centre, inside the window.
+    reach = params.side * math.sqrt(2) + torch.maximum(params.cx.abs(), params.cy.abs())
+    assert reach.max() <= 1.0 + 1e-6
+    # Views reach the whole window: some sample the source near the edge at full strength.
+    assert flux.max() > 0.5 * window[0].sum()
+
+
+def test_rotated_crop_of_full_scale_is_the_inscribed_centre_of_the_window():
+    window = torch.linspace(0, 1, 64).expand(1, 1, 64, 64).contiguous()
+    params = sample_crop_params(1, (1.0, 1.0), rotate=True, flip=False)
+    params = CropParams(
+        params.scale, torch.zeros(1), params.flip, torch.zeros(1), torch.zeros(1), params.side
+    )
+    out = crop_rotate_flip(window, params, 64)
+    width = out[0, 0, 0, -1] - out[0, 0, 0, 0]  # the ramp rises 1/63 per window pixel
+    assert width.item() == pytest.approx(1 / math.sqrt(2), abs=0.01)
+
+
+def test_added_noise_is_correlated_over_the_beam_like_the_sky():
+    torch.manual_seed(7)
+    sky = torch.randn(16, 1, 64, 64) * 3e-3
+    aug = RadioAugmentation(
+        nn.Identity(), 1, global_size=64, global_scale=(1, 1), rotate=False, flip=False,
+        blur_prob=0, contrast_prob=0, noise_prob=1.0, noise_level=(1.0, 1.0), noise_correlation=1.7,
+    )  # fmt: skip
+    added = aug.view(sky, 64, (1.0, 1.0)) - sky
+    a = added - added.mean(dim=(2, 3), keepdim=True)
+
+    def autocorrelation(lag: int) -> float:
+        return float((a[..., lag:] * a[..., :-lag]).mean() / (a * a).mean())
+
+    # A Gaussian beam of sigma 1.7 px correlates noise by exp(-d^2 / (4 sigma^2)): 0.92 at 1 px, 0.71 at 2 px.
+    assert autocorrelation(1) > 0.85 and autocorrelation(2) > 0.6
+    assert robust_rms(added).mean().item() == pytest.approx(3e-3, rel=0.15)
+    white = beam_noise(16, 64, torch.zeros(16))
+    assert abs(float((white[..., 1:] * white[..., :-1]).mean())) < 0.02
 
 
 def test_channels_are_identical_so_there_is_no_hue_or_saturation_jitter():
@@ -165,7 +232,7 @@ def test_views_differ_per_image_within_a_batch():
         ({"in_chans": 2}, "in_chans"),
         ({"global_scale": (0.9, 0.5)}, "global_scale"),
         ({"blur_prob": 1.5}, "blur_prob"),
-        ({"padding_mode": "wrap"}, "padding_mode"),
+        ({"noise_correlation": -1.0}, "noise_correlation"),
         ({"contrast": 1.0}, "contrast"),
     ],
 )

@@ -88,6 +88,59 @@ def test_official_batches_are_read_with_split_and_subset(tmp_path):
     np.testing.assert_array_equal(confident.images[-1, 0], test["data"][2].reshape(8, 8))
 
 
+def _official_batch(path, labels, value, side=150, data=None):
+    """A batch as the distributed files are: a protocol-2 pickle with bytes keys and bytes file names,
+    ``side``-pixel images flattened to uint8 rows (every pixel of image ``i`` = ``value + i``)."""
+    if data is None:
+        data = (value + np.arange(len(labels), dtype=np.uint8))[:, None].repeat(side * side, axis=1)
+    batch = {
+        b"batch_label": f"{path.name} of 10".encode(),
+        b"labels": list(labels),
+        b"data": data,
+        b"filenames": [f"{path.name}_{i}.png".encode() for i in range(len(labels))],
+    }
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+
+
+def test_official_batches_with_bytes_keys_150_px_images_and_ten_train_batches(tmp_path):
+    # Written out of order, and past data_batch_9: numeric order puts data_batch_10 last, not after _1.
+    for number in (10, 2, 9, 1):
+        _official_batch(tmp_path / f"data_batch_{number}", [0, 5], value=10 * number)
+    _official_batch(tmp_path / "test_batch", [1, 6, 3], value=200)
+    data = MiraBest(tmp_path, subset="all").load()
+    assert data.images.shape == (11, 1, 150, 150) and data.images.dtype == np.float32
+    assert data.images[:, 0, 75, 75].tolist() == [10, 11, 20, 21, 90, 91, 100, 101, 200, 201, 202]
+    assert data.names[:2].tolist() == ["data_batch_1_0.png", "data_batch_1_1.png"]
+    assert data.names[-1] == "test_batch_2.png"
+    assert data.split.tolist() == ["train"] * 8 + ["test"] * 3
+    assert data.labels.tolist() == [0, 1] * 4 + [0, 1, 0]  # official 0 and 1: FRI, 5 and 6: FRII
+    cropped = MiraBest(tmp_path, subset="confident", center_crop=128).load()
+    assert cropped.images.shape == (10, 1, 128, 128)  # test_batch's index 3 (uncertain FRI) left out
+
+
+@pytest.mark.parametrize(
+    ("labels", "pixels", "match"),
+    [
+        ([0, 10], None, "labels must be 0–9"),
+        ([-1, 0], None, "labels must be 0–9"),
+        ([0, 5], 150 * 149, "rows of 22350 pixels are not square images"),
+    ],
+)
+def test_official_batches_with_bad_labels_or_shapes_are_clear_errors(tmp_path, labels, pixels, match):
+    data = None if pixels is None else np.zeros((len(labels), pixels), dtype=np.uint8)
+    _official_batch(tmp_path / "data_batch_1", labels, value=0, data=data)
+    with pytest.raises(RadioCurationError, match=match):
+        MiraBest(tmp_path, subset="all").load()
+
+
+def test_a_pickle_that_is_not_a_batch_is_a_clear_error(tmp_path):
+    with open(tmp_path / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 4), dtype=np.uint8)}, f, protocol=2)
+    with pytest.raises(RadioCurationError, match="is not a MiraBest batch"):
+        MiraBest(tmp_path).load()
+
+
 def test_mirabest_root_without_data_is_a_clear_error(tmp_path):
     with pytest.raises(RadioCurationError, match=r"neither labels\.csv"):
         MiraBest(tmp_path).load()
@@ -178,6 +231,11 @@ def test_catalogue_labels_windows_by_brightest_source_within_radius(tmp_path):
     assert nearest.labels(ra, dec).tolist() == ["faint", "far", "none"]
     per_window = WindowCatalogue(path, "RA", "DEC", "kind", "S")
     assert per_window.labels(ra, dec, np.array([10.0, 60.0, 1.0])).tolist() == ["faint", "far", "empty"]
+    # Sources below min_flux label nothing: the faint one no longer labels the first window.
+    detected = WindowCatalogue(path, "RA", "DEC", "kind", "S", min_flux=2.0)
+    assert detected.labels(ra, dec, np.array([10.0, 60.0, 1.0])).tolist() == ["empty", "far", "empty"]
+    with pytest.raises(RadioCurationError, match="flux column"):
+        WindowCatalogue(path, "RA", "DEC", "kind", None, min_flux=2.0)
     with pytest.raises(RadioCurationError, match="match radius"):
         per_window.labels(ra, dec)
     with pytest.raises(RadioCurationError, match="lacks column"):

@@ -13,12 +13,18 @@ import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from matplotlib.image import imread
+from scipy.linalg import sqrtm
+from scipy.spatial.distance import pdist
+from scipy.stats import mannwhitneyu
 
 from radio_curation.curation.clusters import Hierarchy, read_subsample
+from radio_curation.evaluation.neighbours import adjacent_pairs, random_pairs
 from radio_curation.features.io import FeatureFile
+from radio_curation.runs.manifest import read_manifest
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import curate, evaluate, extract
 from tests.conftest import CONFIG_DIR
+from tests.kill_after import run_killed
 
 TARGET = 30
 
@@ -53,7 +59,26 @@ def pipeline(tmp_path_factory, data_dir):
         "clustering.sample_size=[2,2]",
     ]
     sample = curate.run(compose("curate", [f"features_id={features}", *clustering, f"target_size={TARGET}"]))
-    return {"compose": compose, "runs": RunStore(runs_dir), "features": features, "sample": sample["run_id"]}
+    # The same windows through another randomly initialised model: what compare_id compares against.
+    torch.manual_seed(1)
+    other_weights = runs_dir.parent / "test_vit_other.pth"
+    torch.save(
+        timm.create_model("test_vit", pretrained=False, num_classes=0, in_chans=1).state_dict(), other_weights
+    )
+    other_model = [*model[:2], f"backbone.checkpoint={other_weights}", *model[3:]]
+    other = extract.run(
+        compose(
+            "extract",
+            ["stage=features", f"source_id={merge}", *other_model, "num_workers=0", "accelerator=cpu"],
+        )
+    )["run_id"]
+    return {
+        "compose": compose,
+        "runs": RunStore(runs_dir),
+        "features": features,
+        "other_features": other,
+        "sample": sample["run_id"],
+    }
 
 
 def _evaluate(pipeline, overrides: list[str]) -> tuple[dict, Path]:
@@ -67,16 +92,49 @@ def _n_features(pipeline) -> int:
         return f.n
 
 
+def _features_and_windows(pipeline, key: str = "features") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """All feature rows (float64) of a features run and their window table, read directly."""
+    pool = evaluate.Pool(pipeline["runs"], pipeline["runs"].resolve(pipeline[key]))
+    return pool.file.read(np.arange(pool.file.n)).astype(np.float64), pool.table
+
+
+def _rankme(x: np.ndarray) -> float:
+    """RankMe straight from the definition: exp entropy of the normalised singular values."""
+    s = np.linalg.svd(x, compute_uv=False)
+    p = s / s.sum() + 1e-7
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _adjacent(table: dict[str, np.ndarray]) -> np.ndarray:
+    return adjacent_pairs(table["mosaic"], table["y0"], table["x0"], table["size"])
+
+
 def test_representation_of_a_features_run(pipeline):
     metrics, run_dir = _evaluate(pipeline, ["eval=representation", f"features_id={pipeline['features']}"])
     m = metrics["metrics"]
     assert metrics["n_rows"] == _n_features(pipeline)
     assert metrics["parents"] == [pipeline["features"]]
     assert "adjacent windows" in metrics["info"]["positives"]
-    assert 0.0 <= m["representation/alignment"] <= 4.0
-    assert 1.0 <= m["representation/rankme"] <= metrics["feature_dim"]
-    assert len(metrics["spectrum"]) == metrics["feature_dim"]
-    assert (run_dir / "spectrum.png").is_file()
+    x, table = _features_and_windows(pipeline)
+    pairs = _adjacent(table)
+    assert 0 < len(pairs) <= 100_000  # all of them are used: no sampling
+    u = _unit(x)
+    assert m["representation/alignment"] == pytest.approx(
+        ((u[pairs[:, 0]] - u[pairs[:, 1]]) ** 2).sum(axis=1).mean(), rel=1e-5
+    )
+    assert m["representation/rankme"] == pytest.approx(_rankme(x), rel=1e-5)
+    assert m["representation/effective_rank"] == pytest.approx(_rankme(x - x.mean(axis=0)), rel=1e-5)
+    assert len(x) <= 5000  # uniformity over all pairs of all rows
+    assert m["representation/uniformity"] == pytest.approx(
+        np.log(np.exp(-2.0 * pdist(u, "sqeuclidean")).mean()), rel=1e-5
+    )
+    centred = np.linalg.svd(x - x.mean(axis=0), compute_uv=False)
+    np.testing.assert_allclose(metrics["spectrum"], centred, rtol=1e-4, atol=1e-6 * centred[0])
+    assert imread(run_dir / "spectrum.png").std() > 0  # a drawn figure, not a blank canvas
 
 
 def test_neighbours_statistics_and_gallery(pipeline):
@@ -85,7 +143,18 @@ def test_neighbours_statistics_and_gallery(pipeline):
     )
     m = metrics["metrics"]
     assert m["neighbours/n_adjacent_pairs"] == m["neighbours/n_random_pairs"] > 0
-    assert 0.0 <= m["neighbours/p_value"] <= 1.0
+    # The test recomputed from the definition: all adjacent pairs against as many random pairs (seed 0).
+    x, table = _features_and_windows(pipeline)
+    u = _unit(x)
+    adjacent = _adjacent(table)
+    far = random_pairs(len(x), len(adjacent), np.random.default_rng(0))
+    near_d = 1.0 - (u[adjacent[:, 0]] * u[adjacent[:, 1]]).sum(axis=1)
+    far_d = 1.0 - (u[far[:, 0]] * u[far[:, 1]]).sum(axis=1)
+    expected = mannwhitneyu(near_d, far_d, alternative="less")
+    assert m["neighbours/n_adjacent_pairs"] == len(adjacent)
+    assert m["neighbours/adjacent_distance_mean"] == pytest.approx(near_d.mean(), rel=1e-4)
+    assert m["neighbours/random_distance_mean"] == pytest.approx(far_d.mean(), rel=1e-4)
+    assert m["neighbours/p_value"] == pytest.approx(expected.pvalue, rel=1e-3, abs=1e-12)
     gallery = metrics["gallery"]
     queries, neighbours = np.array(gallery["query_cutout_id"]), np.array(gallery["neighbour_cutout_id"])
     assert neighbours.shape == (3, 4)
@@ -163,12 +232,46 @@ def test_knn_on_windows_labelled_by_the_truth_catalogue(pipeline):
 
 
 def test_representation_compares_two_feature_sets(pipeline):
-    same = pipeline["features"]
+    ours, theirs = pipeline["features"], pipeline["other_features"]
     metrics, run_dir = _evaluate(
-        pipeline, ["eval=representation", f"features_id={same}", f"compare_id={same}"]
+        pipeline, ["eval=representation", f"features_id={ours}", f"compare_id={theirs}"]
     )
     m = metrics["metrics"]
-    assert m["representation/frechet_distance"] == pytest.approx(0.0, abs=1e-6 * m["representation/dim"])
-    assert m["representation/compare/rankme"] == pytest.approx(m["representation/rankme"])
-    assert metrics["compare_spectrum"] == pytest.approx(metrics["spectrum"])
-    assert (run_dir / "spectrum.png").is_file()
+    x, _ = _features_and_windows(pipeline)
+    y, _ = _features_and_windows(pipeline, "other_features")
+    assert m["representation/rankme"] == pytest.approx(_rankme(x), rel=1e-5)
+    assert m["representation/compare/rankme"] == pytest.approx(_rankme(y), rel=1e-5)
+    assert _rankme(x) != pytest.approx(_rankme(y), rel=1e-3)  # two models, two spectra
+    centred = np.linalg.svd(y - y.mean(axis=0), compute_uv=False)
+    np.testing.assert_allclose(metrics["compare_spectrum"], centred, rtol=1e-4, atol=1e-6 * centred[0])
+    # Fréchet distance of the two fitted Gaussians, from the definition with scipy's matrix square root.
+    cx, cy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    root = sqrtm(cx @ cy).real
+    expected = ((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(cx + cy - 2 * root)
+    assert expected > 0
+    assert m["representation/frechet_distance"] == pytest.approx(expected, rel=1e-3)
+    same, _ = _evaluate(pipeline, ["eval=representation", f"features_id={ours}", f"compare_id={ours}"])
+    assert same["metrics"]["representation/frechet_distance"] == pytest.approx(0.0, abs=1e-6 * expected)
+    assert imread(run_dir / "spectrum.png").std() > 0
+
+
+def test_evaluation_killed_mid_way_resumes_to_the_uninterrupted_metrics(pipeline, data_dir, tmp_path):
+    overrides = ["eval=representation", f"features_id={pipeline['features']}"]
+    reference, reference_dir = _evaluate(pipeline, overrides)
+    # From the command line, forced anew and killed once spectrum.png is drawn to its temporary name: before
+    # it is in place and before metrics.json is written.
+    forced = [*overrides, "force=true"]
+    store = [f"paths.runs_dir={pipeline['runs'].root}", f"paths.data_dir={data_dir}", "logger=csv"]
+    run_killed("radio_curation.evaluation.plots:spectrum_plot", 1, "evaluate.py", [*forced, *store], tmp_path)
+    run_dir = reference_dir.with_name(f"{reference_dir.name}-2")
+    assert read_manifest(run_dir)["status"] == "running"
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "spectrum.png").exists()
+    assert list(run_dir.glob(".spectrum.png.tmp-*"))
+    resumed, resumed_dir = _evaluate(pipeline, forced)
+    assert resumed_dir == run_dir
+    manifest = read_manifest(run_dir)
+    assert manifest["status"] == "complete" and manifest["attempts"] == 2
+    assert resumed["run_id"] == run_dir.name
+    assert {**resumed, "run_id": reference["run_id"]} == reference
+    assert imread(run_dir / "spectrum.png").shape == imread(reference_dir / "spectrum.png").shape
+    assert not list(run_dir.glob(".*.tmp-*"))

@@ -11,9 +11,13 @@ import h5py
 import numpy as np
 import pytest
 from astropy.io import fits
+from hydra.utils import instantiate
 from matplotlib.image import imread
+from scipy.spatial.distance import pdist
 
 from radio_curation.errors import RadioCurationError
+from radio_curation.evaluation.embed import embed_images
+from radio_curation.evaluation.inputs import build_model
 from radio_curation.tasks import evaluate
 
 MODEL = ["backbone=resnet18", "normalization=minmax", "resize=32", "batch_size=16", "device=cpu"]
@@ -42,6 +46,13 @@ def labelled_folder(tmp_path_factory):
 
 def _folder(root: Path) -> list[str]:
     return ["dataset=fits_folder", f"dataset.root={root}", *MODEL]
+
+
+def _entropy_rank(x: np.ndarray) -> float:
+    """RankMe from its definition: exp entropy of the normalised singular values."""
+    s = np.linalg.svd(x, compute_uv=False)
+    p = s / s.sum() + 1e-7
+    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def _metrics(result: dict) -> dict:
@@ -102,12 +113,22 @@ def test_representation_of_a_model_on_a_dataset(compose, labelled_folder):
     metrics = _metrics(result)
     m = metrics["metrics"]
     assert metrics["n_images"] == 60 and metrics["feature_dim"] == 512
-    assert 1.0 <= m["representation/rankme"] <= 60
-    assert 1.0 <= m["representation/effective_rank"] <= 60
-    assert 0.0 <= m["representation/alignment"] <= 4.0
-    assert m["representation/uniformity"] <= 0.0
+    # The same seeded model on the same images, the metrics then computed from their definitions.
+    extractor, preprocess, _ = build_model(cfg)
+    images = instantiate(cfg.dataset).load().images
+    x = embed_images(extractor, preprocess, images).astype(np.float64)
+    # Positives: each image rotated by 90° and mirrored, done here on the raw pixels.
+    y = embed_images(extractor, preprocess, np.ascontiguousarray(np.rot90(images, 1, (-2, -1))[..., ::-1]))
+    unit_x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    unit_y = y / np.linalg.norm(y, axis=1, keepdims=True)
+    assert m["representation/rankme"] == pytest.approx(_entropy_rank(x), rel=2e-3)
+    assert m["representation/effective_rank"] == pytest.approx(_entropy_rank(x - x.mean(0)), rel=2e-3)
+    assert m["representation/alignment"] == pytest.approx(((unit_x - unit_y) ** 2).sum(1).mean(), rel=1e-3)
+    assert m["representation/uniformity"] == pytest.approx(
+        np.log(np.exp(-2.0 * pdist(unit_x, "sqeuclidean")).mean()), rel=1e-4
+    )
     assert len(metrics["spectrum"]) == 512
-    assert imread(Path(result["run_dir"]) / "spectrum.png").ndim == 3
+    assert imread(Path(result["run_dir"]) / "spectrum.png").std() > 0
 
 
 def test_umap_of_a_labelled_dataset(compose, labelled_folder):

@@ -50,19 +50,37 @@ def test_umap_rejects_unknown_backend_and_tiny_sets():
         umap_embedding(ArrayFeatures(np.zeros((2, 2))))
 
 
-def test_plots_write_pngs(tmp_path):
+def _pixels_of(path, rgb, tol: float = 0.02) -> int:
+    """How many pixels of a PNG have the colour ``rgb`` (floats in [0, 1])."""
+    image = imread(path)[..., :3]
+    return int((np.abs(image - np.asarray(rgb)[:3]).max(axis=-1) < tol).sum())
+
+
+def test_plots_draw_their_data(tmp_path):
+    from matplotlib import colormaps
+    from matplotlib.colors import to_rgb
+
     rng = np.random.default_rng(0)
-    written = [
-        confusion_plot(np.array([[5, 1], [2, 7]]), ["FRI", "FRII"], tmp_path / "c.png", "confusion"),
-        spectrum_plot({"a": np.array([4.0, 2.0, 1.0, 0.0]), "b": np.ones(3)}, tmp_path / "s.png", "spectrum"),
-        histogram_plot({"a": rng.random(50), "b": rng.random(40)}, tmp_path / "h.png", "h", "d"),
-        bar_plot({"pool": {"l1": 1.0, "l2": 1.0}, "sub": {"l1": 0.5}}, tmp_path / "b.png", "b", "y"),
-        image_grid(
-            [("q", list(rng.random((3, 1, 16, 16)))), ("r", [rng.random((8, 8)), rng.random((16, 16))])],
-            tmp_path / "g.png",
-            "g",
-        ),
-    ]
-    for path in written:
-        assert path.is_file()
-        assert imread(path).ndim == 3
+    blue, orange = to_rgb("tab:blue"), to_rgb("tab:orange")
+    # Confusion cells are shaded by the row-normalised rate: 5/6, 1/6 in the first row, 2/9, 7/9 in the next.
+    path = confusion_plot(np.array([[5, 1], [2, 7]]), ["FRI", "FRII"], tmp_path / "c.png", "confusion")
+    for rate in (5 / 6, 1 / 6, 2 / 9, 7 / 9):
+        assert _pixels_of(path, colormaps["Blues"](rate), tol=0.01) > 500
+    # Two spectra, two curves in the first two colours of the cycle.
+    path = spectrum_plot(
+        {"a": np.array([4.0, 2.0, 1.0, 0.0]), "b": np.ones(3)}, tmp_path / "s.png", "spectrum"
+    )
+    assert _pixels_of(path, blue) > 100 and _pixels_of(path, orange) > 100
+    # Half-transparent histograms on white, and where they overlap.
+    path = histogram_plot({"a": rng.random(50), "b": rng.random(40)}, tmp_path / "h.png", "h", "d")
+    on_white = [0.5 * np.asarray(c) + 0.5 for c in (blue, orange)]
+    assert all(_pixels_of(path, c) > 500 for c in on_white)
+    # One bar per set and category: pool (l1, l2) twice the area of sub (l1, half as tall).
+    path = bar_plot({"pool": {"l1": 1.0, "l2": 1.0}, "sub": {"l1": 0.5}}, tmp_path / "b.png", "b", "y")
+    pool_area, sub_area = _pixels_of(path, blue), _pixels_of(path, orange)
+    assert pool_area == pytest.approx(4 * sub_area, rel=0.1)
+    # Each image in its own asinh stretch: the brightest pixel of every image reaches the top colour.
+    path = image_grid(
+        [("q", [np.eye(16)] * 3), ("r", [np.eye(8), np.zeros((16, 16))])], tmp_path / "g.png", "g", dpi=50
+    )
+    assert _pixels_of(path, colormaps["inferno"](1.0), tol=0.05) > 4 * 10

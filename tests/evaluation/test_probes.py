@@ -85,3 +85,20 @@ def test_probe_rejects_too_small_classes():
     y[:3] = 1
     with pytest.raises(RadioCurationError, match=r"fewer than eval\.folds"):
         evaluate_probe(x, y, knn_classifier(), folds=5)
+
+
+def test_folds_grouped_by_source_do_not_score_a_probe_on_copies_of_its_training_windows():
+    # 60 sources with a random class each and no class signal; every source is seen by 4 overlapping
+    # windows, i.e. 4 near-identical feature rows.
+    rng = np.random.default_rng(0)
+    sources = rng.normal(size=(60, 16))
+    source_class = np.tile([0, 1], 30)
+    group = np.repeat(np.arange(60), 4)
+    x = (sources[group] + 0.01 * rng.normal(size=(240, 16))).astype(np.float32)
+    y = source_class[group]
+    leaky = evaluate_probe(x, y, knn_classifier(k=1), folds=5)
+    grouped = evaluate_probe(x, y, knn_classifier(k=1), folds=5, groups=group)
+    assert np.mean(leaky.accuracy) > 0.95  # a copy of each test window is in the training folds
+    assert np.mean(grouped.accuracy) < 0.7  # chance, as it should be without class signal
+    with pytest.raises(RadioCurationError, match="distinct sources"):
+        evaluate_probe(x[:24], y[:24], knn_classifier(k=1), folds=5, groups=group[:24])

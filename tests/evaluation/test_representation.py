@@ -71,6 +71,11 @@ def test_alignment_and_uniformity_limits():
     collapsed = np.ones((100, 8))
     assert uniformity(collapsed) == pytest.approx(0.0, abs=1e-12)
     assert uniformity(x) < -1.0
+    # Known values: antipodal points are 2 apart (log e^(-2·4) = -8); orthonormal ones √2 apart (-4).
+    assert uniformity(np.array([[3.0, 0.0], [-0.5, 0.0]])) == pytest.approx(-8.0)
+    assert uniformity(5.0 * np.eye(6)) == pytest.approx(-4.0)
+    # Orthogonal pairs are √2 apart: alignment (‖x̂ − ŷ‖²) is 2.
+    assert alignment(np.eye(4), np.roll(np.eye(4), 1, axis=1)) == pytest.approx(2.0)
 
 
 def test_frechet_distance_of_known_gaussians():

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from radio_curation.errors import RadioCurationError
+from radio_curation.errors import EmptyResultError, RadioCurationError
 from radio_curation.runs.manifest import read_manifest
 from radio_curation.runs.store import RunStore
 from tests.runs.toy import toy_run, toy_run_in_process, write_numbers
@@ -67,8 +67,13 @@ def test_incomplete_run_resumes_in_same_directory(runs_dir):
     store = RunStore(runs_dir)
     (record,) = store.runs("toy")
     assert record.manifest["status"] == "failed" and not record.complete
-    with pytest.raises(RadioCurationError, match="not complete"):
+    assert record.manifest["error"] == "killed mid-way"
+    with pytest.raises(RadioCurationError, match=r"not complete .*after: killed mid-way"):
         store.resolve(record.run_id)
+    # A failed run is never offered to a next stage, not even as a close match.
+    with pytest.raises(RadioCurationError) as unknown:
+        store.resolve(record.run_id[:-1] + "x")
+    assert record.run_id not in str(unknown.value)
     result = toy_run(runs_dir, work=flaky, a=4)
     assert result["run_id"] == record.run_id and not result["reused"]
     assert attempts == [False, True]
@@ -83,10 +88,32 @@ def test_failed_artifact_leaves_nothing_behind(runs_dir):
 
     with pytest.raises(ValueError):
         toy_run(runs_dir, work=broken)
+    assert not list(runs_dir.glob("toy/*"))
+
+
+def test_failure_with_partial_work_keeps_it_and_says_so(runs_dir):
+    def broken(run):
+        (run.dir / "partial.txt").write_text("one block")
+        with run.artifact("big.bin") as tmp:
+            tmp.write_bytes(b"x" * 100)
+            raise RadioCurationError("checkpoint /x.ckpt has no 'backbone.' keys")
+
+    with pytest.raises(RadioCurationError, match="keeps its partial work; once this is fixed, the same"):
+        toy_run(runs_dir, work=broken)
     (record,) = RunStore(runs_dir).runs("toy")
-    assert not (record.dir / "big.bin").exists()
-    assert not list(record.dir.glob(".big.bin.tmp-*"))
+    assert record.manifest["status"] == "failed"
+    assert not (record.dir / "big.bin").exists() and not list(record.dir.glob(".big.bin.tmp-*"))
     assert "big.bin" not in record.manifest["artifacts"]
+
+
+def test_empty_result_removes_the_run_even_with_partial_work(runs_dir):
+    def empty(run):
+        (run.dir / "partial.txt").write_text("nothing in it")
+        raise EmptyResultError("window 4096 px is larger than every mosaic (2048 px)")
+
+    with pytest.raises(EmptyResultError):
+        toy_run(runs_dir, work=empty)
+    assert not list(runs_dir.glob("toy/*"))
 
 
 WRITER = """
@@ -105,7 +132,11 @@ while True:
 def test_manifest_is_never_half_written(tmp_path):
     for attempt in range(5):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)])
-        time.sleep(1.0 + 0.13 * attempt)
+        # The kill must land while it writes: wait for its first manifest (slow to start on a loaded machine).
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "manifest.yaml").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3 + 0.13 * attempt)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         manifest = yaml.safe_load((tmp_path / "manifest.yaml").read_text())
@@ -155,6 +186,59 @@ def test_resolve_errors_name_closest_ids_and_the_real_stage(runs_dir):
         store.resolve(run_id, stage="merge")
     with pytest.raises(RadioCurationError, match="no run"):
         store.resolve("features-0000000000")
+
+
+def test_damaged_artifacts_are_refused_naming_the_file_and_the_fix(runs_dir):
+    run = toy_run(runs_dir, a=50)
+    path = Path(run["run_dir"]) / "numbers.txt"
+    store = RunStore(runs_dir)
+    assert store.resolve(run["run_id"]).artifact("numbers.txt") == path
+    original = path.read_bytes()
+    path.write_bytes(original[:-3])
+    with pytest.raises(RadioCurationError, match=r"numbers\.txt .*has \d+ bytes, but the run wrote"):
+        store.resolve(run["run_id"]).artifact("numbers.txt")
+    with pytest.raises(RadioCurationError, match=f"remove {run['run_dir']} and run .* again"):
+        toy_run(runs_dir, a=50)  # reusing a complete run checks its sizes too
+    path.write_bytes(original[:-1] + b"7")  # same size, other content
+    with pytest.raises(RadioCurationError, match="sha256"):
+        RunStore(runs_dir).resolve(run["run_id"]).artifact("numbers.txt")
+    # store.verify=size: the cheap check only.
+    assert RunStore(runs_dir, verify="size").resolve(run["run_id"]).artifact("numbers.txt") == path
+
+
+def test_truncated_manifest_is_one_clear_error(runs_dir):
+    run = toy_run(runs_dir, a=3)
+    manifest = Path(run["run_dir"]) / "manifest.yaml"
+    manifest.write_text(manifest.read_text()[:25])
+    with pytest.raises(RadioCurationError, match=r"manifest .* is damaged"):
+        RunStore(runs_dir).resolve(run["run_id"])
+    with pytest.raises(RadioCurationError, match=r"manifest .* is damaged"):
+        toy_run(runs_dir, a=3)
+    assert RunStore(runs_dir).runs() == []
+    assert list(RunStore(runs_dir).damaged()) == [run["run_id"]]
+
+
+def _fail_after(runs_dir: str, delay: float) -> None:
+    def work(run):
+        time.sleep(delay)
+        raise RadioCurationError("bad input")
+
+    with pytest.raises(RadioCurationError):
+        toy_run(Path(runs_dir), work=work, a=9)
+
+
+def test_a_waiting_process_claims_afresh_a_run_its_holder_removed(runs_dir):
+    ctx = mp.get_context("spawn")
+    holder = ctx.Process(target=_fail_after, args=(str(runs_dir), 1.5))
+    holder.start()
+    deadline = time.time() + 30
+    while not list(runs_dir.glob("toy/*/manifest.yaml")) and time.time() < deadline:
+        time.sleep(0.05)
+    result = toy_run(runs_dir, a=9)  # waits for the holder, which removes the run when it fails
+    holder.join()
+    assert holder.exitcode == 0
+    assert read_manifest(Path(result["run_dir"]))["status"] == "complete"
+    assert (Path(result["run_dir"]) / "numbers.txt").is_file()
 
 
 @pytest.mark.parametrize(

@@ -36,9 +36,10 @@ def write_numbers(run: Run) -> None:
     run.metrics["sum"] = float(sum(range(run.cfg.params.a)))
 
 
-def toy_run(runs_dir: Path, work=write_numbers, **kwargs: Any) -> dict[str, Any]:
+def toy_run(runs_dir: Path, work=write_numbers, resumable=("partial*",), **kwargs: Any) -> dict[str, Any]:
+    """A toy run; files named ``partial*`` are the partial work a failed run keeps to resume."""
     cfg = toy_cfg(runs_dir, **kwargs)
-    return run_stage(cfg, SPEC, work)
+    return run_stage(cfg, SPEC, work, resumable=resumable)
 
 
 def toy_run_in_process(runs_dir: str, force: bool, a: int, marker_dir: str) -> str:

@@ -129,6 +129,20 @@ def test_source_rates_are_realistic():
     assert 0.001 < np.mean(np.asarray(sources["has_artefact"])) < 0.02
 
 
+def test_class_fractions_set_the_class_shares_and_name_their_own_sky():
+    rare = {"compact": 0.9, "fri": 0.05, "wat": 0.05}
+    params = SkyParams(mosaics=1, size=6000, class_fractions=rare)
+    classes = np.asarray(sky_model(params, _layout(params)).sources["class"]).astype(str)
+    assert np.mean(classes == "wat") == pytest.approx(0.05, abs=0.01)
+    assert np.mean(classes == "fri") == pytest.approx(0.05, abs=0.01)
+    assert set(np.unique(classes)) == {"compact", "fri", "wat"}
+    assert params.digest != SkyParams(mosaics=1, size=6000).digest
+    # A sky with the default classes keeps the name it had before class_fractions existed.
+    assert SkyParams().digest == SkyParams(class_fractions=None).digest
+    with pytest.raises(RadioCurationError, match="class_fractions"):
+        SkyParams(class_fractions={"spiral": 1.0})
+
+
 def test_same_seed_same_files_other_seed_other_sky(tmp_path, small_sky):
     params = SkyParams(mosaics=2, size=384, seed=3)
     again = generate_sky(tmp_path / "again", params)
@@ -137,8 +151,16 @@ def test_same_seed_same_files_other_seed_other_sky(tmp_path, small_sky):
         np.testing.assert_array_equal(
             fits.getdata(a / "mosaic-blanked.fits"), fits.getdata(b / "mosaic-blanked.fits")
         )
-    other = generate_sky(tmp_path / "other", SkyParams(mosaics=1, size=128, seed=4))
-    assert len(Table.read(other / "truth.fits")) != len(Table.read(small_sky / "truth.fits"))
+    # Same geometry, other seed: same mosaics on the sky, other sources, other noise.
+    other = generate_sky(tmp_path / "other", SkyParams(mosaics=2, size=384, seed=4))
+    assert [d.name for d in _mosaic_dirs(other)] == [d.name for d in _mosaic_dirs(small_sky)]
+    ours, theirs = Table.read(small_sky / "truth.fits"), Table.read(other / "truth.fits")
+    assert not np.isin(np.asarray(theirs["ra"]), np.asarray(ours["ra"])).any()
+    for a, b in zip(_mosaic_dirs(small_sky), _mosaic_dirs(other), strict=True):
+        pixels_a = fits.getdata(a / "mosaic-blanked.fits")
+        pixels_b = fits.getdata(b / "mosaic-blanked.fits")
+        both = np.isfinite(pixels_a) & np.isfinite(pixels_b)
+        assert np.mean(pixels_a[both] != pixels_b[both]) > 0.99
 
 
 def test_concurrent_generation_gives_one_complete_sky(tmp_path):

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.data.augmentation import RadioAugmentation
-from radio_curation.data.datamodule import TrainingWindows, write_cache
+from radio_curation.data.datamodule import (
+    ReaderWindows,
+    ResidentWindows,
+    TrainingWindows,
+    WindowRows,
+    write_cache,
+)
 from radio_curation.errors import RadioCurationError
 from radio_curation.runs.store import RunStore
 
@@ -23,11 +30,13 @@ def _epoch(dm: TrainingWindows) -> list[torch.Tensor]:
     return list(dm.train_dataloader())
 
 
-@pytest.mark.parametrize("cache", [False, True])
-def test_an_epoch_is_full_shuffled_batches_of_distinct_raw_windows(merged, tmp_path, cache):
+@pytest.mark.parametrize(("cache", "resident_gb"), [(False, 0), (True, 0), (False, 1), (True, 1)])
+def test_an_epoch_is_full_shuffled_batches_of_distinct_raw_windows(merged, tmp_path, cache, resident_gb):
     reader = WindowReader(merged)
     ids = reader.cutout_ids[::2]
-    dm = TrainingWindows(merged, ids, batch_size=16, cache_path=tmp_path / "c.h5" if cache else None)
+    dm = TrainingWindows(
+        merged, ids, batch_size=16, cache_path=tmp_path / "c.h5" if cache else None, resident_gb=resident_gb
+    )
     dm.prepare_data()
     torch.manual_seed(0)
     batches = _epoch(dm)
@@ -60,18 +69,99 @@ def test_batch_larger_than_the_source_is_a_clear_error(merged):
 
 
 def test_readers_work_in_dataloader_workers(merged):
-    ids = WindowReader(merged).cutout_ids[:64]
+    reader = WindowReader(merged)
+    ids = reader.cutout_ids[:64]
     dm = TrainingWindows(merged, ids, batch_size=16, num_workers=2)
     batches = _epoch(dm)
-    assert len(batches) == 4 and np.isfinite(torch.cat(batches).numpy()).all()
+    assert len(batches) == 4
+    # The two workers between them deliver each window once, pixel for pixel.
+    delivered = sorted(w.numpy().tobytes() for b in batches for w in b)
+    assert delivered == sorted(w.astype(np.float32).tobytes() for w in reader.read(ids))
 
 
 def test_views_can_be_made_in_the_workers(merged):
-    ids = WindowReader(merged).cutout_ids[:64]
-    augmentation = RadioAugmentation(torch.nn.Identity(), 3, global_size=24, local_size=12, n_local=1)
+    reader = WindowReader(merged)
+    ids = reader.cutout_ids[:64]
+    # Whole-window crops and no random photometric change: every global view is the window resized.
+    augmentation = RadioAugmentation(
+        torch.nn.Identity(),
+        3,
+        global_size=24,
+        local_size=12,
+        n_local=1,
+        global_scale=(1.0, 1.0),
+        rotate=False,
+        flip=False,
+        blur_prob=0.0,
+        noise_prob=0.0,
+        contrast_prob=0.0,
+    )
     dm = TrainingWindows(merged, ids, batch_size=16, num_workers=2, augmentation=augmentation)
     batches = _epoch(dm)
     assert len(batches) == 4
+    windows = torch.from_numpy(reader.read(ids).astype(np.float32))
+    resized = torch.nn.functional.interpolate(windows, size=24, mode="bilinear", antialias=True)
+    matched = []
     for batch in batches:
         shapes = [tuple(v.shape) for v in batch["views"]]
         assert shapes == [(16, 3, 24, 24)] * 2 + [(16, 3, 12, 12)]
+        first, second = batch["views"][:2]
+        torch.testing.assert_close(first, second)
+        assert torch.equal(first[:, :1].expand_as(first), first)  # three identical channels
+        error = (first[:, None, 0] - resized[None, :, 0]).abs().amax(dim=(-2, -1))  # [16, 64]
+        matched += error.argmin(dim=1).tolist()
+        scale = resized.abs().amax()
+        assert (error.amin(dim=1) < 0.05 * scale).all()
+    assert sorted(matched) == list(range(64))  # each window made into views once
+
+
+def test_resident_windows_are_bitwise_the_reader_batches(merged):
+    ids = WindowReader(merged).cutout_ids[1::3]
+    read = TrainingWindows(merged, ids, batch_size=16, resident_gb=0)
+    resident = TrainingWindows(merged, ids, batch_size=16, resident_gb=1)
+    read.setup("fit")
+    resident.setup("fit")
+    assert isinstance(resident.dataset, ResidentWindows) and isinstance(read.dataset, ReaderWindows)
+    assert resident.resident_bytes() == len(ids) * 32 * 32 * 4
+    # Too large for the budget: read a batch at a time.
+    small = TrainingWindows(merged, ids, batch_size=16, resident_gb=1e-6)
+    small.setup("fit")
+    assert isinstance(small.dataset, ReaderWindows)
+    torch.manual_seed(3)
+    want = list(read.train_dataloader())
+    torch.manual_seed(3)
+    got = list(resident.train_dataloader())
+    assert len(got) == len(want) and all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    # Workers read the shared tensor in place.
+    resident.num_workers = 2
+    torch.manual_seed(3)
+    assert all(torch.equal(g, w) for g, w in zip(resident.train_dataloader(), want, strict=True))
+    # On a CPU the rows never go to a device: the batches are the windows themselves.
+    assert resident._on_device is None
+
+
+def test_rows_gathered_after_the_transfer_are_the_windows(merged):
+    ids = WindowReader(merged).cutout_ids[:40]
+    dm = TrainingWindows(merged, ids, batch_size=8, resident_gb=1)
+    dm.setup("fit")
+    rows = WindowRows(len(ids)).__getitems__([7, 2, 30])
+    assert rows.tolist() == [2, 7, 30]
+    dm._on_device = dm._pixels
+    np.testing.assert_array_equal(
+        dm.on_after_batch_transfer(rows, 0).numpy(), WindowReader(merged).read(ids[[2, 7, 30]])
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resident_windows_move_to_the_gpu_that_makes_the_views(merged):
+    ids = WindowReader(merged).cutout_ids[:64]
+    dm = TrainingWindows(merged, ids, batch_size=16, num_workers=2, resident_gb=1)
+    dm.trainer = pl.Trainer(accelerator="gpu", devices=1, logger=False)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert dm._on_device is not None and dm._on_device.is_cuda and loader.num_workers == 0
+    rows = next(iter(loader))
+    batch = dm.on_after_batch_transfer(rows.cuda(), 0)
+    assert batch.is_cuda and torch.equal(
+        batch.cpu(), torch.from_numpy(WindowReader(merged).read(ids[rows.numpy()]))
+    )

@@ -8,10 +8,12 @@ import itertools
 import pytest
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from radio_curation.distributed import lightning_outside_srun
 from radio_curation.errors import RadioCurationError
+from radio_curation.ssl import momentum as momentum_module
 from radio_curation.ssl.byol import BYOL
 from radio_curation.ssl.dino import DINO
 from radio_curation.ssl.simclr import SimCLR
@@ -60,7 +62,8 @@ def test_fast_dev_run_trains_the_backbone_and_logs_the_monitors(name):
     assert torch.isfinite(metrics["train/loss"])
     assert {"train/lr", "train/embedding_std", "train/images_per_sec", "train/rankme"} <= set(metrics)
     assert metrics["train/images_per_sec"] > 0
-    assert 1.0 <= metrics["train/rankme"] <= model.feature_dim
+    # RankMe of the 2 × 8 embeddings of the run: at most the 16 rows, and not collapsed to one direction.
+    assert 1.5 < metrics["train/rankme"] <= 16
 
 
 @pytest.mark.parametrize("name", ["byol", "dino"])
@@ -81,18 +84,49 @@ def test_momentum_network_is_frozen_and_follows_the_online_network(name):
     assert not held & {id(p) for p in teacher.parameters()}
 
 
-def test_byol_momentum_follows_a_cosine_schedule_to_one():
+def _record_momentum_updates(monkeypatch) -> list[tuple[nn.Module, float]]:
+    calls: list[tuple[nn.Module, float]] = []
+    real = momentum_module.update_momentum
+
+    def update(online, copy, m):
+        calls.append((copy, float(m)))
+        real(online, copy, m)
+
+    monkeypatch.setattr(momentum_module, "update_momentum", update)
+    return calls
+
+
+def test_byol_momentum_follows_a_cosine_schedule_to_one(monkeypatch):
     model = _model("byol", momentum=(0.9, 1.0))
-    seen = []
-
-    class Record(pl.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            seen.append(float(trainer.callback_metrics["train/momentum"]))
-
-    _trainer(max_epochs=3, callbacks=[Record()]).fit(model, _loader())
+    calls = _record_momentum_updates(monkeypatch)
+    trainer = _trainer(max_epochs=3)
+    trainer.fit(model, _loader())
+    seen = [m for copy, m in calls if copy is model.backbone_momentum]
+    assert len(seen) == trainer.global_step == 12
     assert seen[0] == pytest.approx(0.9)
     assert seen[-1] == pytest.approx(1.0)
     assert all(a <= b for a, b in itertools.pairwise(seen))
+
+
+@pytest.mark.parametrize("name", ["byol", "dino"])
+def test_momentum_copies_are_updated_once_per_optimiser_step_with_accumulation(name, monkeypatch):
+    model = _model(name, momentum=(0.5, 0.9))
+    calls = _record_momentum_updates(monkeypatch)
+    seen_batches = []
+
+    class Count(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen_batches.append(batch_idx)
+
+    trainer = _trainer(max_steps=3, accumulate_grad_batches=2, callbacks=[Count()])
+    trainer.fit(model, _loader())
+    assert len(seen_batches) == 6 and trainer.global_step == 3
+    copies = [copy for copy, _ in calls]
+    teacher = model.backbone_momentum if name == "byol" else model.teacher_backbone
+    # Two copies (backbone and head) per optimiser step, with the scheduled factor of that step.
+    assert len(calls) == 2 * 3 and sum(c is teacher for c in copies) == 3
+    assert [m for c, m in calls if c is teacher] == pytest.approx([0.5, 0.5 + 0.4 * 0.5, 0.9])
+    assert float(trainer.callback_metrics["train/momentum"]) == pytest.approx(0.9)
 
 
 def test_dino_exports_the_teacher_and_freezes_the_last_layer_in_the_first_epoch():
@@ -153,7 +187,19 @@ def test_adamw_is_a_drop_in_optimizer():
     model = BYOL(TinyBackbone(), augmentation(), adamw, **HEADS["byol"])
     trainer = _trainer(max_steps=2)
     trainer.fit(model, _loader())
-    assert isinstance(trainer.optimizers[0], torch.optim.AdamW)
+    optimizer = trainer.optimizers[0]
+    assert isinstance(optimizer, torch.optim.AdamW)
+    default, no_decay = optimizer.param_groups
+    assert (default["name"], no_decay["name"]) == ("default", "no_weight_decay")
+    assert default["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert default["initial_lr"] == no_decay["initial_lr"] == 1e-3  # no batch scaling without a datamodule
+    # Weights decay, biases and normalisation parameters do not; every trainable parameter in one group.
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(not names[id(p)].endswith("bias") and p.ndim > 1 for p in default["params"])
+    assert all(names[id(p)].endswith("bias") or p.ndim == 1 for p in no_decay["params"])
+    trainable = {id(p) for m in model.trainable_modules() for p in m.parameters() if p.requires_grad}
+    assert {id(p) for p in default["params"] + no_decay["params"]} == trainable
+    assert all(optimizer.state[p]["step"] == 2 for p in default["params"])  # Adam moments after 2 steps
 
 
 def test_unbounded_training_is_a_clear_error():

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 import csv
+import json
 import socket
+import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pytest
+from matplotlib.image import imread
 from omegaconf import OmegaConf
 
 from radio_curation.tracking.base import TrackedRun, Trackers
@@ -35,6 +40,45 @@ def _plot(path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _wandb_records(path: Path) -> Iterator:
+    """The protobuf records of an offline ``.wandb`` file (a LevelDB-style log of 32 KiB blocks)."""
+    from wandb.proto import wandb_internal_pb2
+
+    block, header = 32768, 7
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, chunks = header, []
+    while pos + header <= len(data):
+        left = block - pos % block
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + header])
+        if left < header or (length == 0 and kind == 0):  # padding up to the next block
+            pos += left
+            continue
+        chunks.append(data[pos + header : pos + header + length])
+        pos += header + length
+        if kind in (1, 4):  # a FULL record or the LAST piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(b"".join(chunks))
+            chunks = []
+            yield record
+
+
+def _wandb_offline_run(run_dir: Path) -> dict:
+    """Config, summary, run and exit records of the one offline W&B run under ``run_dir``."""
+    (folder,) = (run_dir / "wandb").glob("offline-run-*-toy-0123456789")
+    (log,) = folder.glob("*.wandb")
+    read = {"folder": folder, "config": {}, "summary": {}}
+    for record in _wandb_records(log):
+        kind = record.WhichOneof("record_type")
+        if kind in ("config", "summary"):
+            for item in getattr(record, kind).update:
+                key = item.key or ".".join(item.nested_key)
+                read[kind][key] = json.loads(item.value_json)
+        elif kind in ("run", "exit"):
+            read[kind] = getattr(record, kind)
+    return read
 
 
 def _tracked(tmp_path: Path) -> TrackedRun:
@@ -85,8 +129,14 @@ def test_wandb_offline_and_mlflow_local_together_stay_on_disk(tmp_path, no_netwo
     trackers.log_image(_plot(run.run_dir / "sizes.png"))
     trackers.finish("complete")
 
-    offline = list((run.run_dir / "wandb").glob("offline-run-*-toy-0123456789"))
-    assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+    offline = _wandb_offline_run(run.run_dir)
+    assert offline["run"].run_id == "toy-0123456789" and offline["run"].run_group == "tests"
+    assert offline["run"].job_type == "toy"
+    assert offline["config"]["sampler.target_size"] == 100
+    assert offline["summary"]["loss"] == 1.25
+    assert offline["exit"].exit_code == 0
+    logged = offline["folder"] / "files" / offline["summary"]["sizes.path"]
+    np.testing.assert_array_equal(imread(logged), imread(run.run_dir / "sizes.png"))
 
     from mlflow.tracking import MlflowClient
 

@@ -1,0 +1,267 @@
+"""The self-bootstrapping curation loop (``experiment=bootstrap``) and its measurement.
+
+Without downloaded weights the loop makes its own features: it pretrains a small SSL model on a random
+subset of the pool, extracts the pool's features with it, clusters them, draws a balanced and a random
+subsample of the same size, and pretrains the same recipe on each with several seeds. Every step is an
+ordinary run of the store, chained by run IDs, so running the loop again reuses every finished run and
+resumes an interrupted one.
+
+:meth:`BootstrapLoop.measure` then scores what the issue of "does curation help?" asks: kNN on the truth
+classes for the bootstrap features, a random-weights network and hand-made radio statistics; rare-class
+enrichment of the balanced subsample over the random one; and the curated-vs-random pretraining on the
+sky's truth classes and on MiraBest, as paired differences over seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from radio_curation.backbones.factory import run_backbone
+from radio_curation.curation.clusters import read_subsample
+from radio_curation.cutouts.reader import WindowReader
+from radio_curation.data.preprocess import Preprocess
+from radio_curation.errors import RadioCurationError, instantiate_user
+from radio_curation.evaluation.enrichment import Enrichment, enrichment
+from radio_curation.evaluation.inputs import StoredFeatures, positions, window_labels, window_table
+from radio_curation.evaluation.paired import PairedDifference, paired_difference
+from radio_curation.evaluation.radio_stats import radio_statistics
+from radio_curation.evaluation.truth_probe import grouped_knn_balanced_accuracy
+from radio_curation.runs.store import RunStore
+from radio_curation.tasks import curate as curate_task
+from radio_curation.tasks import cutouts as cutouts_task
+from radio_curation.tasks import evaluate as evaluate_task
+from radio_curation.tasks import features as features_task
+from radio_curation.tasks import merge as merge_task
+from radio_curation.tasks import train as train_task
+
+log = logging.getLogger(__name__)
+
+#: ``compose(config_name, overrides)``: a root config (``extract``, ``curate``, ``train``, ``evaluate``).
+Composer = Callable[[str, Sequence[str]], DictConfig]
+
+
+@dataclass
+class BootstrapRuns:
+    """The run IDs of one pass of the loop."""
+
+    merge: str
+    bootstrap_model: str
+    features: str
+    clusters: str
+    curated: str
+    random: str
+    curated_models: dict[int, str] = field(default_factory=dict)
+    random_models: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class Measurement:
+    """What :meth:`BootstrapLoop.measure` finds.
+
+    Attributes
+    ----------
+    features : dict
+        ``knn_ssl``, ``knn_random_init``, ``knn_stats``: balanced kNN accuracy on the truth classes.
+    enrichment : Enrichment
+        The balanced subsample against the random one.
+    pretraining : dict
+        Probe name → paired difference (curated − random) over seeds.
+    per_seed : dict
+        Probe name → ``{"curated": [...], "random": [...]}``.
+    """
+
+    features: dict[str, float]
+    enrichment: Enrichment
+    pretraining: dict[str, PairedDifference]
+    per_seed: dict[str, dict[str, list[float]]]
+
+
+class BootstrapLoop:
+    """Run and measure the loop with the configs ``compose`` builds (``overrides`` added to each).
+
+    Parameters
+    ----------
+    compose : Composer
+        Builds a root config from overrides (Hydra's compose API with the project's config directory).
+    overrides : sequence of str
+        Overrides for every step, e.g. ``["experiment=bootstrap"]`` plus a smaller sky.
+    """
+
+    def __init__(self, compose: Composer, overrides: Sequence[str] = ("experiment=bootstrap",)) -> None:
+        self.compose = compose
+        self.overrides = list(overrides)
+        settings = OmegaConf.select(self.cfg("train"), "bootstrap")
+        if settings is None:
+            raise RadioCurationError(
+                "the bootstrap loop reads its settings from `bootstrap:` (pretrain_subset, seeds); "
+                "use experiment=bootstrap or an experiment that defines them"
+            )
+        self.pretrain_subset = int(settings.pretrain_subset)
+        self.seeds = [int(s) for s in settings.seeds]
+        if len(self.seeds) < 2:
+            raise RadioCurationError(
+                f"bootstrap.seeds={self.seeds}: a paired comparison needs at least 2 seeds"
+            )
+
+    def cfg(self, config_name: str, *extra: str) -> DictConfig:
+        """The root config ``config_name`` with the loop's overrides and ``extra``."""
+        return self.compose(config_name, [*self.overrides, *extra])
+
+    def run(self) -> BootstrapRuns:
+        """Every run of the loop, computed or reused; returns their IDs."""
+        cutouts = cutouts_task.run(self.cfg("extract", "stage=cutouts"))["run_id"]
+        merge = merge_task.run(self.cfg("extract", "stage=merge", f"cutouts_ids=[{cutouts}]"))["run_id"]
+        bootstrap_model = train_task.run(
+            self.cfg("train", f"source_id={merge}", f"random_subset={self.pretrain_subset}")
+        )["run_id"]
+        features = self.features_of(merge, bootstrap_model)
+        curated = curate_task.run(self.cfg("curate", f"features_id={features}"))
+        random = curate_task.run(
+            self.cfg("curate", f"clusters_id={curated['clusters_id']}", "sampler=random")
+        )
+        runs = BootstrapRuns(
+            merge=merge,
+            bootstrap_model=bootstrap_model,
+            features=features,
+            clusters=curated["clusters_id"],
+            curated=curated["run_id"],
+            random=random["run_id"],
+        )
+        for seed in self.seeds:
+            for subsample, models in ((runs.curated, runs.curated_models), (runs.random, runs.random_models)):
+                models[seed] = train_task.run(self.cfg("train", f"subsample_id={subsample}", f"seed={seed}"))[
+                    "run_id"
+                ]
+        return runs
+
+    def features_of(self, merge: str, model: str) -> str:
+        """A features run of the merge run's windows with the backbone of train run ``model``."""
+        return features_task.run(
+            self.cfg(
+                "extract",
+                "stage=features",
+                f"source_id={merge}",
+                "backbone=run",
+                f"backbone.model_id={model}",
+            )
+        )["run_id"]
+
+    def embed(self, windows: np.ndarray, model: str | None, batch: int = 512) -> np.ndarray:
+        """Features of raw ``windows`` from train run ``model``'s backbone, or random weights (None, seed 0).
+
+        The preprocessing is the features stage's (``normalization``, ``resize`` of the loop's config).
+        """
+        cfg = self.cfg("extract", "stage=features")
+        torch.manual_seed(0)
+        extractor = instantiate(cfg.backbone) if model is None else run_backbone(model, cfg.paths.runs_dir)
+        extractor.eval()
+        preprocess = Preprocess(instantiate_user(cfg.normalization), extractor.in_chans, cfg.resize)
+        x = torch.from_numpy(np.asarray(windows, dtype=np.float32))
+        with torch.no_grad():
+            return torch.cat(
+                [extractor(preprocess(x[i : i + batch])) for i in range(0, len(x), batch)]
+            ).numpy()
+
+    def truth(self, merge: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cutout IDs of the merge run's windows, their truth class and the source that labels them."""
+        store = RunStore(self.cfg("extract").paths.runs_dir)
+        merged = store.resolve(merge, stage="merge").artifact("merged.h5")
+        ids = np.asarray(WindowReader(merged).cutout_ids, dtype=np.int64)
+        table = window_table(merged, ids)
+        catalogue = self.cfg("evaluate").eval.catalogue
+        labels, _ = window_labels(catalogue, merged, table)
+        sources = OmegaConf.merge(catalogue, {"label_column": "source_id"})
+        groups, _ = window_labels(sources, merged, table)
+        return ids, labels, groups
+
+    def _mirabest(self, model: str, root: Path) -> float:
+        result = evaluate_task.run(
+            self.cfg(
+                "evaluate",
+                "eval=linear_probe",
+                f"model_id={model}",
+                "dataset=mirabest",
+                f"dataset.root={root}",
+            )
+        )
+        return float(result["metrics"]["linear_probe/accuracy_mean"])
+
+    def measure(self, runs: BootstrapRuns, mirabest: Path | None = None) -> Measurement:
+        """Score the loop's runs (see the module docstring); ``mirabest`` adds the MiraBest probe."""
+        store = RunStore(self.cfg("extract").paths.runs_dir)
+        empty = str(self.cfg("evaluate").eval.catalogue.empty_label)
+        ids, labels, groups = self.truth(runs.merge)
+        labelled = labels != empty
+        with WindowReader(store.resolve(runs.merge, stage="merge").artifact("merged.h5")) as reader:
+            windows = reader.read(ids[labelled])
+
+        def knn(x: np.ndarray) -> float:
+            return grouped_knn_balanced_accuracy(x, labels[labelled], groups[labelled], seed=0)
+
+        features_file = StoredFeatures(store.resolve(runs.features, stage="features").artifact("features.h5"))
+        bootstrap_features = features_file.read(
+            positions(features_file.cutout_ids, ids[labelled], runs.features)
+        )
+        features = {
+            "knn_ssl": knn(bootstrap_features),
+            "knn_random_init": knn(self.embed(windows, None)),
+            "knn_stats": knn(radio_statistics(windows)),
+        }
+        curated_ids, _ = read_subsample(store.resolve(runs.curated, stage="sample").artifact("subsample.h5"))
+        random_ids, _ = read_subsample(store.resolve(runs.random, stage="sample").artifact("subsample.h5"))
+        where = f"merge run {runs.merge}"
+        enriched = enrichment(
+            labels, positions(ids, curated_ids, where), positions(ids, random_ids, where), empty_label=empty
+        )
+        per_seed: dict[str, dict[str, list[float]]] = {"synthetic": {"curated": [], "random": []}}
+        if mirabest is not None:
+            per_seed["mirabest_confident"] = {"curated": [], "random": []}
+        for arm, models in (("curated", runs.curated_models), ("random", runs.random_models)):
+            for seed in self.seeds:
+                per_seed["synthetic"][arm].append(knn(self.embed(windows, models[seed])))
+                if mirabest is not None:
+                    per_seed["mirabest_confident"][arm].append(self._mirabest(models[seed], mirabest))
+        pretraining = {
+            probe: paired_difference(scores["curated"], scores["random"])
+            for probe, scores in per_seed.items()
+        }
+        return Measurement(features, enriched, pretraining, per_seed)
+
+
+def result_lines(measurement: Measurement) -> list[str]:
+    """The ``RESULT`` lines of ``benchmarks/bench_science.py``."""
+    f, e = measurement.features, measurement.enrichment
+    lines = [
+        f"RESULT features knn_ssl={f['knn_ssl']:.4f} knn_random_init={f['knn_random_init']:.4f} "
+        f"knn_stats={f['knn_stats']:.4f}",
+        f"RESULT enrichment rare_subsample={e.rare_subsample:.4f} rare_random={e.rare_random:.4f} "
+        f"ratio={e.ratio:.3f} empty_ratio={e.empty_ratio:.3f}",
+    ]
+    for probe, d in measurement.pretraining.items():
+        lines.append(
+            f"RESULT pretraining curated={d.mean_a:.4f} random={d.mean_b:.4f} diff={d.diff:+.4f} "
+            f"ci_low={d.ci_low:+.4f} ci_high={d.ci_high:+.4f} seeds={d.seeds} probe={probe}"
+        )
+    return lines
+
+
+def summary(measurement: Measurement) -> dict[str, Any]:
+    """Everything measured, JSON-ready (per-seed scores, spreads, the rare classes)."""
+    e = measurement.enrichment
+    return {
+        "features": measurement.features,
+        "enrichment": {**e.metrics(), "rare_classes": list(e.rare)},
+        "pretraining": {
+            probe: {**vars(d), "per_seed": measurement.per_seed[probe]}
+            for probe, d in measurement.pretraining.items()
+        },
+    }

@@ -1,0 +1,132 @@
+"""Rare-class enrichment: how much more of the rare morphologies a subsample holds than a random one.
+
+A class is rare when its share of the pool is below a threshold (1 % by default, the rare radio
+morphologies of LoTSS: bent tails, haloes, relics). Curation is meant to raise their share and, at the same
+time, not to fill the subsample with empty windows (pure noise, the commonest window of a radio survey).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from radio_curation.errors import RadioCurationError
+
+
+def rare_classes(
+    labels: np.ndarray, threshold: float = 0.01, exclude: Sequence[str] = ("empty",)
+) -> list[str]:
+    """Classes whose share of ``labels`` (the pool) is below ``threshold``, ``exclude`` left out.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        ``[N]`` class of every pool window.
+    threshold : float
+        Largest pool share of a rare class (exclusive).
+    exclude : sequence of str
+        Labels that are never rare classes (e.g. windows without a source).
+
+    Returns
+    -------
+    list of str
+        The rare classes, sorted.
+    """
+    values, counts = np.unique(np.asarray(labels).astype(str), return_counts=True)
+    shares = counts / max(len(labels), 1)
+    return sorted(str(v) for v, s in zip(values, shares, strict=True) if s < threshold and v not in exclude)
+
+
+@dataclass(frozen=True)
+class Enrichment:
+    """Rare-class and empty-window shares of a subsample against a random subsample.
+
+    Attributes
+    ----------
+    rare : tuple of str
+        The rare classes.
+    rare_subsample, rare_random : float
+        Share of windows of any rare class in the subsample and in the random subsample.
+    empty_subsample, empty_random : float
+        Share of empty windows in each.
+    """
+
+    rare: tuple[str, ...]
+    rare_subsample: float
+    rare_random: float
+    empty_subsample: float
+    empty_random: float
+
+    @property
+    def ratio(self) -> float:
+        """``rare_subsample / rare_random`` (inf when the random subsample holds none and the subsample some)."""
+        return _ratio(self.rare_subsample, self.rare_random)
+
+    @property
+    def empty_ratio(self) -> float:
+        """``empty_subsample / empty_random``: above 1, curation enriched noise."""
+        return _ratio(self.empty_subsample, self.empty_random)
+
+    def metrics(self, prefix: str = "enrichment") -> dict[str, float]:
+        """Flat ``<prefix>/<figure>`` metrics."""
+        return {
+            f"{prefix}/rare_subsample": self.rare_subsample,
+            f"{prefix}/rare_random": self.rare_random,
+            f"{prefix}/ratio": self.ratio,
+            f"{prefix}/empty_subsample": self.empty_subsample,
+            f"{prefix}/empty_random": self.empty_random,
+            f"{prefix}/empty_ratio": self.empty_ratio,
+        }
+
+
+def _ratio(a: float, b: float) -> float:
+    if b > 0:
+        return a / b
+    return float("inf") if a > 0 else float("nan")
+
+
+def enrichment(
+    labels: np.ndarray,
+    subsample: np.ndarray,
+    random: np.ndarray,
+    rare: Sequence[str] | None = None,
+    empty_label: str = "empty",
+    threshold: float = 0.01,
+) -> Enrichment:
+    """Rare-class and empty-window enrichment of ``subsample`` over ``random`` (rows into ``labels``).
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        ``[N]`` class of every pool window.
+    subsample, random : np.ndarray
+        Pool rows of the curated and of the random subsample.
+    rare : sequence of str, optional
+        The rare classes; None: :func:`rare_classes` of the pool with ``threshold``.
+    empty_label : str
+        Label of windows without a source.
+    threshold : float
+        See :func:`rare_classes`.
+
+    Returns
+    -------
+    Enrichment
+    """
+    labels = np.asarray(labels).astype(str)
+    subsample, random = np.asarray(subsample, dtype=np.int64), np.asarray(random, dtype=np.int64)
+    if len(subsample) == 0 or len(random) == 0:
+        raise RadioCurationError("enrichment needs a non-empty subsample and random subsample")
+    rare = tuple(rare_classes(labels, threshold, (empty_label,)) if rare is None else rare)
+
+    def share(rows: np.ndarray, classes: Sequence[str]) -> float:
+        return float(np.isin(labels[rows], list(classes)).mean())
+
+    return Enrichment(
+        rare=rare,
+        rare_subsample=share(subsample, rare),
+        rare_random=share(random, rare),
+        empty_subsample=share(subsample, [empty_label]),
+        empty_random=share(random, [empty_label]),
+    )
