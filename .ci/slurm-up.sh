@@ -23,7 +23,7 @@ fi
 
 # munge authenticates every SLURM message; it runs as the munge user with its own key.
 if [ ! -s /etc/munge/munge.key ]; then
-    mungekey --create --keyfile=/etc/munge/munge.key
+    mungekey --create --keyfile=/etc/munge/munge.key 2>/dev/null || dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
 fi
 chown munge:munge /etc/munge/munge.key
 chmod 400 /etc/munge/munge.key

@@ -345,6 +345,13 @@ def main() -> None:
     )
     parser.add_argument("--loader-windows", type=int, default=1024, help="windows in the loader comparison")
     parser.add_argument(
+        "--loader-threads",
+        type=int,
+        default=None,
+        help="CPU threads in the loader comparison (default: the stage's); on a busy machine many threads "
+        "stall the per-sample path's small operations far more than our batched ones",
+    )
+    parser.add_argument(
         "--backbone", default="resnet18", help="a backbone config (resnet18, vit_small_dinov2 ...)"
     )
     parser.add_argument("--windows", type=int, default=1024, help="windows in the extraction comparison")
@@ -401,8 +408,10 @@ def main() -> None:
         if args.only_datapath:
             return
         if not args.device.startswith("cuda"):
-            torch.set_num_threads(cpu_threads(args.num_workers))
+            torch.set_num_threads(args.loader_threads or cpu_threads(args.num_workers))
         rates = loader_benchmark(args, merged, cfg, work)
+        if not args.device.startswith("cuda"):
+            torch.set_num_threads(cpu_threads(args.num_workers))
         ours, naive = rates["ours"], rates["naive"]
         print(f"RESULT loader ours={ours:.1f} naive={naive:.1f} ratio={ours / naive:.2f}", flush=True)
         print(

@@ -15,6 +15,7 @@ Usage::
 
     python benchmarks/bench_reliability.py              # work dir in a temporary directory
     python benchmarks/bench_reliability.py --keep DIR   # keep the stores in DIR for a look afterwards
+    python benchmarks/bench_reliability.py --quick      # a sixth of the bad inputs, 3 kill points
 
 Prints ``RESULT reliability tried=<n> clear_exit2=<n> left_dirs=<n> tracebacks=<n> changed_finished=<n>
 kill_trials=<n> kill_identical=<n>`` (and one ``FAIL`` line per input or trial that missed its target).
@@ -31,18 +32,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
+import timm
 import torch
 import yaml
 from astropy.io import fits
 
 ROOT = Path(__file__).resolve().parents[1]
 SKY = ["experiment=demo", "survey.mosaics=2", "survey.size=384", "cutouts.window_size=64"]
-FEATURES = ["experiment=demo", "resize=32", "batch_size=4", "num_workers=0"]
+# The demo backbone with fixed weights, saved once: an unseeded random network would differ per process.
+FEATURES = ["experiment=demo", "resize=32", "batch_size=4", "num_workers=0", "backbone.checkpoint=WEIGHTS"]
 CURATE = [
     "experiment=demo",
     "clustering.n_clusters=[16,4]",
@@ -100,6 +104,14 @@ class Pipeline:
     sample: str
     train: str
     commands: dict[str, list[str]] = field(default_factory=dict)
+
+
+def fixed_weights(path: Path) -> None:
+    """Save the demo backbone (timm resnet10t, one channel) with weights drawn once, and point at them."""
+    torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(timm.create_model("resnet10t", pretrained=False, in_chans=1).state_dict(), path)
+    FEATURES[-1] = f"backbone.checkpoint={path}"
 
 
 def build_baseline(store: Store) -> Pipeline:
@@ -421,8 +433,10 @@ def bad_inputs(base: Store, p: Pipeline, files: dict[str, Path], damaged: dict[s
 
 
 def clear(done: subprocess.CompletedProcess) -> bool:
+    """Exit 2 and one ``error:`` line, last on stderr (libraries' own info lines may come before it)."""
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    return done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+    errors = [line for line in lines if line.startswith("error: ")]
+    return done.returncode == 2 and len(errors) == 1 and lines[-1] == errors[0]
 
 
 # Kill trials: (parents to copy, command key, file pattern that marks the kill point, delay s).
@@ -512,11 +526,15 @@ def main() -> None:
     )
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
     parser.add_argument("--no-kill", action="store_true", help="bad inputs only")
+    parser.add_argument("--no-inputs", action="store_true", help="kill trials only")
+    parser.add_argument("--jobs", type=int, default=1, help="bad inputs run this many at a time")
+    parser.add_argument("--quick", action="store_true", help="every 6th bad input and 3 kill points")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_reliability_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         base = Store(work / "base", work / "data")
+        fixed_weights(work / "files" / "resnet10t.pth")
         started = time.perf_counter()
         pipeline = build_baseline(base)
         print(
@@ -527,24 +545,33 @@ def main() -> None:
         inputs = bad_inputs(
             base, pipeline, files, damaged_stores(base, pipeline, work), read_only(work, base.data)
         )
+        points = KILL_POINTS
+        if args.quick:
+            inputs, points = inputs[::6], [KILL_POINTS[i] for i in (3, 6, 9)]
         counts = dict.fromkeys(["tried", "clear_exit2", "left_dirs", "tracebacks"], 0)
-        for name, store, command in inputs:
-            existing = store.dirs()
-            done = store.run(*command)
-            left = store.dirs() - existing
-            counts["tried"] += 1
-            counts["clear_exit2"] += clear(done)
+        stores = {id(store): store for _, store, _ in inputs}
+        existing = {key: store.dirs() for key, store in stores.items()}
+
+        def attempt(case: tuple[str, Store, list[str]]) -> tuple[str, subprocess.CompletedProcess]:
+            return case[0], case[1].run(*case[2])
+
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for name, done in pool.map(attempt, [] if args.no_inputs else inputs):
+                counts["tried"] += 1
+                counts["clear_exit2"] += clear(done)
+                counts["tracebacks"] += "Traceback" in done.stderr + done.stdout
+                if not clear(done):
+                    last = (done.stderr.strip().splitlines() or [""])[-1][:300]
+                    print(f"FAIL bad input '{name}': exit {done.returncode}: {last}", flush=True)
+        # Counted at the end: commands running side by side see each other's runs while they work.
+        for key, store in stores.items():
+            left = store.dirs() - existing[key]
             counts["left_dirs"] += len(left)
-            counts["tracebacks"] += "Traceback" in done.stderr + done.stdout
-            if not clear(done) or left:
-                last = (done.stderr.strip().splitlines() or [""])[-1][:300]
-                print(
-                    f"FAIL bad input '{name}': exit {done.returncode}, left {sorted(p.name for p in left)}: {last}",
-                    flush=True,
-                )
+            for path in sorted(left):
+                print(f"FAIL left behind: {path}", flush=True)
         trials = identical = 0
         if not args.no_kill:
-            for number, point in enumerate(KILL_POINTS):
+            for number, point in enumerate(points):
                 killed, same, note = kill_trial(base, pipeline, work, number, point)
                 trials += killed
                 identical += killed and same

@@ -25,7 +25,8 @@ what decides training throughput once the model is fast (on a GPU), and
 ``RESULT datapath windows_per_s=<r> gb_per_s=<r> memcpy_gb_per_s=<r> fraction=<f> workers=<n>``: our data
 path's view pairs per second (both views on the training device: the GPU, or the main process on CPUs)
 for 1 … cores loader workers and then the train stage's default count, against a plain one-core
-``memcpy`` of the same bytes (two float32 views of ``--window``² per window) in the same run.
+``memcpy`` of the same bytes (two float32 views of ``--window``² per window) in the same run; then
+``RESULT datapath_before ...`` likewise for the data path before resident windows (``data.resident_gb=0``).
 """
 
 from __future__ import annotations
@@ -250,20 +251,30 @@ def memcpy_rate(nbytes: int) -> float:
     return nbytes / best
 
 
-def datapath_figures(args: argparse.Namespace, data: TrainingWindows, augmentation: nn.Module) -> None:
-    """``RESULT datapath`` lines: view pairs/s of our data path for each worker count, against memcpy."""
+def datapath_figures(
+    args: argparse.Namespace, data: TrainingWindows, before: TrainingWindows, augmentation: nn.Module
+) -> None:
+    """``RESULT datapath`` lines: view pairs/s of our data path for each worker count, against memcpy.
+
+    ``RESULT datapath_before`` lines: the same for the data path before resident windows (``before``: one
+    reader gather per batch in the workers).
+    """
     pair_bytes = 2 * args.window * args.window * 4
     memcpy = memcpy_rate(args.batch_size * pair_bytes)
     device = torch.device(args.device)
-    for workers in [*args.datapath_workers, int(config("train", []).data.num_workers)]:
-        data.num_workers = workers
-        rate = max(data_rate(data.train_dataloader(), augmentation, device) for _ in range(args.repeats))
-        print(
-            f"RESULT datapath windows_per_s={rate:.1f} gb_per_s={rate * pair_bytes / 1e9:.3f} "
-            f"memcpy_gb_per_s={memcpy / 1e9:.3f} fraction={rate * pair_bytes / memcpy:.3f} workers={workers}",
-            flush=True,
-        )
-    data.num_workers = args.num_workers
+    for name, windows in (("datapath", data), ("datapath_before", before)):
+        for workers in [*args.datapath_workers, int(config("train", []).data.num_workers)]:
+            windows.num_workers = workers
+            rate = max(
+                data_rate(windows.train_dataloader(), augmentation, device) for _ in range(args.repeats)
+            )
+            print(
+                f"RESULT {name} windows_per_s={rate:.1f} gb_per_s={rate * pair_bytes / 1e9:.3f} "
+                f"memcpy_gb_per_s={memcpy / 1e9:.3f} fraction={rate * pair_bytes / memcpy:.3f} "
+                f"workers={workers}",
+                flush=True,
+            )
+        windows.num_workers = args.num_workers
 
 
 def main() -> None:
@@ -327,7 +338,15 @@ def main() -> None:
             resident_gb=cfg.data.resident_gb,
         )
         ours_data.setup("fit")
-        datapath_figures(args, ours_data, ours_aug)
+        before_data = TrainingWindows(
+            merged,
+            ids,
+            args.batch_size,
+            num_workers=args.num_workers,
+            augmentation=ours_aug if on_cpu else None,
+            resident_gb=0,
+        )
+        datapath_figures(args, ours_data, before_data, ours_aug)
         if args.only_datapath:
             return
 

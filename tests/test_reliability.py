@@ -140,6 +140,7 @@ def test_duplicate_cutouts_ids_are_merged_once_with_a_warning(tmp_path):
     assert merged == twice.stdout.strip().splitlines()[-1]
     manifest = yaml.safe_load((store / "merge" / merged.split("=")[1] / "manifest.yaml").read_text())
     assert manifest["parents"] == [cutouts]
+    assert len(list(store.glob("merge/*"))) == 1
 
 
 @pytest.mark.parametrize(
@@ -189,3 +190,21 @@ def test_an_experiments_backbone_does_not_leak_into_another_backbone(compose):
     with pytest.raises(RadioCurationError, match="no run 'train-0'"):
         build_backbone(cfg.backbone)
     assert compose("extract", ["experiment=demo"]).backbone.name == "resnet10t"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_reliability_benchmark_quick_meets_its_targets():
+    done = subprocess.run(
+        [sys.executable, "benchmarks/bench_reliability.py", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT reliability"))
+    result = {k: int(v) for k, v in (item.split("=") for item in line.split()[2:])}
+    assert result["tried"] >= 10 and result["clear_exit2"] == result["tried"], done.stdout
+    assert result["left_dirs"] == result["tracebacks"] == result["changed_finished"] == 0, done.stdout
+    assert result["kill_trials"] >= 2 and result["kill_identical"] == result["kill_trials"], done.stdout

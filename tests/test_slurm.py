@@ -66,8 +66,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _cancel_jobs_under(directory: Path) -> None:
     """scancel every job submitted from ``directory`` (submitit keeps a folder per job)."""
-    ids = {p.name.split("_")[0] for folder in directory.rglob(".submitit") for p in folder.iterdir()}
-    ids = sorted(i for i in ids if i.isdigit())
+    ids = sorted(
+        {p.name for folder in directory.rglob(".submitit") for p in folder.iterdir() if p.name.isdigit()}
+    )
     if ids:
         subprocess.run(["scancel", *ids], capture_output=True)
 
@@ -107,8 +108,9 @@ def _wait(
 
 
 def _job_id(runs_dir: Path) -> str | None:
-    """The one job a single-job sweep submitted (``<array id>_0``), once submitit has made its folder."""
-    folders = [p for folder in runs_dir.rglob(".submitit") for p in folder.iterdir() if p.name[0].isdigit()]
+    """The one job a single-job sweep submitted, once submitit has made its folder."""
+    # submitit writes into a folder named by a random hex id until sbatch has answered with the job ID.
+    folders = [p for folder in runs_dir.rglob(".submitit") for p in folder.iterdir() if p.name.isdigit()]
     return folders[0].name if folders else None
 
 
@@ -243,13 +245,18 @@ def test_training_job_requeued_after_its_first_checkpoint_resumes_in_the_same_ru
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_a_job_reaching_its_time_limit_is_requeued_by_submitit_and_resumes(
     merge_id, site, runs_dir, data_dir, tmp_path, cleanup
 ):
-    # A one-minute limit; SLURM signals the job 40 s before it, submitit requeues it and exits.
-    limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=40"]
+    # A two-minute limit; SLURM signals the job (USR2) 60 s before it, submitit requeues the job and exits.
+    # SLURM checks limits every ~30 s, so with a one-minute limit the signal could come while the job is
+    # still importing torch, before submitit handles it. Steps sleep 0.5 s: 108 steps outlast one
+    # attempt on any machine, and a loaded one still gets through in a few attempts.
+    limit = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=60"]
+    slow = ["+callbacks.slow._target_=tests.ssl.callbacks.SlowSteps", "+callbacks.slow.seconds=0.5"]
     overrides = _train_overrides(
-        merge_id, "trainer.max_epochs=12", "callbacks.checkpoint.every_n_train_steps=10"
+        merge_id, "trainer.max_epochs=3", "callbacks.checkpoint.every_n_train_steps=10", *slow
     )
     log = tmp_path / "launcher.log"
     command = _sweep("train.py", [*overrides, *limit], site, runs_dir, data_dir)
@@ -260,7 +267,7 @@ def test_a_job_reaching_its_time_limit_is_requeued_by_submitit_and_resumes(
         _wait(lambda: _job_id(runs_dir) is not None, 120, "the job", proc, log)
         job = _job_id(runs_dir)
         while proc.poll() is None:
-            if _job_state(job) == "PENDING" and list((runs_dir / "train").glob("*/manifest.yaml")):
+            if _job_state(job) == "PENDING" and _status(next((runs_dir / "train").glob("*"), runs_dir)):
                 _start_now(job)
             time.sleep(1)
     assert proc.returncode == 0, log.read_text()[-3000:]
@@ -268,7 +275,7 @@ def test_a_job_reaching_its_time_limit_is_requeued_by_submitit_and_resumes(
     manifest = yaml.safe_load((run_dir / "manifest.yaml").read_text())
     assert manifest["status"] == "complete" and manifest["attempts"] >= 2
     assert manifest["info"]["resumed_from_step"] >= 10
-    assert manifest["counts"]["steps"] == 12 * _steps_per_epoch(runs_dir, merge_id)
+    assert manifest["counts"]["steps"] == 3 * _steps_per_epoch(runs_dir, merge_id)
     job_log = "".join(p.read_text() for p in (runs_dir / "_sweeps").rglob("*_log.err"))
     assert re.search(r"Caught signal SIGUSR2 .*: this job is timed-out", job_log), job_log[-3000:]
 
@@ -280,6 +287,7 @@ def _readme_block(heading: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_the_readme_try_it_on_one_machine_runs_the_whole_loop_on_slurm(tmp_path, cleanup):
     """The README's commands, verbatim, in a scratch checkout (configs, entry points, .ci/slurm-up.sh)."""
     checkout = tmp_path / "checkout"

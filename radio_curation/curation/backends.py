@@ -2,7 +2,8 @@
 
 A backend assigns points to centroids and trains k-means from the initial centroids it is given;
 initialisation and training subsamples are chosen once, outside the backends
-(:mod:`radio_curation.curation.kmeans`), so one seed means the same start on every backend.
+(:mod:`radio_curation.curation.kmeans`), so one seed means the same start on every backend; k-means++
+runs in torch on the backend's GPU when it has one, else on the CPU (:attr:`KMeansBackend.init_device`).
 
 faiss and torch share one Lloyd iteration: assign every point (the distance computations, i.e. the
 matrix products, which is where backends differ), then move each centroid to the mean of its points,
@@ -67,6 +68,13 @@ class KMeansBackend(ABC):
 
     name: str = ""
     device: str = "cpu"
+
+    @property
+    def init_device(self) -> str:
+        """The torch device k-means++ initialisation runs on: this backend's GPU when torch sees it."""
+        import torch
+
+        return self.device if self.device.startswith("cuda") and torch.cuda.is_available() else "cpu"
 
     @abstractmethod
     def assign(self, x: np.ndarray, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:

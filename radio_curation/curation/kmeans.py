@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
 import h5py
 import numpy as np
 
 from radio_curation.curation.backends import FaissBackend, KMeansBackend
+from radio_curation.curation.initialization import greedy_kmeans_plusplus
 from radio_curation.errors import RadioCurationError
 from radio_curation.progress import progress
 
@@ -33,8 +33,8 @@ def derive_seed(seed: int, *parts: int) -> int:
     return int(np.random.SeedSequence([int(seed), *map(int, parts)]).generate_state(1)[0] % (2**31 - 1))
 
 
-def init_centroids(x: np.ndarray, k: int, method: str, seed: int) -> np.ndarray:
-    """Initial centroids: ``k`` distinct rows of ``x`` (``random``) or k-means++ (D² sampling, faiss).
+def init_centroids(x: np.ndarray, k: int, method: str, seed: int, device: str = "cpu") -> np.ndarray:
+    """Initial centroids: ``k`` distinct rows of ``x`` (``random``) or greedy k-means++ (``kmeans++``).
 
     Parameters
     ----------
@@ -43,22 +43,18 @@ def init_centroids(x: np.ndarray, k: int, method: str, seed: int) -> np.ndarray:
     k
         Number of centroids.
     method
-        ``kmeans++`` or ``random``.
+        ``kmeans++`` (:func:`~radio_curation.curation.initialization.greedy_kmeans_plusplus`) or ``random``.
     seed
         Seed of the random choices; the same seed gives the same centroids on every backend.
+    device
+        torch device of the k-means++ distance computations.
     """
     n = x.shape[0]
     if method == "random":
         rows = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
         return np.ascontiguousarray(x[rows], dtype=np.float32)
     if method == "kmeans++":
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        init = faiss.ClusteringInitialization(x.shape[1], k)
-        init.method = faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS
-        init.seed = seed
-        out = np.empty((k, x.shape[1]), dtype=np.float32)
-        init.init_centroids(n, faiss.swig_ptr(x), faiss.swig_ptr(out))
-        return out
+        return greedy_kmeans_plusplus(x, k, seed, device=device)
     raise RadioCurationError(f"unknown k-means init {method!r}; use one of {', '.join(INITS)}")
 
 
@@ -130,7 +126,7 @@ def kmeans(
             n,
             max_points_per_centroid,
         )
-    start = init_centroids(train, k, init, derive_seed(seed, 0))
+    start = init_centroids(train, k, init, derive_seed(seed, 0), device=backend.init_device)
     fit = backend.fit(train, start, n_iters, spherical)
     assignment, distance = backend.assign(x, fit.centroids, spherical)
     return KMeansResult(fit.centroids, assignment, distance, fit.objective, fit.n_train, fit.search_seconds)
@@ -147,9 +143,23 @@ def select_per_cluster(assignment: np.ndarray, key: np.ndarray, per_cluster: np.
     """Indices of the ``per_cluster`` rows with the smallest ``key`` in each cluster, ascending.
 
     ``per_cluster`` is one number for all clusters or one per cluster; clusters smaller than it give all
-    their rows. Ties in ``key`` go to the lower row index.
+    their rows. Ties in ``key`` go to the lower row index. A ``key`` that is a permutation of ``0..n-1``
+    (a random order) is its own rank, which saves sorting it.
     """
-    order = np.lexsort((key, assignment))
+    n = len(assignment)
+    key = np.asarray(key)
+    if np.issubdtype(key.dtype, np.integer) and len(key) and key.min() >= 0 and key.max() < n:
+        is_permutation = bool((np.bincount(key, minlength=n) == 1).all())
+    else:
+        is_permutation = False
+    if is_permutation:
+        key_rank = key.astype(np.int64, copy=False)
+    else:
+        key_rank = np.empty(n, dtype=np.int64)
+        key_rank[np.argsort(key, kind="stable")] = np.arange(n)
+    # One sort of unique int64 codes (cluster, then key rank): the order of lexsort((key, assignment)),
+    # at a fraction of its cost.
+    order = np.argsort(np.asarray(assignment, dtype=np.int64) * max(n, 1) + key_rank)
     sorted_labels = assignment[order]
     n_clusters = int(assignment.max()) + 1 if len(assignment) else 0
     starts = np.searchsorted(sorted_labels, np.arange(n_clusters))
@@ -222,20 +232,23 @@ class HierarchicalKMeans:
     Parameters
     ----------
     n_clusters
-        Clusters per level, e.g. ``[60000, 4000, 300]``; each at most the previous one.
+        Clusters per level, e.g. ``[60000, 4000, 300]``; each at most the previous one. The per-level
+        settings below take one value for all levels or a list that follows these levels (see
+        :meth:`_per_level`).
     n_resampling_steps
         Resampling steps per level (0: none).
     sample_size
         Points taken from each cluster in a resampling step, per level (1 turns resampling off, as a
-        k-means of one point per cluster would return those points).
+        k-means of one point per cluster would return those points); ``None``: about half the level's
+        mean cluster size.
     sampling_strategy
         ``closest`` (to the centroid) or ``random``.
     n_iters
         Lloyd iterations of every k-means run.
     init
-        ``kmeans++`` or ``random``, for all levels or one per level. k-means++ costs about as much as
-        ``k`` passes over the level's points; for first levels of tens of thousands of clusters use
-        ``random`` (faiss' default).
+        ``kmeans++`` (greedy) or ``random``, for all levels or one per level. k-means++ takes ``k``
+        sequential steps, each over the points near its candidates; for first levels of tens of
+        thousands of clusters use ``random``, and k-means++ above them (the centroids are few).
     metric
         ``l2``, or ``cosine`` (features L2-normalised, spherical k-means).
     max_points_per_centroid
@@ -247,7 +260,7 @@ class HierarchicalKMeans:
 
     n_clusters: Sequence[int]
     n_resampling_steps: Sequence[int] | int = 0
-    sample_size: Sequence[int] | int = 1
+    sample_size: Sequence[int | None] | int | None = None
     sampling_strategy: str = "closest"
     n_iters: int = 20
     init: Sequence[str] | str = "kmeans++"
@@ -259,7 +272,7 @@ class HierarchicalKMeans:
         self.n_clusters = [int(k) for k in self.n_clusters]
         n_levels = len(self.n_clusters)
         self.n_resampling_steps = self._per_level(self.n_resampling_steps, "n_resampling_steps", int)
-        self.sample_size = self._per_level(self.sample_size, "sample_size", int)
+        self.sample_size = self._per_level(self.sample_size, "sample_size", int, derived=True)
         self.init = self._per_level(self.init, "init", str)
         if n_levels == 0:
             raise RadioCurationError("clustering.n_clusters is empty: give the number of clusters per level")
@@ -275,19 +288,43 @@ class HierarchicalKMeans:
         ):
             if value not in allowed:
                 raise RadioCurationError(f"clustering.{name}={value!r}: use one of {', '.join(allowed)}")
-        if any(s < 1 for s in self.sample_size) or any(r < 0 for r in self.n_resampling_steps):
+        if any(s is not None and s < 1 for s in self.sample_size) or any(
+            r < 0 for r in self.n_resampling_steps
+        ):
             raise RadioCurationError("clustering.sample_size must be >= 1 and n_resampling_steps >= 0")
 
-    def _per_level(self, value: Any, name: str, cast: Callable[[Any], Any]) -> list[Any]:
+    def _per_level(
+        self, value: Any, name: str, cast: Callable[[Any], Any], derived: bool = False
+    ) -> list[Any]:
+        """One value per level of ``n_clusters``: a scalar applies to all levels; a list follows the levels,
+        its first entries for the first levels and its last entry repeated above them (so changing the
+        number of levels is one override). ``None`` (with ``derived``) is worked out per level at fit time.
+        """
         n_levels = len(self.n_clusters)
-        if isinstance(value, str | int):
-            return [cast(value)] * n_levels
-        values = [cast(v) for v in value]
-        if len(values) != n_levels:
+        given = value
+        if value is None or isinstance(value, str | int):
+            value = [value]
+        values = [None if v is None else cast(v) for v in value]
+        if not values or (None in values and not derived):
             raise RadioCurationError(
-                f"clustering.{name} has {len(values)} entries but n_clusters has {n_levels} levels"
+                f"clustering.{name}={given}: give one value for all levels or one per level of n_clusters"
             )
-        return values
+        if len(values) > 1 and len(values) != n_levels:
+            log.info(
+                "clustering.%s has %d entries for the %d levels of n_clusters: using %s",
+                name,
+                len(values),
+                n_levels,
+                values[:n_levels] + values[-1:] * (n_levels - len(values)),
+            )
+        return values[:n_levels] + values[-1:] * (n_levels - len(values))
+
+    def level_sample_size(self, level: int, n_inputs: int) -> int:
+        """Points per cluster in level ``level``'s resampling steps: as configured, or (``null``) about half
+        the level's mean cluster size, ``n_inputs / (2 k)``, rounded (at least 1)."""
+        k = self.n_clusters[level - 1]
+        configured = self.sample_size[level - 1]
+        return configured if configured is not None else max(1, (n_inputs + k) // (2 * k))
 
     @property
     def n_levels(self) -> int:
@@ -323,7 +360,8 @@ class HierarchicalKMeans:
         centroids, assignment, distance = first.centroids, first.assignment, first.distance
         resampling_objective = [float(distance.sum(dtype=np.float64))]
         search = first.search_seconds
-        steps = self.n_resampling_steps[i] if self.sample_size[i] > 1 else 0
+        sample_size = self.level_sample_size(level, x.shape[0])
+        steps = self.n_resampling_steps[i] if sample_size > 1 else 0
         if self.n_resampling_steps[i] and not steps:
             log.info(
                 "level %d: sample_size 1 turns its %d resampling steps off", level, self.n_resampling_steps[i]
@@ -334,7 +372,7 @@ class HierarchicalKMeans:
                 key = distance
             else:
                 key = np.random.default_rng(step_seed).random(len(assignment))
-            sample = x[select_per_cluster(assignment, key, self.sample_size[i])]
+            sample = x[select_per_cluster(assignment, key, sample_size)]
             if sample.shape[0] < k:
                 # Only possible when many clusters are empty; the level keeps its k centroids.
                 log.warning(

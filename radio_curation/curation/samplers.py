@@ -9,7 +9,7 @@ previous one kept (``sampler=dedup_then_balanced``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 #: Elements of a similarity block computed at once in semdedup (64 MiB in float32).
 SIMILARITY_BLOCK = 1 << 24
-#: Edges gathered before semdedup compresses them to one star per connected component.
+#: Edges gathered before semdedup settles them (components: compressed to one star per component).
 EDGE_BUDGET = 1 << 22
+SEMDEDUP_RULES = ("priority", "components")
 
 
 @dataclass
@@ -217,7 +218,7 @@ class BalancedSampler(Sampler):
         if self.strategy == "c":
             key = hierarchy.levels[0].distance[rows]
         else:
-            key = rng.random(len(rows))
+            key = rng.permutation(len(rows))
         chosen = rows[select_per_cluster(leaf, key, quota)]
         return np.sort(chosen), {"leaf_clusters_used": int((quota > 0).sum())}
 
@@ -234,9 +235,38 @@ def _edges_to_stars(n: int, ei: list[np.ndarray], ej: list[np.ndarray]) -> tuple
     return [nodes[star]], [first[labels][star]]
 
 
-def duplicate_groups(
-    x: np.ndarray, clusters: np.ndarray, threshold: float, show_progress: bool = True
-) -> np.ndarray:
+def near_duplicate_pairs(
+    x: np.ndarray, clusters: np.ndarray, threshold: float
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per cluster, the row pairs ``(i, j)``, ``i < j``, with cosine similarity above ``threshold``.
+
+    ``x`` holds L2-normalised float32 rows; only pairs within a cluster are compared. One item per cluster
+    that has a pair (all of that cluster's pairs), with a progress bar over clusters.
+    """
+    order = np.argsort(clusters, kind="stable")
+    bounds = np.flatnonzero(np.diff(clusters[order])) + 1
+    members_of = np.split(order, bounds)
+    with progress(len(members_of), "semdedup", unit="cluster") as bar:
+        for members in members_of:
+            bar.advance(1)
+            m = len(members)
+            if m < 2:
+                continue
+            xc = x[members]
+            step = max(1, SIMILARITY_BLOCK // m)
+            pi, pj = [], []
+            for start in range(0, m, step):
+                i, j = np.nonzero(xc[start : start + step] @ xc.T > threshold)
+                i += start
+                upper = j > i
+                pi.append(members[i[upper]])
+                pj.append(members[j[upper]])
+            pi, pj = np.concatenate(pi), np.concatenate(pj)
+            if len(pi):
+                yield pi, pj
+
+
+def duplicate_groups(x: np.ndarray, clusters: np.ndarray, threshold: float) -> np.ndarray:
     """Connected components of the graph "cosine similarity > ``threshold``", searched within clusters.
 
     Parameters
@@ -247,8 +277,6 @@ def duplicate_groups(
         ``[n]`` cluster of each row; only pairs within a cluster are compared.
     threshold
         Similarity above which two rows are near-duplicates.
-    show_progress
-        Show a progress bar over clusters.
 
     Returns
     -------
@@ -257,35 +285,87 @@ def duplicate_groups(
         do not depend on the order of the rows.
     """
     n = len(x)
-    order = np.argsort(clusters, kind="stable")
-    bounds = np.flatnonzero(np.diff(clusters[order])) + 1
-    members_of = np.split(order, bounds)
     ei: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
     ej: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
     pending = 0
-    with progress(len(members_of), "semdedup", unit="cluster") as bar:
-        for members in members_of:
-            bar.advance(1)
-            m = len(members)
-            if m < 2:
-                continue
-            xc = x[members]
-            step = max(1, SIMILARITY_BLOCK // m)
-            for start in range(0, m, step):
-                sim = xc[start : start + step] @ xc.T
-                i, j = np.nonzero(sim > threshold)
-                i += start
-                upper = j > i
-                ei.append(members[i[upper]])
-                ej.append(members[j[upper]])
-                pending += int(upper.sum())
-            if pending > EDGE_BUDGET:
-                ei, ej = _edges_to_stars(n, ei, ej)
-                pending = len(ei[0])
+    for i, j in near_duplicate_pairs(x, clusters, threshold):
+        ei.append(i)
+        ej.append(j)
+        pending += len(i)
+        if pending > EDGE_BUDGET:
+            ei, ej = _edges_to_stars(n, ei, ej)
+            pending = len(ei[0])
     graph = coo_matrix(
         (np.ones(sum(map(len, ei)), dtype=np.int8), (np.concatenate(ei), np.concatenate(ej))), (n, n)
     )
     return connected_components(graph, directed=False)[1]
+
+
+def greedy_keep(better: np.ndarray, worse: np.ndarray, n: int) -> np.ndarray:
+    """Which of ``n`` nodes a greedy pass in priority order keeps: a node is dropped when a node it is
+    linked to with higher priority (``better -> worse`` edges) is kept.
+
+    Decided in vectorised rounds: a node is kept once every better neighbour is dropped, and dropped as
+    soon as one is kept; each round settles at least the best undecided node, so the rounds are as many as
+    the longest chain of linked nodes.
+    """
+    state = np.zeros(n, dtype=np.int8)  # 0 undecided, 1 kept, 2 dropped
+    while True:
+        undecided = state == 0
+        if not undecided.any():
+            return state == 1
+        blocked = np.zeros(n, dtype=bool)
+        blocked[worse[state[better] != 2]] = True
+        state[undecided & ~blocked] = 1
+        dropped = worse[state[better] == 1]
+        state[dropped[state[dropped] == 0]] = 2
+
+
+def priority_dedup(x: np.ndarray, clusters: np.ndarray, threshold: float, rank: np.ndarray) -> np.ndarray:
+    """SemDeDup's rule: going through each cluster in priority order, drop a row when a kept row of higher
+    priority has cosine similarity above ``threshold`` with it.
+
+    A chain A~B~C with A≁C (A first) keeps A and C: B goes because of A, and C only resembles B.
+
+    Parameters
+    ----------
+    x
+        ``[n, d]`` L2-normalised float32 features.
+    clusters
+        ``[n]`` cluster of each row; only pairs within a cluster are compared.
+    threshold
+        Similarity above which two rows are near-duplicates.
+    rank
+        ``[n]`` distinct priorities, 0 first.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[n]`` bool: the rows kept.
+    """
+    keep = np.ones(len(x), dtype=bool)
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    pending = 0
+
+    def settle() -> None:
+        # Pairs never cross clusters, so whole clusters are settled on their own.
+        i, j = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+        nodes, local = np.unique(np.concatenate([i, j]), return_inverse=True)
+        li, lj = local[: len(i)], local[len(i) :]
+        first = rank[i] < rank[j]
+        kept = greedy_keep(np.where(first, li, lj), np.where(first, lj, li), len(nodes))
+        keep[nodes[~kept]] = False
+        pairs.clear()
+
+    for i, j in near_duplicate_pairs(x, clusters, threshold):
+        pairs.append((i, j))
+        pending += len(i)
+        if pending > EDGE_BUDGET:
+            settle()
+            pending = 0
+    if pairs:
+        settle()
+    return keep
 
 
 def keep_one_per_group(groups: np.ndarray, score: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
@@ -306,32 +386,40 @@ def cosine_to_centroid(pool: Pool, rows: np.ndarray, level: int = 1) -> np.ndarr
 
 
 class SemDedupSampler(Sampler):
-    """SemDeDup (Abbas et al. 2023): near-duplicates within clusters form groups; one per group is kept.
+    """SemDeDup (Abbas et al. 2023): near-duplicates within clusters, thinned to the rows that stay.
 
     Parameters
     ----------
     eps
-        Rows with cosine similarity above ``1 - eps`` are near-duplicates; groups are the connected
-        components of that relation (no order-dependent greedy pass).
+        Rows with cosine similarity above ``1 - eps`` are near-duplicates.
     keep
-        ``hard`` (farthest from the centroid), ``easy`` (closest) or ``random``.
+        Priority: ``hard`` (farthest from the centroid first), ``easy`` (closest first) or ``random``.
     level
         The clustering level whose clusters bound the search.
+    rule
+        ``priority`` (the paper's): drop a row when a kept row of higher priority is a near-duplicate of
+        it, so ``eps`` means what it means in the paper. ``components``: keep the highest-priority row of
+        each connected group of near-duplicates (fewer rows: a chain A~B~C keeps A alone).
     """
 
     name = "semdedup"
     takes_target = False
 
-    def __init__(self, eps: float = 0.05, keep: str = "hard", level: int = 1) -> None:
+    def __init__(self, eps: float = 0.05, keep: str = "hard", level: int = 1, rule: str = "priority") -> None:
         if not 0 < eps < 2:
             raise RadioCurationError(
                 f"sampler semdedup eps={eps}: use 0 < eps < 2 (similarity above 1 - eps)"
             )
         if keep not in ("hard", "easy", "random"):
             raise RadioCurationError(f"sampler semdedup keep={keep!r}: use hard, easy or random")
+        if rule not in SEMDEDUP_RULES:
+            raise RadioCurationError(
+                f"sampler semdedup rule={rule!r}: use one of {', '.join(SEMDEDUP_RULES)}"
+            )
         self.eps = float(eps)
         self.keep = keep
         self.level = int(level)
+        self.rule = rule
 
     def select(
         self, pool: Pool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
@@ -342,15 +430,22 @@ class SemDedupSampler(Sampler):
             )
         x = pool.x()[rows]
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
-        groups = duplicate_groups(x, pool.paths[rows, self.level - 1], 1.0 - self.eps)
+        clusters = pool.paths[rows, self.level - 1]
         if self.keep == "random":
             score = rng.random(pool.n)[rows]
         else:
             distance = cosine_to_centroid(pool, rows, self.level)
             score = -distance if self.keep == "hard" else distance
-        kept = rows[keep_one_per_group(groups, score, pool.hierarchy.cutout_id[rows])]
-        sizes = np.bincount(groups)
-        return kept, {"duplicate_groups": int((sizes > 1).sum()), "removed": int(len(rows) - len(kept))}
+        tiebreak = pool.hierarchy.cutout_id[rows]
+        if self.rule == "components":
+            groups = duplicate_groups(x, clusters, 1.0 - self.eps)
+            kept = rows[keep_one_per_group(groups, score, tiebreak)]
+            sizes = np.bincount(groups)
+            return kept, {"duplicate_groups": int((sizes > 1).sum()), "removed": int(len(rows) - len(kept))}
+        rank = np.empty(len(rows), dtype=np.int64)
+        rank[np.lexsort((tiebreak, score))] = np.arange(len(rows))
+        kept = rows[priority_dedup(x, clusters, 1.0 - self.eps, rank)]
+        return kept, {"removed": int(len(rows) - len(kept))}
 
 
 class PrototypicalitySampler(Sampler):

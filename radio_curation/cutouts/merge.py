@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 from radio_curation.cutouts.index import WindowIndex
 from radio_curation.errors import RadioCurationError
 
-__all__ = ["PREFERENCES", "Merger", "concatenate", "cross_mosaic_duplicates"]
+__all__ = ["PREFERENCES", "Merger", "concatenate", "cross_mosaic_duplicates", "window_stride"]
 
 PREFERENCES = ("lowest_rms", "farthest_from_edge")
 
@@ -98,24 +98,46 @@ def _greedy_keep(better: np.ndarray, worse: np.ndarray, n: int) -> np.ndarray:
         state[removed[state[removed] == 0]] = 2
 
 
+#: Smallest window stride [px] a match radius is derived from: windows on no grid (catalogue cutouts) are
+#: copies when their centres differ by the pixel rounding of the two mosaics.
+MIN_STRIDE_PX = 2
+
+
+def window_stride(y0: np.ndarray, x0: np.ndarray, mosaic: np.ndarray, size: int) -> int:
+    """Spacing [px] of the grid that windows of one size lie on: the gcd of their corner offsets within
+    each mosaic (``size`` when no mosaic has two windows; at least :data:`MIN_STRIDE_PX`)."""
+    stride = 0
+    for m in np.unique(mosaic):
+        mine = mosaic == m
+        stride = math.gcd(
+            stride,
+            int(np.gcd.reduce(y0[mine] - y0[mine].min())),
+            int(np.gcd.reduce(x0[mine] - x0[mine].min())),
+        )
+    return max(stride or int(size), MIN_STRIDE_PX)
+
+
 def cross_mosaic_duplicates(
     index: WindowIndex, rows: np.ndarray, tolerance: float, prefer: str
 ) -> np.ndarray:
     """Rows (among ``rows``) that duplicate a preferred window of another mosaic.
 
     Two windows match when they have the same size, come from different mosaics and their centres lie
-    within ``tolerance`` × the window side of each other on the sphere. Windows are taken in order of
+    within ``tolerance`` × the stride of the windows' grid (:func:`window_stride` of ``rows``: the window
+    side × (1 − overlap), or the side for ``grid``) of each other on the sphere. Every sky position is
+    within √2/2 of the stride of a window centre of each mosaic's grid, so a tolerance of 0.75 pairs every
+    window of an overlap zone with its counterpart whatever the overlap. Windows are taken in order of
     preference (ties broken by ``cutout_id``); one is kept unless it matches a window already kept. So no
     two kept windows of different mosaics match, and every removed window matches a kept, preferred one.
 
     Parameters
     ----------
     index
-        Table with ``ra, dec, size, mosaic, rms, edge_distance, cutout_id``.
+        Table with ``ra, dec, size, mosaic, y0, x0, rms, edge_distance, cutout_id``.
     rows
         Candidate rows (e.g. those that passed the quality filters).
     tolerance
-        Matching radius as a fraction of the window side.
+        Matching radius as a fraction of the window stride.
     prefer
         ``lowest_rms`` or ``farthest_from_edge``.
 
@@ -137,7 +159,8 @@ def cross_mosaic_duplicates(
         group = rows[col["size"][rows] == size]
         if len(group) < 2:
             continue
-        angle = tolerance * size * float(np.max(scale[col["mosaic"][group]])) / 3600.0
+        stride = window_stride(col["y0"][group], col["x0"][group], col["mosaic"][group], int(size))
+        angle = tolerance * stride * float(np.max(scale[col["mosaic"][group]])) / 3600.0
         chord = 2.0 * math.sin(math.radians(angle) / 2.0)
         tree = cKDTree(_unit_vectors(col["ra"][group], col["dec"][group]))
         pairs = tree.query_pairs(chord, output_type="ndarray")
@@ -172,8 +195,8 @@ class Merger:
     dedup
         Remove cross-mosaic duplicates (see :func:`cross_mosaic_duplicates`).
     dedup_tolerance
-        Matching radius as a fraction of the window side (0.36: with 50 % overlap every window in another
-        mosaic's overlap zone finds its counterpart).
+        Matching radius as a fraction of the windows' stride (0.75: every window in another mosaic's
+        overlap zone finds its counterpart, at any overlap and with ``grid``).
     dedup_prefer
         ``lowest_rms`` or ``farthest_from_edge``.
     """
@@ -187,7 +210,7 @@ class Merger:
         rms_max: float | None = None,
         grid: bool = False,
         dedup: bool = True,
-        dedup_tolerance: float = 0.36,
+        dedup_tolerance: float = 0.75,
         dedup_prefer: str = "lowest_rms",
     ) -> None:
         if dedup_prefer not in PREFERENCES:
@@ -196,7 +219,7 @@ class Merger:
             )
         if not 0.0 < float(dedup_tolerance) <= 2.0:
             raise RadioCurationError(
-                f"merge.dedup_tolerance={dedup_tolerance} must be in (0, 2] (window sides)."
+                f"merge.dedup_tolerance={dedup_tolerance} must be in (0, 2] (window strides)."
             )
         self.max_nan_fraction = max_nan_fraction
         self.min_peak_snr = min_peak_snr

@@ -22,8 +22,9 @@ from threadpoolctl import threadpool_limits
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.similarity import l2_normalise
 
-#: A probe: fit on (train features, train labels), predict labels of the test features.
-Classifier = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+#: A probe: fit on (train features, train labels[, groups=train groups]), predict labels of the test
+#: features. Groups keep the rows of one source on one side of any inner split.
+Classifier = Callable[..., np.ndarray]
 
 
 @dataclass
@@ -91,29 +92,37 @@ def logistic_classifier(
     Returns
     -------
     Classifier
-        ``classify(x_train, y_train, x_test) -> predicted labels``.
+        ``classify(x_train, y_train, x_test, groups=None) -> predicted labels``.
     """
     record = record if record is not None else {}
     record.setdefault("chosen_C", [])
     record.setdefault("convergence_warnings", 0)
 
-    def classify(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
-        folds = min(inner_folds, int(np.bincount(y_train)[np.unique(y_train)].min()))
+    def classify(
+        x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, groups: np.ndarray | None = None
+    ) -> np.ndarray:
+        # Inner folds, like the outer ones, keep each group (source) on one side when groups are given.
+        per_class = [
+            int((y_train == c).sum()) if groups is None else len(np.unique(groups[y_train == c]))
+            for c in np.unique(y_train)
+        ]
+        folds = min(inner_folds, min(per_class))
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+        fit_kwargs = {}
         if folds >= 2 and len(cs) > 1:
-            model = GridSearchCV(
-                model,
-                {"logisticregression__C": list(cs)},
-                cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                scoring="accuracy",
-            )
+            if groups is None:
+                inner = StratifiedKFold(folds, shuffle=True, random_state=seed)
+            else:
+                inner = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+                fit_kwargs["groups"] = groups
+            model = GridSearchCV(model, {"logisticregression__C": list(cs)}, cv=inner, scoring="accuracy")
         # One BLAS thread: L-BFGS on a few hundred rows is latency-bound, and with torch's threads beside
         # it a multi-threaded BLAS spent 10x longer synchronising than computing (measured on 2 cores).
         with warnings.catch_warnings(record=True) as caught, threadpool_limits(1, user_api="blas"):
             # Very weak regularisation on separable features stops at max_iter; the probe is still
             # valid, so the warning is counted and reported rather than raised.
             warnings.simplefilter("always", ConvergenceWarning)
-            model.fit(x_train, y_train)
+            model.fit(x_train, y_train, **fit_kwargs)
         for w in caught:
             if issubclass(w.category, ConvergenceWarning):
                 record["convergence_warnings"] += 1
@@ -141,14 +150,17 @@ def knn_classifier(k: int = 20, temperature: float = 0.07, chunk: int = 4096) ->
     Returns
     -------
     Classifier
-        ``classify(x_train, y_train, x_test) -> predicted labels``.
+        ``classify(x_train, y_train, x_test, groups=None) -> predicted labels``.
     """
     if k < 1 or temperature <= 0:
         raise RadioCurationError(
             f"kNN needs k >= 1 and temperature > 0, got k={k}, temperature={temperature}"
         )
 
-    def classify(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    def classify(
+        x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, groups: np.ndarray | None = None
+    ) -> np.ndarray:
+        # Groups do not matter here: nothing is fitted beyond storing the training rows.
         train = l2_normalise(x_train)
         n_classes = int(y_train.max()) + 1
         kk = min(k, len(train))
@@ -233,7 +245,8 @@ def evaluate_probe(
             )
         splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
     for train_idx, test_idx in splitter.split(features, labels, groups):
-        predicted = classify(features[train_idx], labels[train_idx], features[test_idx])
+        inner_groups = None if groups is None else groups[train_idx]
+        predicted = classify(features[train_idx], labels[train_idx], features[test_idx], groups=inner_groups)
         accuracy.append(float(accuracy_score(labels[test_idx], predicted)))
         macro_f1.append(float(f1_score(labels[test_idx], predicted, average="macro", zero_division=0)))
         confusion += confusion_matrix(labels[test_idx], predicted, labels=np.arange(n_classes))

@@ -74,7 +74,8 @@ def parent_ids(cfg: DictConfig, spec: DictConfig) -> list[str]:
     """Parent run IDs named by the spec's ``parents`` keys (a key may hold one ID or a list).
 
     A null key is skipped unless the spec's ``derive`` maps it to another stage spec of the same config,
-    whose run ID it then is (``curate.py`` without ``clusters_id`` clusters first, then samples).
+    whose run ID it then is (``curate.py`` without ``clusters_id`` clusters first, then samples). An ID
+    given twice counts once.
     """
     ids: list[str] = []
     derive = spec.get("derive") or {}
@@ -85,7 +86,7 @@ def parent_ids(cfg: DictConfig, spec: DictConfig) -> list[str]:
         if value is None:
             continue
         ids.extend(str(v) for v in (value if isinstance(value, list) else [value]))
-    return ids
+    return list(dict.fromkeys(ids))
 
 
 def stage_identity(cfg: DictConfig, spec: DictConfig, parents: list[str] | None = None) -> StageIdentity:

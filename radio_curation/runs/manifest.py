@@ -26,6 +26,9 @@ import yaml
 from radio_curation.errors import RadioCurationError
 
 MANIFEST = "manifest.yaml"
+# A truncated YAML file often still parses: the closing line tells a whole manifest from the start of one.
+_FIRST_LINE = "# radio-curation run manifest\n"
+_LAST_LINE = "# end of manifest\n"
 RUNNING = "running"
 COMPLETE = "complete"
 FAILED = "failed"
@@ -50,7 +53,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     """Atomically replace ``run_dir/manifest.yaml``."""
-    write_atomic(run_dir / MANIFEST, yaml.safe_dump(manifest, sort_keys=False))
+    write_atomic(run_dir / MANIFEST, _FIRST_LINE + yaml.safe_dump(manifest, sort_keys=False) + _LAST_LINE)
 
 
 def recompute_hint(run_dir: Path, manifest: dict[str, Any] | None = None) -> str:
@@ -73,12 +76,18 @@ def read_manifest(run_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        manifest = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        manifest = yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         problem = str(err).splitlines()[0]
         raise DamagedRunError(
             f"the manifest {path} is damaged ({problem}); {recompute_hint(run_dir)}"
         ) from err
+    if text.startswith(_FIRST_LINE) and not text.endswith(_LAST_LINE):
+        raise DamagedRunError(
+            f"the manifest {path} is damaged (truncated: its last line is missing); "
+            f"{recompute_hint(run_dir, manifest if isinstance(manifest, dict) else None)}"
+        )
     if not isinstance(manifest, dict) or not {"run_id", "stage", "status"} <= manifest.keys():
         raise DamagedRunError(
             f"the manifest {path} is damaged (it is not a whole run manifest); {recompute_hint(run_dir)}"

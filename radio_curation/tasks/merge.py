@@ -39,15 +39,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "no cutouts runs to merge: give their IDs, e.g. extract.py stage=merge 'cutouts_ids=[cutouts-1a2b3c4d5e]'"
         )
     store = RunStore.of(cfg)
-    given = [
-        store.resolve(str(i), stage="cutouts").run_id for i in (ids if isinstance(ids, ListConfig) else [ids])
-    ]
-    parents = list(dict.fromkeys(given))
-    if len(parents) < len(given):
-        repeated = sorted({i for i in given if given.count(i) > 1})
+    given = [str(i) for i in (ids if isinstance(ids, ListConfig) else [ids])]
+    for run_id in given:
+        store.resolve(run_id, stage="cutouts")
+    repeated = sorted({i for i in given if given.count(i) > 1})
+    if repeated:
+        # The run's parents list each run once (see parent_ids), so [A,A,B] is the run of [A,B].
         log.warning("cutouts_ids names %s more than once; merging each run once", ", ".join(repeated))
     merger = instantiate_user(cfg.merge)  # a bad merge setting stops before the run is claimed
-    return run_stage(cfg, cfg.stage, lambda run: _work(run, merger), parents=parents)
+    return run_stage(cfg, cfg.stage, lambda run: _work(run, merger))
 
 
 def _work(run: Run, merger: Any) -> None:

@@ -211,27 +211,37 @@ def run_stage(
     return result
 
 
-def _log_into(run_dir: Path) -> None:
-    """Move this process's log file into ``run_dir`` when Hydra opened it in another run's directory.
+# Log handlers this process has moved into a run directory (curate.py runs two stages in one process).
+_moved_handlers: set[logging.FileHandler] = set()
 
-    Hydra names its output directory before the run is leased; concurrent ``force=true`` launches all
-    expect the same next run, and all but one are then given later ones.
+
+def _log_into(run_dir: Path) -> None:
+    """Move this process's log file into ``run_dir`` when it is elsewhere.
+
+    Hydra names its output directory before the run is leased: concurrent ``force=true`` launches all
+    expect the same next run, and all but one are given later ones; ``curate.py`` opens its log in the
+    sample run's directory and clusters first.
     """
     if not HydraConfig.initialized():
         return
     hydra_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
-    if hydra_dir == run_dir.resolve():
-        return
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == hydra_dir:
-            handler.acquire()
-            try:
-                handler.close()
-                handler.baseFilename = str(run_dir / Path(handler.baseFilename).name)
-                handler.stream = handler._open()
-            finally:
-                handler.release()
-    log.info("this run is %s (%s was taken by another process)", run_dir.name, hydra_dir.name)
+        if not isinstance(handler, logging.FileHandler):
+            continue
+        current = Path(handler.baseFilename)
+        if current.parent == run_dir.resolve() or (
+            current.parent != hydra_dir and handler not in _moved_handlers
+        ):
+            continue
+        handler.acquire()
+        try:
+            handler.close()
+            handler.baseFilename = str(run_dir.resolve() / current.name)
+            handler.stream = handler._open()
+        finally:
+            handler.release()
+        _moved_handlers.add(handler)
+        log.info("logging into %s", run_dir)
 
 
 def _progress(run_dir: Path, resumable: Sequence[str]) -> bool:

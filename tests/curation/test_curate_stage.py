@@ -7,6 +7,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from hydra.utils import instantiate
+from matplotlib.colors import to_rgb
+from matplotlib.image import imread
 
 from radio_curation.curation.clusters import Hierarchy, read_subsample
 from radio_curation.curation.kmeans import HierarchicalKMeans
@@ -24,6 +27,13 @@ SMALL = [
     "clustering.sample_size=[5,2,2]",
     "clustering.n_iters=10",
 ]
+
+
+def _drawn_per_panel(path: Path, colour: str, panels: int) -> bool:
+    """Whether each of ``panels`` side-by-side panels of a PNG has pixels of ``colour`` drawn in it."""
+    image = imread(path)[..., :3]
+    near = np.abs(image - np.asarray(to_rgb(colour))).max(axis=-1) < 0.02
+    return all(strip.sum() > 20 for strip in np.array_split(near, panels, axis=1))
 
 
 @pytest.fixture
@@ -62,8 +72,10 @@ def test_curate_clusters_then_samples(compose, planted_run, capsys):
         "backend": "faiss",
         "device": "cpu",
     }
-    for png in ("cluster_sizes.png", "objective.png"):
-        assert (clusters_dir / png).read_bytes()[:4] == b"\x89PNG"
+    # One panel per level, each with its histogram; the objectives of the three levels in two panels.
+    assert _drawn_per_panel(clusters_dir / "cluster_sizes.png", "tab:blue", 3)
+    for colour in ("tab:blue", "tab:orange", "tab:green"):
+        assert _drawn_per_panel(clusters_dir / "objective.png", colour, 2)
 
     sample_dir = Path(result["run_dir"])
     ids, paths = read_subsample(sample_dir / "subsample.h5")
@@ -75,7 +87,9 @@ def test_curate_clusters_then_samples(compose, planted_run, capsys):
     assert manifest["metrics"]["target_size"] == manifest["metrics"]["achieved_size"] == 400
     share = manifest["metrics"]["share_of_largest_clusters"]["level_3"]
     assert share["after"] < share["before"]
-    assert (sample_dir / "sampling.png").read_bytes()[:4] == b"\x89PNG"
+    # Per level, the pool's and the subsample's cluster sizes.
+    assert _drawn_per_panel(sample_dir / "sampling.png", "tab:blue", 3)
+    assert _drawn_per_panel(sample_dir / "sampling.png", "tab:orange", 3)
     # Balancing lifts the planted rare clusters (2-4) well above their 12% share of the pool.
     rare = labels[np.searchsorted(feature_ids, ids)] >= 2
     assert rare.mean() > 0.25
@@ -222,6 +236,35 @@ def test_dedup_then_balanced_through_the_config(compose, features_run):
     assert result["info"]["samplers"]["balanced"]["out"] == 800
     ids, _ = read_subsample(Path(result["run_dir"]) / "subsample.h5")
     assert len(ids) == 800
+
+
+def test_changing_the_levels_is_one_override(compose, planted_run):
+    features_id, _, _ = planted_run
+    cfg = compose(
+        "curate",
+        [
+            f"features_id={features_id}",
+            "clustering=hierarchical_kmeans",
+            "clustering.n_clusters=[64,8]",
+            "target_size=300",
+        ],
+    )
+    result = curate.run(cfg)
+    clusters_dir = Path(result["run_dir"]).parents[1] / "cluster" / result["clusters_id"]
+    hierarchy = Hierarchy.load(clusters_dir / "clusters.h5")
+    assert [level.k for level in hierarchy.levels] == [64, 8]
+    # The default's resampling steps [1, 10, 10] follow the two levels: one step, then ten.
+    assert [len(level.resampling_objective) for level in hierarchy.levels] == [2, 11]
+    # experiment=lotss_dr2's per-level settings follow too; k-means++ above the random first level.
+    lotss = instantiate(
+        compose("curate", ["experiment=lotss_dr2", "clustering.n_clusters=[6000,400]"]).clustering
+    )
+    assert lotss.init == ["random", "kmeans++"] and lotss.sample_size == [1, 7]
+    assert instantiate(compose("curate", ["experiment=lotss_dr2"]).clustering).init == [
+        "random",
+        "kmeans++",
+        "kmeans++",
+    ]
 
 
 def test_sample_killed_before_its_subsample_is_in_place_resumes(

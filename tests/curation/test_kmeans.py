@@ -7,7 +7,14 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from radio_curation.curation.backends import FaissBackend, TorchBackend
-from radio_curation.curation.kmeans import HierarchicalKMeans, imbalance_factor, init_centroids, kmeans
+from radio_curation.curation.initialization import greedy_kmeans_plusplus, n_local_trials
+from radio_curation.curation.kmeans import (
+    HierarchicalKMeans,
+    imbalance_factor,
+    init_centroids,
+    kmeans,
+    select_per_cluster,
+)
 from radio_curation.errors import RadioCurationError
 from tests.curation.planted import planted
 
@@ -116,8 +123,10 @@ def test_too_many_clusters_is_a_clear_error():
         HierarchicalKMeans([50]).fit(x, seed=0)
     with pytest.raises(RadioCurationError, match="must not increase"):
         HierarchicalKMeans([5, 10])
-    with pytest.raises(RadioCurationError, match="sample_size has 1 entries"):
-        HierarchicalKMeans([5, 2], sample_size=[2])
+    with pytest.raises(RadioCurationError, match=r"clustering\.init='median'"):
+        HierarchicalKMeans([5, 2], init=["kmeans++", "median"])
+    with pytest.raises(RadioCurationError, match="n_resampling_steps=None"):
+        HierarchicalKMeans([5, 2], n_resampling_steps=None)
     with pytest.raises(RadioCurationError, match="metric"):
         HierarchicalKMeans([5], metric="manhattan")
 
@@ -125,3 +134,123 @@ def test_too_many_clusters_is_a_clear_error():
 def test_imbalance_factor():
     assert imbalance_factor(np.array([5, 5, 5])) == pytest.approx(1.0)
     assert imbalance_factor(np.array([10, 0])) == pytest.approx(2.0)
+
+
+def _reference_greedy_kmeans_plusplus(x: np.ndarray, k: int, seed: int, trials: int) -> np.ndarray:
+    """scikit-learn's ``_kmeans_plusplus`` in float64 with no pruning, drawing as ours does."""
+    rng = np.random.default_rng(seed)
+    x = x.astype(np.float64)
+    centres = [x[int(rng.integers(len(x)))]]
+    dist = ((x - centres[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        cumulative = np.cumsum(dist)
+        candidates = np.minimum(
+            np.searchsorted(cumulative, rng.random(trials) * cumulative[-1], "right"), len(x) - 1
+        )
+        to_cand = ((x[None, :, :] - x[candidates][:, None, :]) ** 2).sum(2)
+        potentials = np.minimum(dist[None, :], to_cand).sum(1)
+        best = int(np.argmin(potentials))
+        centres.append(x[candidates[best]])
+        dist = np.minimum(dist, to_cand[best])
+    return np.asarray(centres)
+
+
+@pytest.mark.parametrize("k", [7, 60])
+def test_greedy_kmeans_plusplus_is_the_reference_algorithm_with_exact_pruning(k):
+    # Pruning by the triangle inequality must not change a single choice.
+    x, _ = planted([300, 200, 120, 80, 40, 20, 10], dim=6, separation=6.0, seed=10)
+    ours = greedy_kmeans_plusplus(x, k, seed=3)
+    reference = _reference_greedy_kmeans_plusplus(x, k, seed=3, trials=n_local_trials(k))
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+    assert n_local_trials(k) == 2 + int(np.log(k))
+    plain = greedy_kmeans_plusplus(x, k, seed=3, n_candidates=1)
+    np.testing.assert_allclose(
+        plain, _reference_greedy_kmeans_plusplus(x, k, 3, trials=1), rtol=1e-5, atol=1e-5
+    )
+
+
+def _potential(x: np.ndarray, centres: np.ndarray) -> float:
+    return float(((x[:, None, :] - centres[None, :, :]) ** 2).sum(2).min(1).sum())
+
+
+def test_greedy_candidates_start_lower_than_plain_kmeans_plusplus():
+    # Many small clusters of unequal size: the best of 2 + ln k candidates misses fewer of them.
+    x, _ = planted([60] * 10 + [15] * 30, dim=10, separation=8.0, seed=11)
+    greedy = np.mean([_potential(x, greedy_kmeans_plusplus(x, 40, seed=s)) for s in range(8)])
+    plain = np.mean([_potential(x, greedy_kmeans_plusplus(x, 40, seed=s, n_candidates=1)) for s in range(8)])
+    assert greedy < 0.9 * plain
+
+
+def test_kmeans_plusplus_level_objective_matches_scikit_learn():
+    # Greedy k-means++ and Lloyd iterations: the level's objective within 1% of scikit-learn's at equal
+    # settings (their own draws; mean over seeds).
+    from sklearn.cluster import KMeans
+
+    x, _ = planted([400, 200, 120, 80, 60, 40, 30, 20, 20, 10] * 3, dim=32, separation=7.0, seed=12)
+    ours, theirs = [], []
+    for seed in range(3):
+        ours.append(kmeans(x, 40, n_iters=30, init="kmeans++", seed=seed).distance.sum(dtype=np.float64))
+        model = KMeans(
+            40, init="k-means++", n_init=1, max_iter=30, tol=0.0, algorithm="lloyd", random_state=seed
+        )
+        theirs.append(model.fit(x).inertia_)
+    assert np.mean(ours) <= 1.01 * np.mean(theirs)
+
+
+def test_backends_initialise_where_their_data_lives():
+    assert FaissBackend("cpu").init_device == "cpu" and TorchBackend("cpu").init_device == "cpu"
+
+
+def test_per_level_settings_follow_n_clusters():
+    two = HierarchicalKMeans(
+        [50, 10],
+        n_resampling_steps=[1, 10, 10],
+        sample_size=[1, 7, 6],
+        init=["random", "kmeans++", "kmeans++"],
+    )
+    assert (two.n_resampling_steps, two.sample_size, two.init) == ([1, 10], [1, 7], ["random", "kmeans++"])
+    four = HierarchicalKMeans([50, 20, 10, 5], n_resampling_steps=3, init=["random", "kmeans++"])
+    assert four.n_resampling_steps == [3] * 4 and four.init == ["random"] + ["kmeans++"] * 3
+    # Unset sample sizes are half the level's mean cluster size (rounded, at least 1).
+    assert four.sample_size == [None] * 4
+    assert [
+        four.level_sample_size(1, 1000),
+        four.level_sample_size(2, 50),
+        four.level_sample_size(4, 10),
+    ] == [
+        10,
+        1,
+        1,
+    ]
+    assert four.level_sample_size(3, 20) == 1 and HierarchicalKMeans([4]).level_sample_size(1, 30) == 4
+
+
+def test_derived_sample_size_is_what_resampling_takes(monkeypatch):
+    import radio_curation.curation.kmeans as module
+
+    taken = []
+    real = module.select_per_cluster
+
+    def spy(assignment, key, per_cluster):
+        taken.append(per_cluster)
+        return real(assignment, key, per_cluster)
+
+    monkeypatch.setattr(module, "select_per_cluster", spy)
+    x, _ = planted(SIZES, seed=13)
+    HierarchicalKMeans([20, 5], n_resampling_steps=1, n_iters=3).fit(x, seed=0)
+    assert taken == [(len(x) + 20) // 40, 2]
+
+
+def test_select_per_cluster_takes_the_smallest_keys_of_each_cluster():
+    rng = np.random.default_rng(14)
+    assignment = rng.integers(0, 7, 500)
+    per_cluster = rng.integers(0, 90, 7)
+    # Float keys, a permutation (its own rank) and tied integer keys (ties go to the lower row).
+    for key in (rng.random(500), rng.permutation(500), rng.integers(0, 5, 500)):
+        expected = []
+        for cluster in range(7):
+            members = np.flatnonzero(assignment == cluster)
+            ranked = sorted(members, key=lambda row: (key[row], row))
+            expected.extend(ranked[: per_cluster[cluster]])
+        got = select_per_cluster(assignment, key, per_cluster)
+        np.testing.assert_array_equal(got, np.sort(expected))

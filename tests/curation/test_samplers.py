@@ -16,6 +16,7 @@ from radio_curation.curation.samplers import (
     SemDedupSampler,
     duplicate_groups,
     keep_one_per_group,
+    priority_dedup,
     share_of_largest,
     water_fill,
 )
@@ -148,13 +149,45 @@ def test_semdedup_keeps_exactly_one_per_planted_group_whatever_the_row_order():
     assert set(ids[perm][keep_one_per_group(groups_p, score[perm], ids[perm])]) == kept_ids
 
 
-def test_semdedup_groups_are_connected_components_not_greedy_pairs():
-    # a~b and b~c but not a~c: one group of three (a greedy pass keeping a would keep c too).
+def _chain():
+    """a~b and b~c but not a~c (cosine threshold 0.98)."""
     angle = np.deg2rad([0.0, 9.0, 18.0])
     x = np.stack([np.cos(angle), np.sin(angle), np.zeros(3)], axis=1).astype(np.float32)
     cos = x @ x.T
     assert cos[0, 1] > 0.98 and cos[1, 2] > 0.98 and cos[0, 2] < 0.98
-    assert len(np.unique(duplicate_groups(x, np.zeros(3, dtype=int), threshold=0.98))) == 1
+    return x
+
+
+def test_semdedup_components_join_a_chain_into_one_group():
+    assert len(np.unique(duplicate_groups(_chain(), np.zeros(3, dtype=int), threshold=0.98))) == 1
+
+
+def test_semdedup_priority_rule_on_a_chain():
+    x, clusters = _chain(), np.zeros(3, dtype=int)
+    # a first: b goes because of a; c only resembles b, which is gone, so c stays.
+    assert priority_dedup(x, clusters, 0.98, rank=np.array([0, 1, 2])).tolist() == [True, False, True]
+    assert priority_dedup(x, clusters, 0.98, rank=np.array([2, 1, 0])).tolist() == [True, False, True]
+    # b first: it removes both ends.
+    assert priority_dedup(x, clusters, 0.98, rank=np.array([1, 0, 2])).tolist() == [False, True, False]
+    # Other clusters never compare.
+    assert priority_dedup(x, np.array([0, 1, 2]), 0.98, rank=np.arange(3)).all()
+
+
+def test_semdedup_priority_rule_is_the_sequential_greedy_pass():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((600, 3)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    clusters = rng.integers(0, 3, len(x))
+    rank = rng.permutation(len(x))
+    threshold = 0.97  # dense enough on the 2-sphere for long chains
+    expected = np.ones(len(x), dtype=bool)
+    for row in np.argsort(rank):
+        if expected[row]:
+            later = (rank > rank[row]) & (clusters == clusters[row]) & (x @ x[row] > threshold)
+            expected[later] = False
+    kept = priority_dedup(x, clusters, threshold, rank)
+    np.testing.assert_array_equal(kept, expected)
+    assert 0.1 < kept.mean() < 0.9
 
 
 def test_semdedup_sampler_on_a_clustered_pool():
@@ -163,11 +196,14 @@ def test_semdedup_sampler_on_a_clustered_pool():
     hierarchy = Hierarchy(np.arange(len(x), dtype=np.int64), algo.fit(x, seed=0), "cosine")
     pool = Pool(hierarchy, lambda: x)
     for keep in ("hard", "easy", "random"):
-        rows, details = SemDedupSampler(eps=0.05, keep=keep).select(
-            pool, np.arange(pool.n), None, np.random.default_rng(0)
-        )
-        assert len(np.unique(truth[rows])) == len(rows) == 200
-        assert details["removed"] == len(x) - 200
+        for rule in ("priority", "components"):
+            rows, details = SemDedupSampler(eps=0.05, keep=keep, rule=rule).select(
+                pool, np.arange(pool.n), None, np.random.default_rng(0)
+            )
+            assert len(np.unique(truth[rows])) == len(rows) == 200
+            assert details["removed"] == len(x) - 200
+    with pytest.raises(RadioCurationError, match="rule='greedy'"):
+        SemDedupSampler(rule="greedy")
 
 
 def test_prototypicality_keeps_the_hardest_or_easiest(clustered):

@@ -9,7 +9,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from radio_curation.cutouts.index import WindowIndex
-from radio_curation.cutouts.merge import Merger, concatenate, cross_mosaic_duplicates
+from radio_curation.cutouts.merge import Merger, concatenate, cross_mosaic_duplicates, window_stride
 from radio_curation.cutouts.strategies import SlidingWindow
 from radio_curation.errors import RadioCurationError
 from radio_curation.sky.fitsio import MosaicFiles
@@ -78,6 +78,8 @@ def _index(ra_deg, mosaic, rms, edge):
             "ra": np.asarray(ra_deg, dtype=float),
             "dec": np.zeros(n),
             "size": np.full(n, 64),
+            "y0": np.zeros(n, dtype=np.int64),  # one corner per mosaic: no grid, so the stride is the side
+            "x0": np.zeros(n, dtype=np.int64),
             "mosaic": np.asarray(mosaic),
             "rms": np.asarray(rms, dtype=np.float32),
             "edge_distance": np.asarray(edge, dtype=np.float32),
@@ -120,7 +122,7 @@ def test_synthetic_overlap_keeps_one_window_per_sky_position(data_dir, tmp_path)
     index = cutout_index(tmp_path, mosaics, SlidingWindow(64, 0.5))
     merged, counts = Merger().merge([index])
     assert counts["removed_cross_mosaic"] > 10
-    chord = 2 * math.sin(math.radians(0.36 * 64 * 1.5 / 3600) / 2)
+    chord = 2 * math.sin(math.radians(0.75 * 32 * 1.5 / 3600) / 2)  # 0.75 × the 32-px stride
     kept = merged.columns
     tree = cKDTree(_unit(kept))
     # No two kept windows of different mosaics are centred within the tolerance ...
@@ -177,3 +179,25 @@ def test_inconsistent_inputs_are_user_errors(overlapping):
         concatenate([overlapping, refilled])
     with pytest.raises(RadioCurationError, match="dedup_prefer"):
         Merger(dedup_prefer="random")
+
+
+def test_grid_windows_a_full_side_apart_find_their_overlap_zone_copies(tmp_path):
+    # B starts 96 px (1.5 sides) right of A, so B's grid windows sit half a side off A's: every B window
+    # centre within A's footprint is 32 px (0.5 side) from an A centre, beyond the 0.36-side radius that
+    # suits 50% overlap only.
+    shift = 96
+    rng = np.random.default_rng(1)
+    plane = rng.normal(0.0, 1e-4, (224, 256 + shift))
+    b = plane[:, shift:] + rng.normal(0.0, 2e-4, (224, 256))
+    write_image(tmp_path / "A.fits", plane[:, :256], sin_header(224, 256, crpix=(200.0, 112.0)))
+    write_image(tmp_path / "B.fits", b, sin_header(224, 256, crpix=(200.0 - shift, 112.0)))
+    files = [MosaicFiles("A", tmp_path / "A.fits"), MosaicFiles("B", tmp_path / "B.fits")]
+    index = cutout_index(tmp_path / "run", files, SlidingWindow(64, 0.5))
+    merged, counts = Merger(grid=True).merge([index])
+    names = merged.mosaic_names()
+    kept_b = set(merged.columns["x0"][names == "B"].tolist())
+    # B's columns at x0 0, 64 (inside A) and 128 (half inside) go; x0 192 (outside A) stays; 3 rows each.
+    assert kept_b == {192} and counts["removed_cross_mosaic"] == 3 * 3
+    assert (names == "A").sum() == 3 * 4
+    # The radius follows the stride: at 50% overlap the same tolerance is 0.375 of the side.
+    assert window_stride(index.columns["y0"], index.columns["x0"], index.columns["mosaic"], 64) == 32

@@ -267,6 +267,7 @@ def test_representation_compares_two_feature_sets(pipeline):
     assert imread(run_dir / "spectrum.png").std() > 0
 
 
+@pytest.mark.slow  # a command-line evaluate (imports torch, timm) and two in-process ones: ~30 s on 2 cores
 def test_evaluation_killed_mid_way_resumes_to_the_uninterrupted_metrics(pipeline, data_dir, tmp_path):
     overrides = ["eval=representation", f"features_id={pipeline['features']}"]
     reference, reference_dir = _evaluate(pipeline, overrides)

@@ -102,3 +102,25 @@ def test_folds_grouped_by_source_do_not_score_a_probe_on_copies_of_its_training_
     assert np.mean(grouped.accuracy) < 0.7  # chance, as it should be without class signal
     with pytest.raises(RadioCurationError, match="distinct sources"):
         evaluate_probe(x[:24], y[:24], knn_classifier(k=1), folds=5, groups=group[:24])
+
+
+def test_logistic_probe_chooses_its_regularisation_on_folds_grouped_by_source(monkeypatch):
+    from sklearn import model_selection
+
+    seen = []
+    real = model_selection.StratifiedGroupKFold.split
+
+    def split(self, x, y=None, groups=None):
+        seen.append(groups)
+        yield from real(self, x, y, groups)
+
+    monkeypatch.setattr(model_selection.StratifiedGroupKFold, "split", split)
+    rng = np.random.default_rng(1)
+    group = np.repeat(np.arange(40), 3)
+    y = np.tile([0, 1], 20)[group]
+    x = (rng.normal(size=(40, 8))[group] + 0.01 * rng.normal(size=(120, 8))).astype(np.float32)
+    record: dict = {}
+    evaluate_probe(x, y, logistic_classifier(cs=[0.01, 1.0], record=record), folds=4, groups=group)
+    # One outer split, then one inner split per outer fold, each seeing only its training rows' groups.
+    assert len(seen) == 1 + 4 and len(record["chosen_C"]) == 4
+    assert all(g is not None and set(np.unique(g)) < set(group) for g in seen[1:])

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from radio_curation.cli import main
+from radio_curation.errors import RadioCurationError
+from radio_curation.runs.manifest import read_manifest, write_manifest
 from tests.runs.toy import toy_run
 
 
@@ -134,3 +138,20 @@ def test_verify_lists_what_is_damaged(runs_dir, store, capsys):
     assert cli(runs_dir, "verify", store["a"]) == 0
     assert cli(runs_dir, "list") == 0
     assert "damaged" in capsys.readouterr().out
+
+
+def test_list_shows_failed_and_interrupted_runs_as_resumable(runs_dir, capsys):
+    def broken(run):
+        (run.dir / "partial.txt").write_text("half")
+        raise RadioCurationError("bad file")
+
+    with pytest.raises(RadioCurationError):
+        toy_run(runs_dir, work=broken, a=3)
+    killed = toy_run(runs_dir, a=4)
+    manifest = read_manifest(Path(killed["run_dir"]))
+    write_manifest(Path(killed["run_dir"]), {**manifest, "status": "running"})  # as a kill -9 leaves it
+    capsys.readouterr()
+    assert cli(runs_dir, "list") == 0
+    out = capsys.readouterr().out
+    assert "failed (fix the error, rerun to resume)" in out
+    assert "interrupted (rerun to resume)" in out

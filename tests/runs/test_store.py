@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from radio_curation.errors import EmptyResultError, RadioCurationError
 from radio_curation.runs.manifest import read_manifest
@@ -238,3 +239,22 @@ def test_a_waiting_process_claims_afresh_a_run_its_holder_removed(runs_dir):
     assert holder.exitcode == 0
     assert read_manifest(Path(result["run_dir"]))["status"] == "complete"
     assert (Path(result["run_dir"]) / "numbers.txt").is_file()
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [SystemExit(-1), SIGTERMException(), KeyboardInterrupt()],
+    ids=["submitit-timeout-exit", "lightning-sigterm", "ctrl-c"],
+)
+def test_a_run_stopped_from_outside_is_interrupted_not_failed_and_resumes(runs_dir, stop):
+    def stopped_once(run):
+        if not run.resumed:
+            raise stop
+        write_numbers(run)
+
+    with pytest.raises(type(stop)):
+        toy_run(runs_dir, work=stopped_once, a=2)
+    (record,) = RunStore(runs_dir).runs("toy")
+    assert record.manifest["status"] == "interrupted" and not record.complete
+    result = toy_run(runs_dir, work=stopped_once, a=2)
+    assert result["run_id"] == record.run_id and read_manifest(record.dir)["status"] == "complete"

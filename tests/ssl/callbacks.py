@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -54,3 +57,27 @@ class KeepModel(pl.Callback):
 
     def on_train_end(self, trainer, pl_module):
         KEPT[self.key] = pl_module
+
+
+class TimeOutOnce(pl.Callback):
+    """At optimizer step ``step``, send this process the signal a scheduler sends before a job's time limit
+    (submitit's ``SIGUSR2``), once: ``marker`` records that it was sent, for the requeued job to see."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step = step
+        self.marker = Path(marker)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step >= self.step and not self.marker.exists():
+            self.marker.write_text(str(trainer.global_step))
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+
+class SlowSteps(pl.Callback):
+    """Sleep ``seconds`` after every step: a long training in wall time that uses no CPU (time limits)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        time.sleep(self.seconds)

@@ -53,3 +53,51 @@ def test_killed_training_resumes_when_the_same_command_is_run_again(merge_id, ru
     # Killed right after step 10's checkpoint appeared: last.ckpt holds step 5 or step 10.
     assert manifest["info"]["resumed_from_step"] in (5, 10)
     assert manifest["counts"]["epochs"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_num_timeout", [0, 1])
+def test_a_timed_out_job_is_requeued_up_to_max_num_timeout_and_resumes(
+    max_num_timeout, merge_id, runs_dir, data_dir, tmp_path
+):
+    # Through Hydra's submitit plugin with its local executor: the job gets the time-limit signal at step 6;
+    # the launcher's checkpoint resubmits the same overrides, which resume the same run from last.ckpt.
+    marker = tmp_path / "signalled"
+    command = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        f"+hydra.launcher.max_num_timeout={max_num_timeout}",
+        f"paths.runs_dir={runs_dir}",
+        f"paths.data_dir={data_dir}",
+        "logger=csv",
+        *tiny(
+            "byol",
+            f"source_id={merge_id}",
+            "trainer.max_epochs=3",
+            "callbacks.checkpoint.every_n_train_steps=3",
+            "+callbacks.timeout._target_=tests.ssl.callbacks.TimeOutOnce",
+            "+callbacks.timeout.step=6",
+            f"+callbacks.timeout.marker={marker}",
+        ),
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert marker.exists(), done.stderr[-3000:]
+    assert marker.read_text() == "6"
+    (run_dir,) = (runs_dir / "train").iterdir()
+    manifest = RunStore(runs_dir).resolve(run_dir.name, require_complete=False).manifest
+    if max_num_timeout == 0:
+        assert done.returncode != 0 and "timed-out too many times" in done.stdout + done.stderr
+        assert manifest["status"] == "failed" and manifest["attempts"] == 1
+    else:
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert manifest["status"] == "complete" and manifest["attempts"] == 2
+        assert manifest["info"]["resumed_from_step"] == 6  # the step checkpoint before the signal
+        assert manifest["counts"]["epochs"] == 3
