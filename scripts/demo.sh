@@ -18,22 +18,32 @@ step() {  # step "what" command...: runs a stage, shows its log, returns the run
 start=$(date +%s)
 cutouts=$(step "cutouts of the synthetic sky" python extract.py experiment=demo stage=cutouts)
 merged=$(step "merge with cross-mosaic deduplication" python extract.py experiment=demo stage=merge "cutouts_ids=[$cutouts]")
-features=$(step "features" python extract.py experiment=demo stage=features source_id="$merged")
+# No downloaded weights: the loop bootstraps its features from an SSL model trained on a random part of the pool.
+bootstrap=$(step "bootstrap: SSL pretraining on 800 random windows of the pool" python train.py experiment=demo source_id="$merged" random_subset=800)
+features=$(step "features with the bootstrap model" python extract.py experiment=demo stage=features source_id="$merged" backbone=run backbone.model_id="$bootstrap")
 subsample=$(step "hierarchical k-means + balanced sampling" python curate.py experiment=demo features_id="$features")
-model=$(step "BYOL pretraining on the subsample" python train.py experiment=demo subsample_id="$subsample")
+random=$(step "a random subsample of the same size (same clustering)" python curate.py experiment=demo features_id="$features" sampler=random)
+model=$(step "SimCLR pretraining on the balanced subsample" python train.py experiment=demo subsample_id="$subsample")
+random_model=$(step "the same pretraining on the random subsample" python train.py experiment=demo subsample_id="$random")
 if [ -f "$MIRABEST/labels.csv" ]; then
     labelled=(dataset=mirabest "dataset.root=$(cd "$MIRABEST" && pwd)")
 else
     echo "!! no MiraBest at $MIRABEST: probing on labelled synthetic windows instead" >&2
     labelled=(dataset=synthetic)
 fi
-probe=$(step "linear probe" python evaluate.py experiment=demo eval=linear_probe model_id="$model" "${labelled[@]}")
+probe=$(step "linear probe: curated model" python evaluate.py experiment=demo eval=linear_probe model_id="$model" "${labelled[@]}")
+random_probe=$(step "linear probe: random-subsample model" python evaluate.py experiment=demo eval=linear_probe model_id="$random_model" "${labelled[@]}")
+# The baseline every pretraining must beat: the same network with random weights, at the models' input size.
+init_probe=$(step "linear probe: random weights" python evaluate.py experiment=demo eval=linear_probe resize=48 "${labelled[@]}")
 report=$(step "curation report" python evaluate.py experiment=demo eval=curation_report subsample_id="$subsample")
+radio-curation runs compare "$probe" "$random_probe" "$init_probe" >&2
 
 cat <<DONE
 
 Demo finished in $(( $(date +%s) - start )) s. Runs: $runs (radio-curation runs list; radio-curation runs lineage $report)
   linear probe:     $runs/evaluate/$probe/metrics.json  (confusion matrix: $runs/evaluate/$probe/confusion.png)
+  random subsample: $runs/evaluate/$random_probe/metrics.json
+  random weights:   $runs/evaluate/$init_probe/metrics.json
   curation report:  $runs/evaluate/$report/report.html
   trained backbone: $runs/train/$model/backbone.pt  (extract.py stage=features backbone=run backbone.model_id=$model)
 DONE
