@@ -12,6 +12,9 @@ A run's ``status`` is one of:
     parts, training checkpoints); ``error`` holds the message. Fix the cause and run the same command
     again to resume. A run that fails before saving such work is removed instead, so a failure leaves
     nothing behind.
+``interrupted``
+    Stopped from outside (a SLURM requeue, preemption or time limit, Ctrl-C) while it ran: the same
+    command, or SLURM's requeue of the job, resumes it.
 """
 
 from __future__ import annotations
@@ -32,8 +35,6 @@ _LAST_LINE = "# end of manifest\n"
 RUNNING = "running"
 COMPLETE = "complete"
 FAILED = "failed"
-#: Stopped from outside (SLURM preemption, time-out or requeue, Ctrl-C), not by an error of its own:
-#: the same command, or SLURM's requeue of the job, resumes it.
 INTERRUPTED = "interrupted"
 
 
