@@ -174,10 +174,7 @@ class BootstrapLoop:
         merged = store.resolve(merge, stage="merge").artifact("merged.h5")
         ids = np.asarray(WindowReader(merged).cutout_ids, dtype=np.int64)
         table = window_table(merged, ids)
-        catalogue = self.cfg("evaluate").eval.catalogue
-        labels, _ = window_labels(catalogue, merged, table)
-        sources = OmegaConf.merge(catalogue, {"label_column": "source_id"})
-        groups, _ = window_labels(sources, merged, table)
+        labels, _, groups = window_labels(self.cfg("evaluate").eval.catalogue, merged, table)
         return ids, labels, groups
 
     def _mirabest(self, model: str, root: Path) -> float:
