@@ -21,6 +21,7 @@ from radio_curation.curation.clusters import Hierarchy
 from radio_curation.curation.kmeans import derive_seed, select_per_cluster
 from radio_curation.errors import RadioCurationError
 from radio_curation.progress import progress
+from radio_curation.suppression import greedy_keep
 
 log = logging.getLogger(__name__)
 
@@ -299,26 +300,6 @@ def duplicate_groups(x: np.ndarray, clusters: np.ndarray, threshold: float) -> n
         (np.ones(sum(map(len, ei)), dtype=np.int8), (np.concatenate(ei), np.concatenate(ej))), (n, n)
     )
     return connected_components(graph, directed=False)[1]
-
-
-def greedy_keep(better: np.ndarray, worse: np.ndarray, n: int) -> np.ndarray:
-    """Which of ``n`` nodes a greedy pass in priority order keeps: a node is dropped when a node it is
-    linked to with higher priority (``better -> worse`` edges) is kept.
-
-    Decided in vectorised rounds: a node is kept once every better neighbour is dropped, and dropped as
-    soon as one is kept; each round settles at least the best undecided node, so the rounds are as many as
-    the longest chain of linked nodes.
-    """
-    state = np.zeros(n, dtype=np.int8)  # 0 undecided, 1 kept, 2 dropped
-    while True:
-        undecided = state == 0
-        if not undecided.any():
-            return state == 1
-        blocked = np.zeros(n, dtype=bool)
-        blocked[worse[state[better] != 2]] = True
-        state[undecided & ~blocked] = 1
-        dropped = worse[state[better] == 1]
-        state[dropped[state[dropped] == 0]] = 2
 
 
 def priority_dedup(x: np.ndarray, clusters: np.ndarray, threshold: float, rank: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from scipy.spatial import cKDTree
 
 from radio_curation.cutouts.index import WindowIndex
 from radio_curation.errors import RadioCurationError
+from radio_curation.suppression import greedy_keep
 
 __all__ = ["PREFERENCES", "Merger", "concatenate", "cross_mosaic_duplicates", "window_stride"]
 
@@ -77,25 +78,6 @@ def concatenate(indexes: list[WindowIndex]) -> WindowIndex:
 def _unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     ra, dec = np.radians(ra), np.radians(dec)
     return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=1)
-
-
-def _greedy_keep(better: np.ndarray, worse: np.ndarray, n: int) -> np.ndarray:
-    """Greedy suppression in preference order, decided in vectorised rounds.
-
-    A node is kept when every preferred neighbour is removed, and removed as soon as a preferred neighbour
-    is kept; each round settles at least the best undecided node, so the rounds are as many as the longest
-    chain of overlapping copies (two or three for LoTSS).
-    """
-    state = np.zeros(n, dtype=np.int8)  # 0 undecided, 1 kept, 2 removed
-    while True:
-        undecided = state == 0
-        if not undecided.any():
-            return state == 1
-        blocked = np.zeros(n, dtype=bool)
-        blocked[worse[state[better] != 2]] = True
-        state[undecided & ~blocked] = 1
-        removed = worse[state[better] == 1]
-        state[removed[state[removed] == 0]] = 2
 
 
 #: Smallest window stride [px] a match radius is derived from: windows on no grid (catalogue cutouts) are
@@ -170,7 +152,7 @@ def cross_mosaic_duplicates(
         other = col["mosaic"][group[a]] != col["mosaic"][group[b]]
         a, b = a[other], b[other]
         a_first = rank[group[a]] < rank[group[b]]
-        keep = _greedy_keep(np.where(a_first, a, b), np.where(a_first, b, a), len(group))
+        keep = greedy_keep(np.where(a_first, a, b), np.where(a_first, b, a), len(group))
         removed.append(group[~keep])
     return np.unique(np.concatenate(removed)) if removed else np.zeros(0, dtype=np.int64)
 
