@@ -17,29 +17,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import h5py
 import numpy as np
 
 from radio_curation.errors import RadioCurationError
+from radio_curation.features.io import FeatureSource
 
 #: Rows transformed at once (25 MiB of 384-d float32).
 BLOCK_ROWS = 16384
-
-
-class ChunkedFeatures(Protocol):
-    """A feature matrix read in row chunks (a features file, or an in-memory array)."""
-
-    @property
-    def n(self) -> int: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    def read(self, rows: np.ndarray) -> np.ndarray: ...
-
-    def iter_chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]: ...
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -101,7 +88,7 @@ class ConditioningFit:
             out[start : start + len(block)] = block
         return out
 
-    def source(self, features: ChunkedFeatures) -> ConditionedFeatures:
+    def source(self, features: FeatureSource) -> ConditionedFeatures:
         """``features`` seen through this conditioning (chunk by chunk, nothing held in memory)."""
         return ConditionedFeatures(features, self)
 
@@ -152,9 +139,9 @@ def load_conditioning(path: Path) -> ConditioningFit:
 
 
 class ConditionedFeatures:
-    """A :class:`ChunkedFeatures` source whose rows come out conditioned (the source's arrays untouched)."""
+    """A :class:`FeatureSource` source whose rows come out conditioned (the source's arrays untouched)."""
 
-    def __init__(self, features: ChunkedFeatures, fit: ConditioningFit) -> None:
+    def __init__(self, features: FeatureSource, fit: ConditioningFit) -> None:
         self.features = features
         self.fit = fit
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from radio_curation.errors import RadioCurationError
-from radio_curation.evaluation.similarity import FeatureSource, l2_normalise, nearest_other_similarity
+from radio_curation.evaluation.similarity import l2_normalise, nearest_other_similarity
+from radio_curation.features.io import FeatureSource
 
 
 def cluster_paths(assignments: Sequence[np.ndarray]) -> np.ndarray:

@@ -18,8 +18,7 @@ from radio_curation.cutouts.index import read_index
 from radio_curation.data.catalogue import WindowCatalogue
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.errors import RadioCurationError
-from radio_curation.evaluation.similarity import FeatureSource
-from radio_curation.features.io import FeatureFile
+from radio_curation.features.io import FeatureFile, FeatureSource
 from radio_curation.runs.store import RunRecord, RunStore
 
 

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 from radio_curation.errors import RadioCurationError
-from radio_curation.evaluation.similarity import FeatureSource
+from radio_curation.features.io import FeatureSource
 from radio_curation.progress import progress
 
 BACKENDS = ("auto", "umap", "cuml")

@@ -9,7 +9,8 @@ from scipy.spatial import cKDTree
 from scipy.stats import mannwhitneyu
 
 from radio_curation.errors import RadioCurationError
-from radio_curation.evaluation.similarity import FeatureSource, cosine_knn, l2_normalise
+from radio_curation.evaluation.similarity import cosine_knn, l2_normalise
+from radio_curation.features.io import FeatureSource
 
 
 def adjacent_pairs(

@@ -7,24 +7,9 @@ nearest neighbours of a few thousand queries among millions of feature rows neve
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Protocol
 
 import faiss
 import numpy as np
-
-
-class FeatureSource(Protocol):
-    """What the evaluations need from a feature matrix (``FeatureFile`` or :class:`ArrayFeatures`)."""
-
-    @property
-    def n(self) -> int: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    def read(self, rows: np.ndarray) -> np.ndarray: ...
-
-    def iter_chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]: ...
 
 
 class ArrayFeatures:

@@ -18,12 +18,28 @@ import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import h5py
 import numpy as np
 
 from radio_curation.errors import RadioCurationError
+
+
+class FeatureSource(Protocol):
+    """A feature matrix read by rows or in row chunks: a :class:`FeatureFile` on disk, or an array in memory
+    (``evaluation.similarity.ArrayFeatures``); clustering, conditioning and the evaluations take either."""
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def read(self, rows: np.ndarray) -> np.ndarray: ...
+
+    def iter_chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]: ...
+
 
 #: Target bytes per HDF5 chunk of the features dataset (whole rows).
 CHUNK_BYTES = 1 << 20

@@ -53,7 +53,8 @@ from radio_curation.evaluation.representation import (
     spectrum_metrics,
     uniformity,
 )
-from radio_curation.evaluation.similarity import ArrayFeatures, FeatureSource
+from radio_curation.evaluation.similarity import ArrayFeatures
+from radio_curation.features.io import FeatureSource
 from radio_curation.runs.store import RunRecord, RunStore
 from radio_curation.tasks.stage import Run, run_stage
 
