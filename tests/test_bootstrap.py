@@ -29,6 +29,7 @@ TINY = [
     "data.batch_size=16",
     "trainer.max_epochs=1",
     "trainer.accelerator=cpu",
+    "trainer.log_every_n_steps=1",
     "ssl.warmup_epochs=0",
 ]
 
