@@ -24,11 +24,11 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(("workers", "augment_on"), [(0, "workers"), (2, "workers"), (0, "device")])
 def test_killed_training_resumes_when_the_same_command_is_run_again_and_ends_as_an_uninterrupted_run(
-    workers, merge_id, runs_dir, data_dir, tmp_path
+    workers, augment_on, merge_id, runs_dir, data_dir, tmp_path
 ):
-    # With workers the views are made in them (data.augment_on=auto on a CPU), without on the training device.
+    # The views are made by the loader (in its worker processes, or in the main one without) or by the model.
     command = [
         sys.executable,
         "train.py",
@@ -41,6 +41,7 @@ def test_killed_training_resumes_when_the_same_command_is_run_again_and_ends_as_
             "trainer.max_epochs=6",
             "callbacks.checkpoint.every_n_train_steps=5",
             f"data.num_workers={workers}",
+            f"data.augment_on={augment_on}",
         ),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
