@@ -215,7 +215,7 @@ def _steps_per_epoch(runs_dir: Path, merge_id: str, batch_size: int = 8) -> int:
 
 
 @pytest.mark.slow
-def test_training_job_requeued_after_its_first_checkpoint_resumes_in_the_same_run(
+def test_training_job_requeued_after_its_first_checkpoint_resumes_in_the_same_run_as_an_uninterrupted_one(
     merge_id, site, runs_dir, data_dir, tmp_path, cleanup
 ):
     overrides = _train_overrides(
@@ -241,7 +241,20 @@ def test_training_job_requeued_after_its_first_checkpoint_resumes_in_the_same_ru
     # The schedule of an uninterrupted run: every epoch, every step, once.
     assert manifest["counts"]["epochs"] == 3
     assert manifest["counts"]["steps"] == 3 * _steps_per_epoch(runs_dir, merge_id)
-    assert (run_dir / "backbone.pt").is_file()
+    assert manifest["info"]["resumed_from_step"] % _steps_per_epoch(runs_dir, merge_id) != 0  # mid-epoch
+    # The same job uninterrupted (force=true: a new run beside it) trains to the same weights, bitwise.
+    reference = subprocess.run(
+        _sweep("train.py", [*overrides, "force=true"], site, runs_dir, data_dir),
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    (reference_dir,) = (p for p in checkpoints.iterdir() if p != run_dir)
+    assert yaml.safe_load((reference_dir / "manifest.yaml").read_text())["attempts"] == 1
+    got, want = (
+        torch.load(d / "backbone.pt", map_location="cpu", weights_only=False)["state_dict"]
+        for d in (run_dir, reference_dir)
+    )
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -67,6 +68,16 @@ class CropParams:
     side: Tensor
 
 
+def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
+    """Seed of the random views of one batch: a function of where the batch is in training only."""
+    return int(np.random.SeedSequence([seed, epoch, rank, batch]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def views_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed`` (from :func:`batch_seed`) for the views of one batch."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def _check_range(name: str, values: Sequence[float], low: float, high: float) -> tuple[float, float]:
     lo, hi = (float(v) for v in values)
     if not (low <= lo <= hi <= high):
@@ -76,8 +87,10 @@ def _check_range(name: str, values: Sequence[float], low: float, high: float) ->
     return lo, hi
 
 
-def _uniform(n: int, low: float, high: float, device: torch.device) -> Tensor:
-    return torch.rand(n, device=device) * (high - low) + low
+def _uniform(
+    n: int, low: float, high: float, device: torch.device, generator: torch.Generator | None = None
+) -> Tensor:
+    return torch.rand(n, device=device, generator=generator) * (high - low) + low
 
 
 def sample_crop_params(
@@ -86,6 +99,7 @@ def sample_crop_params(
     rotate: bool,
     flip: bool,
     device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
 ) -> CropParams:
     """Draw random resized crop (ratio 1), rotation and flip parameters for ``n`` images.
 
@@ -104,6 +118,8 @@ def sample_crop_params(
         Mirror half of the images.
     device
         Where the parameters live.
+    generator
+        Random number generator on ``device`` (None: torch's global one).
 
     Returns
     -------
@@ -112,17 +128,20 @@ def sample_crop_params(
         window.
     """
     device = torch.device(device)
-    area = _uniform(n, float(scale[0]), float(scale[1]), device)
+    g = generator
+    area = _uniform(n, float(scale[0]), float(scale[1]), device, g)
     # A square of half-side h rotated by any angle stays within the disc of radius h√2, so crops of side
     # √(area/2) keep every rotation inside the window and no padding ever enters a view.
     side = (area / 2).sqrt() if rotate else area.sqrt()
     reach = side * math.sqrt(2) if rotate else side
-    angle = _uniform(n, 0.0, 2 * math.pi, device) if rotate else torch.zeros(n, device=device)
+    angle = _uniform(n, 0.0, 2 * math.pi, device, g) if rotate else torch.zeros(n, device=device)
     mirror = (
-        torch.where(torch.rand(n, device=device) < 0.5, -1.0, 1.0) if flip else torch.ones(n, device=device)
+        torch.where(torch.rand(n, device=device, generator=g) < 0.5, -1.0, 1.0)
+        if flip
+        else torch.ones(n, device=device)
     )
-    cx = (torch.rand(n, device=device) * 2 - 1) * (1 - reach)
-    cy = (torch.rand(n, device=device) * 2 - 1) * (1 - reach)
+    cx = (torch.rand(n, device=device, generator=g) * 2 - 1) * (1 - reach)
+    cy = (torch.rand(n, device=device, generator=g) * 2 - 1) * (1 - reach)
     return CropParams(scale=area, angle=angle, flip=mirror, cx=cx, cy=cy, side=side)
 
 
@@ -191,14 +210,20 @@ def gaussian_blur(x: Tensor, sigma: Tensor, max_sigma: float) -> Tensor:
     return flat.reshape(b, c, h, w)
 
 
-def beam_noise(n: int, size: int, sigma: Tensor, device: torch.device | str = "cpu") -> Tensor:
+def beam_noise(
+    n: int,
+    size: int,
+    sigma: Tensor,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Unit-rms Gaussian noise ``[n, 1, size, size]`` correlated over a Gaussian beam of ``sigma`` px each.
 
     White noise convolved with the beam, as a radio image's noise is; each image is rescaled to unit rms
     (a discrete kernel's variance reduction is only approximately ``1 / (4πσ²)``). ``sigma`` 0 gives white
     noise.
     """
-    noise = torch.randn(n, 1, size, size, device=device)
+    noise = torch.randn(n, 1, size, size, device=device, generator=generator)
     sigma = sigma.to(device=device, dtype=noise.dtype)
     if float(sigma.max()) > 0:
         noise = gaussian_blur(noise, sigma, float(sigma.max()))
@@ -321,35 +346,43 @@ class RadioAugmentation(nn.Module):
         """Total number of views per image (global first, then local)."""
         return self.n_global + self.n_local
 
-    def view(self, x: Tensor, size: int, scale: Sequence[float]) -> Tensor:
+    def view(
+        self, x: Tensor, size: int, scale: Sequence[float], generator: torch.Generator | None = None
+    ) -> Tensor:
         """One random view of every window of ``x`` ``[B, 1, S, S]`` → ``[B, in_chans, size, size]``."""
-        b, device = x.shape[0], x.device
-        params = sample_crop_params(b, scale, self.rotate, self.flip, device)
+        b, device, g = x.shape[0], x.device, generator
+        params = sample_crop_params(b, scale, self.rotate, self.flip, device, g)
         v = crop_rotate_flip(x, params, size)
         if self.blur_prob > 0 and self.blur_sigma[1] > 0:
-            sigma = _uniform(b, *self.blur_sigma, device) * (torch.rand(b, device=device) < self.blur_prob)
+            sigma = _uniform(b, *self.blur_sigma, device, g)
+            sigma = sigma * (torch.rand(b, device=device, generator=g) < self.blur_prob)
             v = gaussian_blur(v, sigma, self.blur_sigma[1])
         if self.noise_prob > 0 and self.noise_level[1] > 0:
-            level = _uniform(b, *self.noise_level, device) * (torch.rand(b, device=device) < self.noise_prob)
+            level = _uniform(b, *self.noise_level, device, g)
+            level = level * (torch.rand(b, device=device, generator=g) < self.noise_prob)
             # The beam's sigma in view pixels: the crop spans side * S window pixels over `size` view pixels.
             sigma = self.noise_correlation * size / (params.side * x.shape[-1])
-            noise = beam_noise(b, size, sigma, device)
+            noise = beam_noise(b, size, sigma, device, g)
             v = v + noise * (level * robust_rms(v)).to(v.dtype)[:, None, None, None]
         v = self.normalization(v)
         if self.contrast_prob > 0 and self.contrast > 0:
-            factor = _uniform(b, 1 - self.contrast, 1 + self.contrast, device)
-            factor = torch.where(torch.rand(b, device=device) < self.contrast_prob, factor, 1.0)
+            factor = _uniform(b, 1 - self.contrast, 1 + self.contrast, device, g)
+            jittered = torch.rand(b, device=device, generator=g) < self.contrast_prob
+            factor = torch.where(jittered, factor, 1.0)
             v = contrast_jitter(v, factor)
         return v.expand(-1, self.in_chans, -1, -1).contiguous() if self.in_chans > 1 else v
 
     @torch.no_grad()
-    def forward(self, windows: Tensor) -> list[Tensor]:
+    def forward(self, windows: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
         """Make ``n_global`` global then ``n_local`` local views of a batch of raw windows.
 
         Parameters
         ----------
         windows
             Raw windows ``[B, 1, S, S]`` on any device (NaNs already filled by the reader).
+        generator
+            Random number generator on the windows' device; seeded per batch it makes the views a pure
+            function of the batch (None: torch's global generator).
 
         Returns
         -------
@@ -362,6 +395,6 @@ class RadioAugmentation(nn.Module):
                 f"expected raw windows of shape [B, 1, S, S], got {tuple(windows.shape)}."
             )
         x = windows.float()
-        views = [self.view(x, self.global_size, self.global_scale) for _ in range(self.n_global)]
-        views += [self.view(x, self.local_size, self.local_scale) for _ in range(self.n_local)]
+        views = [self.view(x, self.global_size, self.global_scale, generator) for _ in range(self.n_global)]
+        views += [self.view(x, self.local_size, self.local_scale, generator) for _ in range(self.n_local)]
         return views

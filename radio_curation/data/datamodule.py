@@ -7,11 +7,17 @@ by the DataLoader workers from shared memory otherwise. Larger subsamples are re
 batched read through the cutout reader, or one fancy-indexed read from the cache). Views are made for whole
 batches, never per sample: on the model's device (GPUs), or in the DataLoader workers when training on
 CPUs. A batch holds its windows in ``cutout_id`` order whichever way they are read.
+
+Training is reproducible across interruptions: the shuffle of an epoch is a function of (seed, epoch), the
+random views of a batch a function of (seed, epoch, rank, batch), and the loader's position within the epoch
+is saved in Lightning's checkpoints, so a run resumed from a mid-epoch checkpoint trains on the batches and
+views an uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +26,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from radio_curation.cutouts.reader import WindowReader
+from radio_curation.data.augmentation import batch_seed, views_generator
 from radio_curation.errors import RadioCurationError
 from radio_curation.progress import progress
 
@@ -35,23 +42,138 @@ def _as_batch(batch: Tensor) -> Tensor:
     return batch
 
 
-class ViewsInWorkers:
-    """Collate function that makes the views of a whole batch in the DataLoader worker.
+class EpochShuffle(Sampler[int]):
+    """A permutation of ``range(n)`` per epoch that depends on ``(seed, epoch)`` only.
+
+    Lightning calls :meth:`set_epoch` at the start of every epoch (also through its DDP sampler wrapper), so a
+    resumed run draws the same order for an epoch as an uninterrupted one.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = int(n)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+
+
+class SeededBatch(list):
+    """The indices of one batch with the seed of its views (:func:`batch_seed`) as ``seed``."""
+
+    def __init__(self, indices: list[int], seed: int) -> None:
+        super().__init__(indices)
+        self.seed = seed
+
+
+class EpochBatches(BatchSampler):
+    """Batches of ``sampler`` as :class:`SeededBatch`, from batch ``skip`` of the epoch on.
+
+    The epoch and rank are read from the sampler (:class:`EpochShuffle`, or Lightning's DDP wrapper of it).
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool, seed: int = 0) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.seed = int(seed)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[SeededBatch]:
+        epoch, rank = int(getattr(self.sampler, "epoch", 0)), int(getattr(self.sampler, "rank", 0))
+        for i, indices in enumerate(super().__iter__()):
+            if i >= self.skip:
+                yield SeededBatch(indices, batch_seed(self.seed, epoch, rank, i))
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over :class:`EpochBatches` whose position in the epoch is saved in Lightning's checkpoints.
+
+    Lightning saves ``state_dict()`` of a train loader that has one and hands it back through
+    ``load_state_dict`` when it resumes; the next epoch iterated is then the interrupted one (Lightning sets
+    the sampler's epoch first), and it starts after the batches already trained on.
+    """
+
+    _epoch = 0
+    _position = 0
+    _resume: dict[str, int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        batches: EpochBatches = self.batch_sampler
+        epoch = int(getattr(batches.sampler, "epoch", 0))
+        resume, self._resume = self._resume, None
+        skip = resume["batches"] if resume is not None and resume["epoch"] == epoch else 0
+        batches.skip = skip if skip < len(batches) else 0
+        self._epoch, self._position = epoch, batches.skip
+        # Iterated lazily, so Lightning has set the sampler's epoch before the first batch is drawn.
+        for batch in super().__iter__():
+            self._position += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """The epoch being iterated and how many of its batches were handed out."""
+        return {"epoch": self._epoch, "batches": self._position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume the epoch of ``state`` after its handed-out batches, when that epoch is iterated next."""
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+
+
+class RestoreLoaderPosition(pl.Callback):
+    """Hand a resumed fit's :class:`ResumableLoader` its position in the interrupted epoch.
+
+    Lightning saves the loader's ``state_dict`` in its checkpoints but hands it back only to a loader it
+    creates after restoring the checkpoint, while ``trainer.estimated_stepping_batches`` (which the
+    learning-rate schedule needs in ``configure_optimizers``) creates it before.
+    """
+
+    def __init__(self) -> None:
+        self._states: list[dict[str, int]] = []
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._states = checkpoint["loops"]["fit_loop"]["state_dict"].get("combined_loader", [])
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loader = trainer.train_dataloader
+        if self._states and isinstance(loader, ResumableLoader):
+            loader.load_state_dict(self._states[0])
+        self._states = []
+
+
+class ViewsInWorkers(Dataset):
+    """A dataset of whole batches whose views are made in the DataLoader worker.
 
     For training on CPUs: the batched augmentation then runs beside the model in the worker processes
-    instead of between its steps. The batch becomes ``{"views": [view, ...]}``.
+    instead of between its steps. A batch of :class:`SeededBatch` indices becomes ``{"views": [view, ...]}``,
+    drawn with the batch's seed.
 
     Parameters
     ----------
+    windows
+        The dataset of raw windows.
     augmentation
         The module making the views (``augmentation`` group).
     """
 
-    def __init__(self, augmentation: nn.Module) -> None:
+    def __init__(self, windows: Dataset, augmentation: nn.Module) -> None:
+        self.windows = windows
         self.augmentation = augmentation
 
-    def __call__(self, batch: Tensor) -> dict[str, list[Tensor]]:
-        return {"views": self.augmentation(batch)}
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitems__(self, indices: SeededBatch) -> dict[str, list[Tensor]]:
+        generator = views_generator(indices.seed)
+        return {"views": self.augmentation(self.windows.__getitems__(indices), generator=generator)}
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.windows[index]
 
 
 class ReaderWindows(Dataset):
@@ -259,6 +381,8 @@ class TrainingWindows(pl.LightningDataModule):
     resident_gb
         Hold the windows in memory when they take at most this many GB (0: never); on a GPU that makes the
         views (no ``augmentation`` here) they are moved there if its free memory allows.
+    seed
+        Seed of the shuffle of every epoch and of the views made in the workers.
     """
 
     def __init__(
@@ -273,6 +397,7 @@ class TrainingWindows(pl.LightningDataModule):
         prefetch_factor: int = 2,
         augmentation: nn.Module | None = None,
         resident_gb: float = 0.0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.merged_path = str(merged_path)
@@ -285,6 +410,7 @@ class TrainingWindows(pl.LightningDataModule):
         self.prefetch_factor = int(prefetch_factor)
         self.augmentation = augmentation
         self.resident_gb = float(resident_gb)
+        self.seed = int(seed)
         self.dataset: Dataset | None = None
         self._pixels: Tensor | None = None
         self._on_device: Tensor | None = None
@@ -347,8 +473,8 @@ class TrainingWindows(pl.LightningDataModule):
             return batch
         return self._on_device[batch]
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled full batches (the last incomplete batch is dropped; Lightning adds the DDP sampler)."""
+    def train_dataloader(self) -> ResumableLoader:
+        """Shuffled full batches (the last incomplete batch is dropped; Lightning wraps the sampler for DDP)."""
         if self.dataset is None:
             self.setup("fit")
         workers = self.num_workers
@@ -357,13 +483,15 @@ class TrainingWindows(pl.LightningDataModule):
         if self._rows_on_device():
             self._on_device = self._pixels.to(self._device())
             dataset, workers = WindowRows(len(self._pixels)), 0
-        return DataLoader(
+        if self.augmentation is not None:
+            dataset = ViewsInWorkers(dataset, self.augmentation)
+        return ResumableLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=True,
+            batch_sampler=EpochBatches(
+                EpochShuffle(len(dataset), self.seed), self.batch_size, drop_last=True, seed=self.seed
+            ),
             num_workers=workers,
-            collate_fn=_as_batch if self.augmentation is None else ViewsInWorkers(self.augmentation),
+            collate_fn=_as_batch,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,

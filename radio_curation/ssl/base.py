@@ -21,7 +21,7 @@ from lightly.utils.scheduler import CosineWarmupScheduler
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from radio_curation.data.augmentation import RadioAugmentation
+from radio_curation.data.augmentation import RadioAugmentation, batch_seed, views_generator
 from radio_curation.errors import RadioCurationError
 from radio_curation.ssl.monitor import rankme
 
@@ -52,6 +52,9 @@ class SSLModule(pl.LightningModule, ABC):
         ``lr * global_batch / lr_batch_size``. ``None`` uses ``lr`` as given.
     rankme_samples
         How many backbone embeddings per epoch (over all ranks) RankMe is computed from.
+    seed
+        Views made here are drawn with a generator seeded per batch from (seed, epoch, rank, batch index),
+        so a resumed run draws the views an uninterrupted one would; None draws from torch's global generator.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class SSLModule(pl.LightningModule, ABC):
         min_lr_ratio: float = 1e-3,
         lr_batch_size: int | None = REFERENCE_BATCH_SIZE,
         rankme_samples: int = 2048,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if not hasattr(backbone, "feature_dim"):
@@ -80,6 +84,7 @@ class SSLModule(pl.LightningModule, ABC):
         self.min_lr_ratio = float(min_lr_ratio)
         self.lr_batch_size = lr_batch_size
         self.rankme_samples = int(rankme_samples)
+        self.seed = seed
         self.save_hyperparameters(ignore=["backbone", "augmentation", "optimizer"])
         self._embeddings: list[Tensor] = []
         self._epoch_images = 0
@@ -180,7 +185,12 @@ class SSLModule(pl.LightningModule, ABC):
         if isinstance(batch, dict):
             views = batch["views"]
         else:
-            views = self.augmentation(batch[0] if isinstance(batch, list | tuple) else batch)
+            windows = batch[0] if isinstance(batch, list | tuple) else batch
+            generator = None
+            if self.seed is not None:
+                seed = batch_seed(self.seed, self.current_epoch, self.global_rank, batch_idx)
+                generator = views_generator(seed, windows.device)
+            views = self.augmentation(windows, generator=generator)
         loss, features = self.step(views)
         batch_size = views[0].shape[0]
         self._epoch_images += batch_size

@@ -18,6 +18,9 @@ from torch import nn
 
 from radio_curation.ssl.base import SSLModule
 
+#: Checkpoint entry: the last optimiser step the momentum copies were updated for.
+MOMENTUM_STEP_KEY = "momentum_updated_at_step"
+
 
 class MomentumMethod(SSLModule):
     """An :class:`SSLModule` whose momentum copies follow the online networks once per optimiser step.
@@ -40,16 +43,32 @@ class MomentumMethod(SSLModule):
         """EMA factor of the update after optimiser step ``step`` (1-based)."""
         return float(cosine_schedule(step - 1, self.total_steps, *self.momentum))
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[MOMENTUM_STEP_KEY] = self._stepped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints that predate the key: their copies are taken as up to date with their step.
+        self._stepped = int(checkpoint.get(MOMENTUM_STEP_KEY, checkpoint["global_step"]))
+
     def on_train_start(self) -> None:
-        # A resumed fit starts at the checkpoint's step: updates already done are not repeated.
-        self._stepped = int(self.trainer.global_step)
+        step = int(self.trainer.global_step)
+        if not self.trainer.ckpt_path:
+            self._stepped = step
+        elif self._stepped < step:
+            # Lightning saves step checkpoints in its callbacks' on_train_batch_end, before this module's:
+            # the copies lag that step's update, done now as the uninterrupted run did then.
+            self._update(step)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = int(self.trainer.global_step)
         if step <= self._stepped:
             return  # a micro-batch of an accumulated step: the optimiser has not stepped yet
+        self.log("train/momentum", self._update(step), on_step=True, on_epoch=False)
+
+    def _update(self, step: int) -> float:
+        """Move the copies towards the online networks after optimiser step ``step``; the EMA factor used."""
         m = self.current_momentum(step)
         for online, copy in self.momentum_pairs():
             update_momentum(online, copy, m)
         self._stepped = step
-        self.log("train/momentum", m, on_step=True, on_epoch=False)
+        return m

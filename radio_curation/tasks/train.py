@@ -28,7 +28,7 @@ from radio_curation.backbones import build_backbone
 from radio_curation.backbones.export import save_backbone
 from radio_curation.curation.clusters import read_subsample
 from radio_curation.cutouts.index import read_index
-from radio_curation.data.datamodule import TrainingWindows
+from radio_curation.data.datamodule import RestoreLoaderPosition, TrainingWindows
 from radio_curation.data.precision import check_first_batch, describe
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.distributed import cluster_plugins, launched_rank, lightning_outside_srun
@@ -152,7 +152,12 @@ def _build_model(cfg: DictConfig) -> SSLModule:
     make_views = instantiate(cfg.augmentation)
     augmentation = make_views(normalization=instantiate_user(cfg.normalization), in_chans=backbone.in_chans)
     method = instantiate(cfg.ssl, _convert_="all")
-    return method(backbone=backbone, augmentation=augmentation, rankme_samples=cfg.monitor.rankme_samples)
+    return method(
+        backbone=backbone,
+        augmentation=augmentation,
+        rankme_samples=cfg.monitor.rankme_samples,
+        seed=int(cfg.seed),
+    )
 
 
 def _knn_monitor(cfg: DictConfig, model: SSLModule) -> OnlineKNN | None:
@@ -196,6 +201,7 @@ def _callbacks(cfg: DictConfig, run_dir: Path, knn: OnlineKNN | None) -> list[pl
         raise RadioCurationError("callbacks.checkpoint is needed: training resumes from its last.ckpt.")
     if knn is not None:
         callbacks.append(knn)
+    callbacks.append(RestoreLoaderPosition())
     return callbacks
 
 
@@ -233,6 +239,7 @@ def fit(
         pin_memory=data.pin_memory,
         prefetch_factor=data.prefetch_factor,
         resident_gb=data.resident_gb,
+        seed=int(cfg.seed),
     )
     knn = _knn_monitor(cfg, model) if run is not None else None  # evaluated on rank 0 only
     logger = TrackerLogger(run.tracker, run.run_id) if run is not None else False
@@ -261,9 +268,6 @@ def fit(
             log.info("resuming from %s", ckpt_path)
             # Resuming writes into the checkpoint directory of the interrupted attempt on purpose.
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-            # A step checkpoint resumes mid-epoch: the rest of that epoch is drawn from a fresh shuffle, which
-            # self-supervised training on shuffled windows does not care about.
-            warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before")
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     trainer.save_checkpoint(last)
     return trainer, model

@@ -7,8 +7,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from radio_curation.runs.store import RunStore
 from tests.conftest import CONFIG_DIR
@@ -17,8 +19,16 @@ from tests.ssl.conftest import tiny
 REPO = CONFIG_DIR.parent
 
 
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "backbone.pt", map_location="cpu", weights_only=False)["state_dict"]
+
+
 @pytest.mark.slow
-def test_killed_training_resumes_when_the_same_command_is_run_again(merge_id, runs_dir, data_dir, tmp_path):
+@pytest.mark.parametrize(("workers", "augment_on"), [(0, "workers"), (2, "workers"), (0, "device")])
+def test_killed_training_resumes_when_the_same_command_is_run_again_and_ends_as_an_uninterrupted_run(
+    workers, augment_on, merge_id, runs_dir, data_dir, tmp_path
+):
+    # The views are made by the loader (in its worker processes, or in the main one without) or by the model.
     command = [
         sys.executable,
         "train.py",
@@ -30,6 +40,8 @@ def test_killed_training_resumes_when_the_same_command_is_run_again(merge_id, ru
             f"source_id={merge_id}",
             "trainer.max_epochs=6",
             "callbacks.checkpoint.every_n_train_steps=5",
+            f"data.num_workers={workers}",
+            f"data.augment_on={augment_on}",
         ),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -53,6 +65,20 @@ def test_killed_training_resumes_when_the_same_command_is_run_again(merge_id, ru
     # Killed right after step 10's checkpoint appeared: last.ckpt holds step 5 or step 10.
     assert manifest["info"]["resumed_from_step"] in (5, 10)
     assert manifest["counts"]["epochs"] == 6
+    steps_per_epoch = RunStore(runs_dir).resolve(merge_id).manifest["counts"]["windows"] // 16
+    assert manifest["info"]["resumed_from_step"] % steps_per_epoch != 0  # resumed mid-epoch
+
+    # The same training uninterrupted (force=true: a new run beside the first) ends with the same weights.
+    reference = subprocess.run(
+        [*command, "force=true"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    reference_dir = checkpoints / reference.stdout.strip().splitlines()[-1].removeprefix("run_id=")
+    assert reference_dir != run_dir
+    assert RunStore(runs_dir).resolve(reference_dir.name).manifest["attempts"] == 1
+    got, want = _weights(run_dir), _weights(reference_dir)
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
 
 
 @pytest.mark.slow

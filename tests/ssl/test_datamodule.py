@@ -38,7 +38,6 @@ def test_an_epoch_is_full_shuffled_batches_of_distinct_raw_windows(merged, tmp_p
         merged, ids, batch_size=16, cache_path=tmp_path / "c.h5" if cache else None, resident_gb=resident_gb
     )
     dm.prepare_data()
-    torch.manual_seed(0)
     batches = _epoch(dm)
     assert len(batches) == len(ids) // 16
     assert all(b.shape == (16, 1, 32, 32) and b.dtype == torch.float32 for b in batches)
@@ -47,9 +46,13 @@ def test_an_epoch_is_full_shuffled_batches_of_distinct_raw_windows(merged, tmp_p
     lookup = {row.tobytes(): i for i, row in enumerate(pixels)}
     seen = [lookup[w.numpy().reshape(-1).tobytes()] for b in batches for w in b]
     assert len(set(seen)) == len(seen) == len(batches) * 16
+    # The order of an epoch depends on (seed, epoch) only, not on the global RNG a resumed run re-seeds.
     torch.manual_seed(1)
-    again = [lookup[w.numpy().reshape(-1).tobytes()] for b in _epoch(dm) for w in b]
-    assert again != seen  # reshuffled
+    assert [lookup[w.numpy().reshape(-1).tobytes()] for b in _epoch(dm) for w in b] == seen
+    loader = dm.train_dataloader()
+    loader.batch_sampler.sampler.set_epoch(1)
+    again = [lookup[w.numpy().reshape(-1).tobytes()] for b in loader for w in b]
+    assert len(set(again)) == len(seen) and again != seen  # reshuffled every epoch
 
 
 def test_cache_is_rewritten_when_the_windows_change(merged, tmp_path):
@@ -165,3 +168,34 @@ def test_resident_windows_move_to_the_gpu_that_makes_the_views(merged):
     assert batch.is_cuda and torch.equal(
         batch.cpu(), torch.from_numpy(WindowReader(merged).read(ids[rows.numpy()]))
     )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_loader_resumed_mid_epoch_hands_out_the_rest_of_that_epoch_with_the_same_views(merged, workers):
+    ids = WindowReader(merged).cutout_ids[:64]
+    augmentation = RadioAugmentation(torch.nn.Identity(), in_chans=1, global_size=16)
+    dm = TrainingWindows(merged, ids, batch_size=8, num_workers=workers, augmentation=augmentation, seed=3)
+    dm.setup("fit")
+    full = dm.train_dataloader()
+    full.batch_sampler.sampler.set_epoch(2)
+    torch.manual_seed(0)
+    want, state = [], None
+    for i, batch in enumerate(full):
+        want.append(batch["views"])
+        if i == 2:
+            state = full.state_dict()
+    assert state == {"epoch": 2, "batches": 3}
+
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict(state)
+    resumed.batch_sampler.sampler.set_epoch(2)
+    torch.manual_seed(1)  # the global RNG of a fresh process plays no part
+    got = [batch["views"] for batch in resumed]
+    assert len(got) == len(want) - 3
+    assert all(
+        torch.equal(g, w) for gs, ws in zip(got, want[3:], strict=True) for g, w in zip(gs, ws, strict=True)
+    )
+    # The position applies to its epoch only: the next epoch is whole, with other batches and views.
+    resumed.batch_sampler.sampler.set_epoch(3)
+    later = [batch["views"][0] for batch in resumed]
+    assert len(later) == len(want) and not torch.equal(later[0], want[0][0])
