@@ -42,6 +42,7 @@ import timm
 import torch
 import yaml
 from astropy.io import fits
+from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SKY = ["experiment=demo", "survey.mosaics=2", "survey.size=384", "cutouts.window_size=64"]
@@ -107,10 +108,15 @@ class Pipeline:
 
 
 def fixed_weights(path: Path) -> None:
-    """Save the demo backbone (timm resnet10t, one channel) with weights drawn once, and point at them."""
+    """Save the demo's backbone (whatever experiment=demo selects) with weights drawn once, and point at them."""
+    with initialize_config_dir(str(ROOT / "configs"), version_base=None):
+        backbone = compose("extract", overrides=["experiment=demo"]).backbone
     torch.manual_seed(0)
+    model = timm.create_model(
+        backbone.name, pretrained=False, in_chans=backbone.in_chans, **backbone.model_kwargs
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(timm.create_model("resnet10t", pretrained=False, in_chans=1).state_dict(), path)
+    torch.save(model.state_dict(), path)
     FEATURES[-1] = f"backbone.checkpoint={path}"
 
 
@@ -534,7 +540,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         base = Store(work / "base", work / "data")
-        fixed_weights(work / "files" / "resnet10t.pth")
+        fixed_weights(work / "files" / "demo_backbone.pth")
         started = time.perf_counter()
         pipeline = build_baseline(base)
         print(
