@@ -97,6 +97,7 @@ def test_loads_ahead_in_order_and_holds_a_bounded_number(merged, monkeypatch):
     resident._loading[0].result()
     assert loaded == [2, 0] and list(resident._held) == [2]
     assert torch.equal(resident.image(0), load_mosaic(reader.mosaic_paths[0], reader.nan_fill))
+    resident._loading[1].result()  # the next one of the order (1), loading in the background
     assert loaded == [2, 0, 1] and list(resident._held) == [0]
     assert first.shape == (200, 230)
     # Settings travel, mosaics and threads do not.
