@@ -110,7 +110,8 @@ class SplitViews(nn.Module):
     n_global = 2
     n_local = 0
 
-    def forward(self, views: Tensor) -> list[Tensor]:
+    def forward(self, views: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
+        # The views are already drawn: the training step's per-batch generator has nothing left to seed.
         return [views[:, 0], views[:, 1]]
 
 
