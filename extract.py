@@ -8,9 +8,10 @@ from radio_curation.tasks import extract as task
 
 
 @hydra.main(config_path="configs", config_name="extract", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
+    """The run's headline metric (its stage's declaration names it), for Hydra sweepers to optimise."""
     with exit_on_user_error():
-        task.run(cfg)
+        return task.run(cfg)["headline"]
 
 
 if __name__ == "__main__":

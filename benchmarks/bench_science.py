@@ -36,7 +36,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from radio_curation.bootstrap import BootstrapLoop, result_lines, summary
-from radio_curation.runs.resolvers import register_resolvers
+from radio_curation.tasks.resolvers import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 

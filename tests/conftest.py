@@ -10,7 +10,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import DictConfig
 
-from radio_curation.runs.resolvers import register_resolvers
+from radio_curation.tasks.resolvers import register_resolvers
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

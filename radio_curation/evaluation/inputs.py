@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,23 +21,9 @@ from radio_curation.features.io import FeatureFile, FeatureSource
 from radio_curation.runs.store import RunRecord, RunStore
 
 
-def ancestor(store: RunStore, record: RunRecord, stage: str) -> RunRecord | None:
-    """The nearest run of ``stage`` up the lineage of ``record`` (``record`` itself included)."""
-    queue, seen = deque([record]), set()
-    while queue:
-        current = queue.popleft()
-        if current.stage == stage:
-            return current
-        for parent in current.parents:
-            if parent not in seen:
-                seen.add(parent)
-                queue.append(store.resolve(parent))
-    return None
-
-
 def require_ancestor(store: RunStore, record: RunRecord, stage: str, why: str) -> RunRecord:
-    """:func:`ancestor`, or a user-facing error naming what was looked for and why."""
-    found = ancestor(store, record, stage)
+    """:meth:`RunStore.ancestor`, or a user-facing error naming what was looked for and why."""
+    found = store.ancestor(record, stage)
     if found is None:
         raise RadioCurationError(
             f"run {record.run_id} has no '{stage}' run in its lineage, which {why} needs "

@@ -1,31 +1,46 @@
-"""Run identity: the same stage, semantic config and parents always give the same run ID."""
+"""Run identity: the same stage, result-defining settings and parents always give the same run ID."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from radio_curation.errors import RadioCurationError
+from radio_curation.runs.manifest import SCHEME
 
 DIGEST_LENGTH = 10
 
 
 @dataclass(frozen=True)
 class StageIdentity:
-    """What defines one stage run: its stage, the config that changes results, and its parents."""
+    """What defines one stage run: its stage, the settings that change its result, and its parents.
+
+    ``parents`` maps each parent key of the stage's declaration to the run IDs it names.
+    """
 
     stage: str
     config: dict[str, Any]
-    parents: tuple[str, ...]
+    parents: Mapping[str, tuple[str, ...]]
+
+    @property
+    def parent_ids(self) -> list[str]:
+        """Every parent run ID once, in the order of the declaration's parent keys."""
+        return list(dict.fromkeys(i for ids in self.parents.values() for i in ids))
 
     @property
     def digest(self) -> str:
         payload = json.dumps(
-            {"stage": self.stage, "config": self.config, "parents": list(self.parents)},
+            {
+                "scheme": SCHEME,
+                "stage": self.stage,
+                "config": self.config,
+                "parents": {k: list(v) for k, v in self.parents.items()},
+            },
             sort_keys=True,
             default=str,
         )
@@ -37,10 +52,25 @@ class StageIdentity:
         return f"{self.stage}-{self.digest}"
 
 
-def _plain(node: Any) -> Any:
+def plain(node: Any) -> Any:
+    """A config node as plain Python containers, interpolations resolved."""
     if isinstance(node, DictConfig | ListConfig):
         return OmegaConf.to_container(node, resolve=True)
     return node
+
+
+def has_key(cfg: DictConfig, key: str) -> bool:
+    """Whether the dotted ``key`` is in ``cfg`` (a null or ``???`` value counts as present)."""
+    *head, last = key.split(".")
+    node = OmegaConf.select(cfg, ".".join(head), default=None) if head else cfg
+    return isinstance(node, DictConfig) and last in node.keys()
+
+
+def _put(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *head, last = dotted.split(".")
+    for part in head:
+        tree = tree.setdefault(part, {})
+    tree[last] = value
 
 
 def _drop(tree: dict[str, Any], dotted: str) -> None:
@@ -52,48 +82,28 @@ def _drop(tree: dict[str, Any], dotted: str) -> None:
     tree.pop(last, None)
 
 
-def semantic_config(cfg: DictConfig, keys: list[str], execution_keys: list[str]) -> dict[str, Any]:
-    """The values of ``keys`` (dotted paths) in ``cfg``, nested, without the execution-only keys."""
+def select_keys(cfg: DictConfig, keys: Iterable[str], optional: Iterable[str] = ()) -> dict[str, Any]:
+    """The values of the dotted ``keys`` and of those ``optional`` keys ``cfg`` has, nested, resolved.
+
+    Raises
+    ------
+    RadioCurationError
+        A key of ``keys`` is not in ``cfg``.
+    """
     tree: dict[str, Any] = {}
     for key in keys:
-        if OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
-            raise RadioCurationError(
-                f"the stage spec names config key '{key}', which the config does not have"
-            )
-        node: dict[str, Any] = tree
-        *head, last = key.split(".")
-        for part in head:
-            node = node.setdefault(part, {})
-        node[last] = _plain(OmegaConf.select(cfg, key))
-    for key in execution_keys:
-        _drop(tree, key)
+        if not has_key(cfg, key):
+            raise RadioCurationError(f"the stage declares setting '{key}', which the config does not have")
+        _put(tree, key, plain(OmegaConf.select(cfg, key)))
+    for key in optional:
+        if has_key(cfg, key):
+            _put(tree, key, plain(OmegaConf.select(cfg, key)))
     return tree
 
 
-def parent_ids(cfg: DictConfig, spec: DictConfig) -> list[str]:
-    """Parent run IDs named by the spec's ``parents`` keys (a key may hold one ID or a list).
-
-    A null key is skipped unless the spec's ``derive`` maps it to another stage spec of the same config,
-    whose run ID it then is (``curate.py`` without ``clusters_id`` clusters first, then samples). An ID
-    given twice counts once.
-    """
-    ids: list[str] = []
-    derive = spec.get("derive") or {}
-    for key in spec.parents:
-        value = _plain(OmegaConf.select(cfg, key))
-        if value is None and key in derive:
-            value = stage_identity(cfg, cfg[derive[key]]).base_id
-        if value is None:
-            continue
-        ids.extend(str(v) for v in (value if isinstance(value, list) else [value]))
-    return list(dict.fromkeys(ids))
-
-
-def stage_identity(cfg: DictConfig, spec: DictConfig, parents: list[str] | None = None) -> StageIdentity:
-    """The identity of the run ``spec`` describes under ``cfg`` (parents from the config unless given)."""
-    execution_keys = list(OmegaConf.select(cfg, "store.execution_keys", default=[]) or [])
-    return StageIdentity(
-        stage=spec.name,
-        config=semantic_config(cfg, list(spec["keys"]), execution_keys),
-        parents=tuple(parents if parents is not None else parent_ids(cfg, spec)),
-    )
+def semantic_config(cfg: DictConfig, settings: Iterable[str], excluded: Iterable[str]) -> dict[str, Any]:
+    """The values of ``settings`` (dotted keys) in ``cfg``, nested, without the ``excluded`` keys under them."""
+    tree = select_keys(cfg, settings)
+    for key in excluded:
+        _drop(tree, key)
+    return tree

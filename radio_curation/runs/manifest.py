@@ -36,6 +36,9 @@ RUNNING = "running"
 COMPLETE = "complete"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
+#: How run IDs are computed (``scheme`` in every manifest). Runs of an earlier scheme (manifests without it)
+#: are listed but never reused nor taken as inputs: their IDs do not say what the current code would make.
+SCHEME = 2
 
 
 class DamagedRunError(RadioCurationError):

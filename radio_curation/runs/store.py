@@ -6,6 +6,7 @@ import difflib
 import fcntl
 import logging
 import os
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from radio_curation.runs.manifest import (
     INTERRUPTED,
     MANIFEST,
     RUNNING,
+    SCHEME,
     DamagedRunError,
     read_manifest,
     recompute_hint,
@@ -81,6 +83,11 @@ class RunRecord:
     @property
     def parents(self) -> list[str]:
         return list(self.manifest.get("parents") or [])
+
+    @property
+    def outdated(self) -> bool:
+        """Whether the run's ID was computed by an earlier identity scheme (see ``manifest.SCHEME``)."""
+        return self.manifest.get("scheme") != SCHEME
 
     def artifact(self, name: str) -> Path:
         """The path of artifact ``name`` of this run, checked against the manifest.
@@ -166,6 +173,8 @@ class RunStore:
     def display_status(self, record: RunRecord) -> str:
         """The status shown to users: ``running`` only while a process holds the run."""
         status = str(record.manifest.get("status"))
+        if record.outdated:
+            return f"{status}, old run-ID scheme (never reused: rerun its command)"
         if status == RUNNING and not self.held(record.run_id):
             return "interrupted (rerun to resume)"
         if status == INTERRUPTED:
@@ -176,7 +185,7 @@ class RunStore:
 
     def _known_ids(self, complete_only: bool) -> list[str]:
         if complete_only:
-            return [r.run_id for r in self.runs() if r.complete]
+            return [r.run_id for r in self.runs() if r.complete and not r.outdated]
         return [p.parent.name for p in self.root.glob(f"*/*/{MANIFEST}")]
 
     def resolve(self, run_id: str, stage: str | None = None, require_complete: bool = True) -> RunRecord:
@@ -185,8 +194,8 @@ class RunStore:
         Raises
         ------
         RadioCurationError
-            Unknown ID (with the closest known IDs), an ID of another stage than ``stage``, or an
-            incomplete run when ``require_complete``.
+            Unknown ID (with the closest known IDs), an ID of another stage than ``stage``, or, when
+            ``require_complete`` (the run is an input), an incomplete run or one of an earlier ID scheme.
         """
         run_id = str(run_id).strip()
         manifest = read_manifest(self.run_dir(run_id)) if run_id else None
@@ -211,6 +220,12 @@ class RunStore:
                 f"run {run_id} is a '{record.stage}' run, but a '{stage}' run is needed here. "
                 f"Find {stage} runs with `radio-curation runs list --stage {stage}`."
             )
+        if require_complete and record.outdated:
+            raise RadioCurationError(
+                f"run {run_id} was made by an earlier version of radio-curation, whose run IDs are computed "
+                "differently, so it is not used as an input any more: rerun the command that made it "
+                f"(`radio-curation runs show {run_id}` shows it) to make it again under a current ID."
+            )
         if require_complete and not record.complete:
             error = f" after: {manifest['error']}" if manifest.get("error") else ""
             raise RadioCurationError(
@@ -218,6 +233,19 @@ class RunStore:
                 "command that created it to finish it, or pick a complete run."
             )
         return record
+
+    def ancestor(self, record: RunRecord, stage: str) -> RunRecord | None:
+        """The nearest run of ``stage`` up the lineage of ``record`` (``record`` itself included), or None."""
+        queue, seen = deque([record]), {record.run_id}
+        while queue:
+            current = queue.popleft()
+            if current.stage == stage:
+                return current
+            for parent in current.parents:
+                if parent not in seen:
+                    seen.add(parent)
+                    queue.append(self.resolve(parent))
+        return None
 
     @contextmanager
     def lease(self, base_id: str, force: bool = False) -> Iterator[tuple[str, Path]]:

@@ -30,8 +30,8 @@ from radio_curation.curation.plots import plot_cluster_sizes, plot_objective, pl
 from radio_curation.curation.samplers import Compose, Pool, cluster_counts, share_of_largest
 from radio_curation.errors import EmptyResultError, RadioCurationError
 from radio_curation.features.io import FeatureFile
-from radio_curation.runs.store import RunRecord, RunStore
-from radio_curation.tasks.stage import Run, run_stage
+from radio_curation.runs.store import RunRecord
+from radio_curation.tasks.stage import Inputs, Run, Stage, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -49,34 +49,37 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dict
         The sample run's result (see :func:`radio_curation.tasks.stage.run_stage`), with ``clusters_id``.
     """
-    store = RunStore.of(cfg)
-    if cfg.target_size is not None and int(cfg.target_size) < 1:
+    _check_target_size(cfg.target_size)  # before clustering, which may take long
+    made = {}
+    if cfg.clusters_id is None:
+        if cfg.features_id is None:
+            raise RadioCurationError(
+                "curate.py needs features_id=<features run ID> (to cluster it) or clusters_id=<cluster run "
+                "ID>; list them with `radio-curation runs list --stage features`"
+            )
+        made["clusters_id"] = run_stage(cfg, CLUSTER)["run_id"]
+    result = run_stage(cfg, SAMPLE, parents=made)
+    return {**result, "clusters_id": result["info"]["clusters_id"]}
+
+
+def _check_target_size(target_size: int | None) -> None:
+    if target_size is not None and int(target_size) < 1:
         raise RadioCurationError(
-            f"target_size={cfg.target_size} would select no windows: give a positive number of windows "
+            f"target_size={target_size} would select no windows: give a positive number of windows "
             "to keep (or target_size=null with a sampler that needs none, e.g. sampler=semdedup)"
         )
-    if cfg.clusters_id is not None:
-        clusters = store.resolve(cfg.clusters_id, stage="cluster")
-        if cfg.features_id is not None:
-            features = store.resolve(cfg.features_id, stage="features")
-            if features.run_id not in clusters.parents:
-                raise RadioCurationError(
-                    f"clustering {clusters.run_id} was made from {clusters.parents}, not from features run "
-                    f"{features.run_id}; drop features_id or clusters_id"
-                )
-        clusters_id = clusters.run_id
-    elif cfg.features_id is not None:
-        features = store.resolve(cfg.features_id, stage="features")
-        clusters_id = run_stage(
-            cfg, cfg.cluster_stage, cluster, parents=[features.run_id], resumable=[f"{LEVELS_DIR}/level_*.h5"]
-        )["run_id"]
-    else:
-        raise RadioCurationError(
-            "curate.py needs features_id=<features run ID> (to cluster it) or clusters_id=<cluster run ID>; "
-            "list them with `radio-curation runs list --stage features`"
-        )
-    result = run_stage(cfg, cfg.stage, sample, parents=[clusters_id])
-    return {**result, "clusters_id": clusters_id}
+
+
+def _check_sample(inputs: Inputs) -> None:
+    _check_target_size(inputs.cfg.target_size)
+    clusters = inputs.parent("clusters_id")
+    if inputs.cfg.features_id is not None:
+        features = inputs.store.resolve(str(inputs.cfg.features_id), stage="features")
+        if features.run_id not in clusters.parents:
+            raise RadioCurationError(
+                f"clustering {clusters.run_id} was made from {clusters.parents}, not from features run "
+                f"{features.run_id}; drop features_id or clusters_id"
+            )
 
 
 def _read_features(record: RunRecord, **kwargs: Any) -> LoadedFeatures:
@@ -96,7 +99,7 @@ def cluster(run: Run) -> None:
     cfg = run.cfg
     conditioning: FeatureConditioning = instantiate(cfg.conditioning)
     algo: HierarchicalKMeans = instantiate(cfg.clustering)
-    features_run = run.parents[0]
+    features_run = run.parent("features_id")
     levels_dir = run.dir / LEVELS_DIR
     levels_dir.mkdir(exist_ok=True)
     done = []
@@ -177,12 +180,12 @@ def build_sampler(node: DictConfig) -> Compose:
 def sample(run: Run) -> None:
     """Work of the sample stage: ``subsample.h5`` from the parent clustering."""
     cfg = run.cfg
-    clusters_run = run.parents[0]
+    clusters_run = run.parent("clusters_id")
+    run.info["clusters_id"] = clusters_run.run_id
     hierarchy = Hierarchy.load(clusters_run.artifact("clusters.h5"))
-    store = RunStore.of(cfg)
 
     def features() -> np.ndarray:
-        features_run = store.resolve(clusters_run.parents[0], stage="features")
+        features_run = run.ancestor(clusters_run, "features")
         with run.timer("read_features"):
             loaded = _read_features(features_run, drop_nonfinite=True, keep_ids=hierarchy.cutout_id)
         # The samplers measure distances in the clustering's space, where its centroids live.
@@ -213,9 +216,34 @@ def sample(run: Run) -> None:
         f"level_{i}": share_of_largest(b, a)
         for i, (b, a) in enumerate(zip(before, after, strict=True), start=1)
     }
+    run.metrics["top_level_imbalance"] = round(imbalance_factor(after[-1]), 4)
     run.metrics["imbalance_factor"] = {
         f"level_{i}": {"before": round(imbalance_factor(b), 4), "after": round(imbalance_factor(a), 4)}
         for i, (b, a) in enumerate(zip(before, after, strict=True), start=1)
     }
     run.info["samplers"] = report
     _log_plot(run, "sampling.png", plot_sampling, before, after)
+
+
+CLUSTER = Stage(
+    name="cluster",
+    work=cluster,
+    parents={"features_id": "features"},
+    settings=("conditioning", "clustering", "drop_nonfinite", "seed"),
+    execution=("clustering.backend.device",),
+    resumable=(f"{LEVELS_DIR}/level_*.h5",),
+    headline="metrics.levels.level_1.imbalance_factor",
+)
+
+SAMPLE = Stage(
+    name="sample",
+    work=sample,
+    parents={"clusters_id": "cluster"},
+    # Without clusters_id, the parent is this config's clustering of features_id.
+    derive_parents={"clusters_id": CLUSTER},
+    settings=("sampler", "target_size", "seed"),
+    # Only checked against the clustering's own features run.
+    execution=("features_id",),
+    check=_check_sample,
+    headline="metrics.top_level_imbalance",
+)

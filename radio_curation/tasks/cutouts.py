@@ -24,7 +24,7 @@ from radio_curation.cutouts.strategies import CatalogWindows, CutoutStrategy, Sl
 from radio_curation.errors import EmptyResultError, RadioCurationError, instantiate_user
 from radio_curation.progress import progress
 from radio_curation.sky.fitsio import MosaicFiles, MosaicReadError, open_mosaic
-from radio_curation.tasks.stage import Run, run_stage
+from radio_curation.tasks.stage import Inputs, Run, Stage, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dict
         The run summary from :func:`radio_curation.tasks.stage.run_stage`.
     """
-    strategy = instantiate_user(cfg.cutouts)
-    instantiate_user(cfg.survey)
+    return run_stage(cfg, CUTOUTS)
+
+
+def _check(inputs: Inputs) -> None:
+    strategy = instantiate_user(inputs.cfg.cutouts)
+    instantiate_user(inputs.cfg.survey)
     if isinstance(strategy, CatalogWindows):
         strategy.sources()  # a catalogue that cannot be read stops before the run is claimed
-    return run_stage(cfg, cfg.stage, _work, resumable=["parts/*.h5"])
 
 
 def _why_empty(mosaics: list[MosaicFiles], strategy: CutoutStrategy, counts: dict[str, int]) -> str:
@@ -146,3 +149,16 @@ def _work(run: Run) -> None:
     if len(index):
         run.metrics["median_rms"] = float(np.nanmedian(index.columns["rms"]))
         run.metrics["median_peak_snr"] = float(np.nanmedian(index.columns["peak_snr"]))
+
+
+CUTOUTS = Stage(
+    name="cutouts",
+    work=_work,
+    # The survey and the strategy define the index; where the mosaics are read from and with how many
+    # processes does not.
+    settings=("survey", "cutouts"),
+    execution=("survey.num_workers", "survey.data_dir"),
+    check=_check,
+    resumable=("parts/*.h5",),
+    headline="counts.windows",
+)

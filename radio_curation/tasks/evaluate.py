@@ -36,7 +36,6 @@ from radio_curation.evaluation.html import Section, Table, render_html
 from radio_curation.evaluation.inputs import (
     RowView,
     StoredFeatures,
-    ancestor,
     build_model,
     positions,
     require_ancestor,
@@ -56,7 +55,7 @@ from radio_curation.evaluation.representation import (
 from radio_curation.evaluation.similarity import ArrayFeatures
 from radio_curation.features.io import FeatureSource
 from radio_curation.runs.store import RunRecord, RunStore
-from radio_curation.tasks.stage import Run, run_stage
+from radio_curation.tasks.stage import Run, Stage, run_stage
 
 #: What the ``*_std`` of a probe's metrics is, written beside them in ``metrics.json``.
 SPREAD_OVER_FOLDS = (
@@ -110,14 +109,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to metrics.json")
-
-
-def _store(cfg: DictConfig) -> RunStore:
-    return RunStore.of(cfg)
-
-
-def _parent(run: Run, key: str, stage: str) -> RunRecord:
-    return _store(run.cfg).resolve(str(run.cfg[key]), stage=stage)
 
 
 class Pool:
@@ -185,7 +176,7 @@ def _labelled_set(run: Run, info: dict[str, Any]) -> tuple[np.ndarray, LabelledI
     """
     cfg = run.cfg
     if cfg.features_id:
-        pool = Pool(_store(cfg), _parent(run, "features_id", "features"))
+        pool = Pool(run.store, run.parent("features_id"))
         matched = _labels_or_none(cfg, pool, info)
         if matched is None:
             raise RadioCurationError(
@@ -272,7 +263,7 @@ def _representation(run: Run) -> None:
     if cfg.compare_id and not cfg.features_id:
         raise RadioCurationError("compare_id compares two features runs: give features_id=<features run> too")
     if cfg.features_id:
-        pool = Pool(_store(cfg), _parent(run, "features_id", "features"))
+        pool = Pool(run.store, run.parent("features_id"))
         source: FeatureSource = pool.file
         name = str(cfg.features_id)
         info["source"] = f"features run {cfg.features_id}"
@@ -303,7 +294,7 @@ def _representation(run: Run) -> None:
     spectra = {name: spectrum}
     details: dict[str, Any] = {"spectrum": spectrum, "info": info}
     if cfg.compare_id:
-        other = StoredFeatures(_parent(run, "compare_id", "features").artifact("features.h5"))
+        other = StoredFeatures(run.parent("compare_id").artifact("features.h5"))
         with run.timer("compare"):
             other_acc = accumulate((chunk for _, chunk in other.iter_chunks(CHUNK)), other.dim)
         other_health, other_spectrum = spectrum_metrics(other_acc)
@@ -331,13 +322,13 @@ def _uniformity(source: FeatureSource, sample: int, rng: np.random.Generator) ->
 def _umap(run: Run) -> None:
     cfg, ev = run.cfg, run.cfg.eval
     out, info = Outputs(run), {}
-    store = _store(cfg)
+    store = run.store
     colours: dict[str, np.ndarray] = {}
     highlight = None
     if cfg.features_id or cfg.subsample_id:
-        sample_run = _parent(run, "subsample_id", "sample") if cfg.subsample_id else None
+        sample_run = run.parent("subsample_id") if cfg.subsample_id else None
         if cfg.features_id:
-            features_run = _parent(run, "features_id", "features")
+            features_run = run.parent("features_id")
         else:
             features_run = require_ancestor(store, sample_run, "features", "the pool's map")
         pool = Pool(store, features_run)
@@ -422,9 +413,7 @@ def _clusters_for(
         The hierarchy, the features-file row of each clustered point, and the clustered features run.
     """
     cfg = run.cfg
-    cluster_run = (
-        _parent(run, "clusters_id", "cluster") if cfg.clusters_id else ancestor(store, record, "cluster")
-    )
+    cluster_run = run.parent("clusters_id") if cfg.clusters_id else store.ancestor(record, "cluster")
     if cluster_run is None:
         return None
     hierarchy = Hierarchy.load(cluster_run.artifact("clusters.h5"))
@@ -440,7 +429,7 @@ def _clusters_for(
 def _neighbours(run: Run) -> None:
     cfg, ev = run.cfg, run.cfg.eval
     out = Outputs(run)
-    pool = Pool(_store(cfg), _parent(run, "features_id", "features"))
+    pool = Pool(run.store, run.parent("features_id"))
     table = pool.table
     pairs = adjacent_pairs(table["mosaic"], table["y0"], table["x0"], table["size"], float(ev.max_offset))
     with run.timer("distance_test"):
@@ -480,8 +469,8 @@ def _neighbours(run: Run) -> None:
 def _curation_report(run: Run) -> None:
     cfg, ev = run.cfg, run.cfg.eval
     out, info = Outputs(run), {}
-    store = _store(cfg)
-    sample_run = _parent(run, "subsample_id", "sample")
+    store = run.store
+    sample_run = run.parent("subsample_id")
     clusters = _clusters_for(run, store, sample_run)
     if clusters is None:
         raise RadioCurationError(
@@ -662,6 +651,45 @@ EVALS: dict[str, Callable[[Run], None]] = {
 _NEEDS = {"neighbours": "features_id", "curation_report": "subsample_id"}
 
 
+#: The headline metric of each evaluation (what ``evaluate.py`` returns to a sweeper).
+_HEADLINE = {
+    "linear_probe": "metrics.linear_probe/accuracy_mean",
+    "knn": "metrics.knn/accuracy_mean",
+    "representation": "metrics.representation/effective_rank",
+    "umap": "metrics.umap/n_fit",
+    "neighbours": "metrics.neighbours/p_value",
+    "curation_report": "metrics.curation/subsample/top_level_balance",
+}
+
+
+def declaration(cfg: DictConfig) -> Stage:
+    """The ``evaluate`` stage for the evaluation ``cfg.eval``: its settings are the eval's ``run_keys``."""
+    name = cfg.eval.name
+    if name not in EVALS:
+        raise RadioCurationError(f"eval.name={name!r} is not one of {sorted(EVALS)}")
+    return Stage(
+        name="evaluate",
+        work=EVALS[name],
+        parents={
+            "model_id": "train",
+            "features_id": "features",
+            "subsample_id": "sample",
+            "clusters_id": "cluster",
+            "compare_id": "features",
+        },
+        settings=tuple(cfg.eval.run_keys),
+        execution=(
+            "batch_size",
+            "device",
+            "backbone.runs_dir",
+            "dataset.sky.data_dir",
+            "paths.runs_dir",
+            "store.verify",
+        ),
+        headline=_HEADLINE[name],
+    )
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the evaluation ``cfg.eval`` as an ``evaluate`` stage run (reused when it already exists).
 
@@ -670,10 +698,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dict
         :func:`~radio_curation.tasks.stage.run_stage`'s result.
     """
-    name = cfg.eval.name
-    if name not in EVALS:
-        raise RadioCurationError(f"eval.name={name!r} is not one of {sorted(EVALS)}")
-    needed = _NEEDS.get(name)
+    stage = declaration(cfg)
+    needed = _NEEDS.get(cfg.eval.name)
     if needed and not cfg[needed]:
-        raise RadioCurationError(f"eval={name} needs {needed}=<run ID>")
-    return run_stage(cfg, cfg.stage, EVALS[name])
+        raise RadioCurationError(f"eval={cfg.eval.name} needs {needed}=<run ID>")
+    return run_stage(cfg, stage)

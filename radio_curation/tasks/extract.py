@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from hydra.utils import get_method
 from omegaconf import DictConfig
+
+from radio_curation.tasks.stage import run_stage, stage_of
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run the stage selected by ``stage=<name>`` (``configs/stage/<name>.yaml`` names its task)."""
-    return get_method(cfg.stage.task)(cfg)
+    """Run the stage selected by ``stage=<name>`` (``configs/stage/<name>.yaml`` names its declaration)."""
+    return run_stage(cfg, stage_of(cfg))

@@ -25,12 +25,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from radio_curation.backbones import build_backbone
-from radio_curation.backbones.export import weights_digest
-from radio_curation.backbones.factory import run_preprocessing
+from radio_curation.backbones.export import read_preprocessing, weights_digest
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.data.precision import check_first_batch, describe
 from radio_curation.data.preprocess import Preprocess
-from radio_curation.distributed import cluster_plugins, launched_rank, lightning_outside_srun
+from radio_curation.distributed import cluster_plugins, lightning_outside_srun
 from radio_curation.errors import EmptyResultError, RadioCurationError, instantiate_user
 from radio_curation.features.extraction import (
     GATHER_ON,
@@ -40,10 +39,8 @@ from radio_curation.features.extraction import (
     RateBar,
 )
 from radio_curation.features.io import BlockShards, FeatureFile, Plan, consolidate
-from radio_curation.runs.manifest import COMPLETE, read_manifest
-from radio_curation.runs.resolvers import expected_run_dir
-from radio_curation.runs.store import RunRecord, RunStore
-from radio_curation.tasks.stage import Run, check_precision, run_stage
+from radio_curation.runs.store import RunRecord
+from radio_curation.tasks.stage import Inputs, Run, Stage, check_precision, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +48,6 @@ log = logging.getLogger(__name__)
 BATCHES_PER_BLOCK = 8
 FEATURES = "features.h5"
 DTYPES = {"float32": np.float32, "float16": np.float16}
-
-
-def _source(cfg: DictConfig) -> RunRecord:
-    if not cfg.source_id:
-        raise RadioCurationError(
-            "no source: give the merge run to extract features of, e.g. "
-            "extract.py stage=features source_id=merge-1a2b3c4d5e"
-        )
-    return RunStore.of(cfg).resolve(str(cfg.source_id), stage="merge")
 
 
 def _on_gpu(cfg: DictConfig) -> bool:
@@ -106,36 +94,37 @@ def _check_settings(cfg: DictConfig) -> None:
     resolve_gather_on(cfg)
 
 
-def preprocessing(cfg: DictConfig) -> tuple[DictConfig, int | None, str]:
+def preprocessing(inputs: Inputs) -> tuple[DictConfig, int | None, str]:
     """The normalisation config, input size and a description of where they come from.
 
     With ``backbone=run`` and ``preprocess_from_model`` (the default) they are those the model was
     trained with, stored in its ``backbone.pt``; otherwise ``normalization`` and ``resize``.
     """
-    model_id = OmegaConf.select(cfg, "backbone.model_id", default=None)
-    if model_id and cfg.preprocess_from_model:
-        stored = run_preprocessing(str(model_id), cfg.paths.runs_dir)
+    cfg = inputs.cfg
+    model = inputs.parent("backbone.model_id")
+    if model is not None and cfg.preprocess_from_model:
+        stored = read_preprocessing(model.artifact("backbone.pt"))
         if stored is not None:
             normalization = OmegaConf.create(stored["normalization"])
             target = str(normalization.get("_target_", "?")).rsplit(".", 1)[-1]
             return (
                 normalization,
                 int(stored["input_size"]),
-                f"the normalization of model {model_id} ({target})",
+                f"the normalization of model {model.run_id} ({target})",
             )
     return cfg.normalization, cfg.resize, describe(cfg)
 
 
-def _models(cfg: DictConfig, sizes: np.ndarray) -> tuple[torch.nn.Module, Preprocess]:
+def _models(inputs: Inputs, sizes: np.ndarray) -> tuple[torch.nn.Module, Preprocess]:
     """The backbone and its preprocessing, checked on one window of each size in the index.
 
     Weights not loaded from a file are drawn from ``cfg.seed``: every run and every DDP rank of one
     config builds the same network.
     """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.seed))
-        extractor = build_backbone(cfg.backbone)
-    normalization, resize, _ = preprocessing(cfg)
+        torch.manual_seed(int(inputs.cfg.seed))
+        extractor = build_backbone(inputs.cfg.backbone)
+    normalization, resize, _ = preprocessing(inputs)
     preprocess = Preprocess(instantiate_user(normalization), extractor.in_chans, resize)
     extractor.eval()
     for size in np.unique(sizes):
@@ -195,11 +184,12 @@ def _datamodule(
     )
 
 
-def _attrs(cfg: DictConfig, extractor: Any, source_id: str, dtype: np.dtype, weights: str) -> dict[str, Any]:
+def _attrs(run: Run, extractor: Any, source_id: str, dtype: np.dtype, weights: str) -> dict[str, Any]:
     def as_json(node: Any) -> str:
         return json.dumps(OmegaConf.to_container(node, resolve=True), sort_keys=True)
 
-    normalization, resize, _ = preprocessing(cfg)
+    cfg = run.cfg
+    normalization, resize, _ = preprocessing(run)
     return {
         "backbone": as_json(cfg.backbone),
         "tap": extractor.tap,
@@ -221,11 +211,21 @@ def _finish(run: Run, final: Path, shards: BlockShards) -> None:
     shutil.rmtree(shards.directory, ignore_errors=True)
 
 
+def limit_rows(cfg: DictConfig) -> int | None:
+    """The windows a ``limit_batches`` run extracts (None: all): part of the run's identity, so two runs
+    that differ only in ``batch_size`` (otherwise execution-only) but extract different rows never share
+    an ID."""
+    return None if cfg.limit_batches is None else int(cfg.limit_batches) * int(cfg.batch_size)
+
+
 def _work(run: Run) -> None:
     cfg = run.cfg
-    source = next(p for p in run.parents if p.stage == "merge")
+    source = run.parent("source_id")
     final = run.dir / FEATURES
     shards = BlockShards(run.dir / "shards")
+    if run.rank > 0:
+        _compute_on_rank(run, source, final, shards)
+        return
     run.info["limit_batches"] = cfg.limit_batches
     for stale in run.dir.glob(f".{FEATURES}.tmp-*"):
         # A join cut short by a kill; this process holds the run's lease, so nobody else is writing it.
@@ -241,9 +241,9 @@ def _work(run: Run) -> None:
     n_rows = len(ids)
     if n_rows == 0:
         raise EmptyResultError(f"merge run {source.run_id} has no windows to extract features of")
-    if cfg.stage.limit_rows is not None:
-        n_rows = min(n_rows, int(cfg.stage.limit_rows))
-    extractor, preprocess = _models(cfg, sizes[:n_rows])
+    if limit_rows(cfg) is not None:
+        n_rows = min(n_rows, limit_rows(cfg))
+    extractor, preprocess = _models(run, sizes[:n_rows])
     weights = weights_digest(extractor)
     plan = shards.load_or_create_plan(n_rows, BATCHES_PER_BLOCK * int(cfg.batch_size), source.run_id, weights)
     run.info["weights_sha256"] = weights
@@ -264,33 +264,23 @@ def _work(run: Run) -> None:
         run.info["world_size"] = world_size
     dtype = _dtype(cfg)
     with run.timer("join"), run.artifact(FEATURES) as tmp:
-        attrs = _attrs(cfg, extractor, source.run_id, dtype, weights)
+        attrs = _attrs(run, extractor, source.run_id, dtype, weights)
         run.info["blocks_by_rank"] = consolidate(shards, plan, ids, tmp, extractor.feature_dim, dtype, attrs)
     _finish(run, final, shards)
 
 
-def _nothing_left(cfg: DictConfig) -> bool:
-    """Whether rank 0 will start no predict loop (run complete, or every block already written)."""
-    run_dir = expected_run_dir(cfg)
-    manifest = read_manifest(run_dir)
-    if (manifest or {}).get("status") == COMPLETE or (run_dir / FEATURES).is_file():
-        return True
-    shards = BlockShards(run_dir / "shards")
+def _compute_on_rank(run: Run, source: RunRecord, final: Path, shards: BlockShards) -> None:
+    """A DDP rank above 0: build the same model and compute the blocks rank 0 hands out."""
     plan = shards.existing_plan()
-    return plan is not None and not shards.pending(plan)
-
-
-def _rank_worker(cfg: DictConfig, source: RunRecord) -> dict[str, Any]:
-    """A non-zero DDP rank: build the same model and compute the blocks rank 0 hands out."""
-    if _nothing_left(cfg):
-        # Rank 0 reuses the run or only joins blocks: it starts no process group to wait for.
-        return {"rank": launched_rank(), "rows": 0}
+    if final.is_file() or (plan is not None and not shards.pending(plan)):
+        # Rank 0 only joins blocks: it starts no process group to wait for.
+        return
     merged = source.artifact("merged.h5")
     reader = WindowReader(merged)
-    extractor, preprocess = _models(cfg, reader.table()["size"])
-    datamodule = _datamodule(cfg, merged, preprocess)
-    writer, _ = _predict(cfg, _feature_module(extractor, preprocess, cfg), datamodule)
-    return {"rank": launched_rank(), "rows": writer.rows_written}
+    extractor, preprocess = _models(run, reader.table()["size"])
+    datamodule = _datamodule(run.cfg, merged, preprocess)
+    writer, _ = _predict(run.cfg, _feature_module(extractor, preprocess, run.cfg), datamodule)
+    run.counts["rows"] = writer.rows_written
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -309,9 +299,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cannot take the windows, bad settings, a normalisation whose output the model's precision
         cannot hold (checked on the first batch).
     """
+    return run_stage(cfg, FEATURES_STAGE)
+
+
+def _check(inputs: Inputs) -> None:
+    cfg = inputs.cfg
+    source = inputs.parent("source_id")
+    if source is None:
+        raise RadioCurationError(
+            "no source: give the merge run to extract features of, e.g. "
+            "extract.py stage=features source_id=merge-1a2b3c4d5e"
+        )
     _check_settings(cfg)
-    source = _source(cfg)
-    normalization, resize, described = preprocessing(cfg)
+    normalization, resize, described = preprocessing(inputs)
     check_first_batch(
         source.artifact("merged.h5"),
         None,
@@ -321,6 +321,36 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         described,
         "precision",
     )
-    if launched_rank() > 0:
-        return _rank_worker(cfg, source)
-    return run_stage(cfg, cfg.stage, _work, resumable=["shards/block-*.h5", FEATURES])
+
+
+FEATURES_STAGE = Stage(
+    name="features",
+    work=_work,
+    parents={"source_id": "merge", "backbone.model_id": "train"},
+    settings=(
+        "backbone",
+        "normalization",
+        "resize",
+        "preprocess_from_model",
+        "precision",
+        "features_dtype",
+        "limit_batches",
+        "seed",
+    ),
+    # How fast, where and in how many processes; batch_size only matters with limit_batches (derived).
+    execution=(
+        "batch_size",
+        "num_workers",
+        "gather_on",
+        "accelerator",
+        "devices",
+        "num_nodes",
+        "strategy",
+        "backbone.runs_dir",
+    ),
+    derived={"limit_rows": limit_rows},
+    check=_check,
+    resumable=("shards/block-*.h5", FEATURES),
+    headline="counts.rows",
+    distributed=True,
+)

@@ -7,15 +7,15 @@ removed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 from radio_curation.cutouts.index import read_index, write_index
 from radio_curation.errors import EmptyResultError, RadioCurationError, instantiate_user
-from radio_curation.runs.store import RunStore
-from radio_curation.tasks.stage import Run, run_stage
+from radio_curation.tasks.stage import Inputs, Run, Stage, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -33,24 +33,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     RadioCurationError
         If no cutouts run is given or an ID is not a complete cutouts run.
     """
-    ids = cfg.cutouts_ids
-    if ids is None or (isinstance(ids, ListConfig) and len(ids) == 0):
+    return run_stage(cfg, MERGE)
+
+
+def _check(inputs: Inputs) -> None:
+    given = inputs.cfg.cutouts_ids
+    if not given:
         raise RadioCurationError(
             "no cutouts runs to merge: give their IDs, e.g. extract.py stage=merge 'cutouts_ids=[cutouts-1a2b3c4d5e]'"
         )
-    store = RunStore.of(cfg)
-    given = [str(i) for i in (ids if isinstance(ids, ListConfig) else [ids])]
-    for run_id in given:
-        store.resolve(run_id, stage="cutouts")
+    given = [
+        str(i) for i in (given if isinstance(given, Sequence) and not isinstance(given, str) else [given])
+    ]
     repeated = sorted({i for i in given if given.count(i) > 1})
     if repeated:
-        # The run's parents list each run once (see parent_ids), so [A,A,B] is the run of [A,B].
+        # The run's parents list each run once, so [A,A,B] is the run of [A,B].
         log.warning("cutouts_ids names %s more than once; merging each run once", ", ".join(repeated))
-    merger = instantiate_user(cfg.merge)  # a bad merge setting stops before the run is claimed
-    return run_stage(cfg, cfg.stage, lambda run: _work(run, merger))
+    instantiate_user(inputs.cfg.merge)  # a bad merge setting stops before the run is claimed
 
 
-def _work(run: Run, merger: Any) -> None:
+def _work(run: Run) -> None:
+    merger = instantiate_user(run.cfg.merge)
     indexes = [read_index(parent.artifact("cutouts.h5")) for parent in run.parents]
     with run.timer("merge"):
         merged, counts = merger.merge(indexes)
@@ -72,3 +75,13 @@ def _work(run: Run, merger: Any) -> None:
     if len(merged):
         run.metrics["median_rms"] = float(np.nanmedian(col["rms"]))
         run.metrics["kept_fraction"] = counts["windows"] / max(counts["input"], 1)
+
+
+MERGE = Stage(
+    name="merge",
+    work=_work,
+    settings=("merge",),
+    parents={"cutouts_ids": "cutouts"},
+    check=_check,
+    headline="metrics.kept_fraction",
+)

@@ -31,14 +31,13 @@ from radio_curation.cutouts.index import read_index
 from radio_curation.data.datamodule import RestoreLoaderPosition, TrainingWindows
 from radio_curation.data.precision import check_first_batch, describe
 from radio_curation.data.preprocess import Preprocess
-from radio_curation.distributed import cluster_plugins, launched_rank, lightning_outside_srun
+from radio_curation.distributed import cluster_plugins, lightning_outside_srun
 from radio_curation.errors import RadioCurationError, instantiate_user
-from radio_curation.runs.resolvers import expected_run_dir
-from radio_curation.runs.store import RunRecord, RunStore
+from radio_curation.runs.store import RunRecord
 from radio_curation.ssl.base import SSLModule
 from radio_curation.ssl.checkpoint_io import AtomicCheckpointIO
 from radio_curation.ssl.monitor import OnlineKNN, TrackerLogger
-from radio_curation.tasks.stage import Run, check_precision, run_stage
+from radio_curation.tasks.stage import Inputs, Run, Stage, check_precision, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +67,6 @@ class TrainingSource:
     window_size: int
 
 
-def _merge_ancestor(store: RunStore, record: RunRecord) -> RunRecord:
-    """The merge run a sample run descends from (through its clusters and features runs)."""
-    queue, seen = [record], set()
-    while queue:
-        current = queue.pop(0)
-        if current.stage == "merge":
-            return current
-        for parent in current.parents:
-            if parent not in seen:
-                seen.add(parent)
-                queue.append(store.resolve(parent))
-    raise RadioCurationError(
-        f"run {record.run_id} does not descend from a merge run, so its windows cannot be read; "
-        f"check its lineage with `radio-curation runs lineage {record.run_id}`."
-    )
-
-
 def _select_size(
     cutout_ids: np.ndarray, index: dict[str, np.ndarray], window_size: int | None, what: str
 ) -> tuple[np.ndarray, int]:
@@ -102,16 +84,16 @@ def _select_size(
     return cutout_ids[keep], int(window_size)
 
 
-def resolve_source(cfg: DictConfig) -> TrainingSource:
+def resolve_source(inputs: Inputs) -> TrainingSource:
     """Find the windows to train on from ``subsample_id`` or ``source_id`` (+ ``random_subset``).
 
     Raises
     ------
     RadioCurationError
-        Neither or both IDs given, an ID of the wrong stage, ``random_subset`` with ``subsample_id`` or
-        larger than the source, a ``data.window_size`` the source does not have.
+        Neither or both IDs given, ``random_subset`` with ``subsample_id`` or larger than the source, a
+        ``data.window_size`` the source does not have.
     """
-    store = RunStore.of(cfg)
+    cfg = inputs.cfg
     subsample_id, source_id, subset = cfg.subsample_id, cfg.source_id, cfg.random_subset
     if (subsample_id is None) == (source_id is None):
         raise RadioCurationError(
@@ -125,12 +107,12 @@ def resolve_source(cfg: DictConfig) -> TrainingSource:
                 "random_subset draws from all cutouts of a merge run: use it with source_id=<merge run ID>, "
                 "not with subsample_id."
             )
-        record = store.resolve(str(subsample_id), stage="sample")
+        record = inputs.parent("subsample_id")
         ids, _ = read_subsample(record.artifact("subsample.h5"))
-        merge = _merge_ancestor(store, record)
+        merge = inputs.ancestor(record, "merge")
         what = f"subsample {record.run_id}"
     else:
-        record = merge = store.resolve(str(source_id), stage="merge")
+        record = merge = inputs.parent("source_id")
         ids = None
         what = f"merge run {record.run_id}"
     merged = merge.artifact("merged.h5")
@@ -189,43 +171,38 @@ def _knn_monitor(cfg: DictConfig, model: SSLModule) -> OnlineKNN | None:
 
 
 def _callbacks(cfg: DictConfig, run_dir: Path, knn: OnlineKNN | None) -> list[pl.Callback]:
-    callbacks: list[pl.Callback] = []
-    for name, node in (cfg.callbacks or {}).items():
-        if node is None:
-            continue
-        if name == "checkpoint":
-            callbacks.append(instantiate(node, dirpath=str(run_dir / CHECKPOINT_DIR)))
-        else:
-            callbacks.append(instantiate(node))
-    if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+    callbacks: list[pl.Callback] = [instantiate(node) for node in (cfg.callbacks or {}).values() if node]
+    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    if not checkpoints:
         raise RadioCurationError("callbacks.checkpoint is needed: training resumes from its last.ckpt.")
+    if not any(Path(c.dirpath or "") == run_dir / CHECKPOINT_DIR for c in checkpoints):
+        raise RadioCurationError(
+            f"no checkpoint callback writes to the run's {CHECKPOINT_DIR}/ (dirpath: "
+            f"{', '.join(str(c.dirpath) for c in checkpoints)}): training resumes from its last.ckpt; keep "
+            "callbacks.checkpoint.dirpath=${rc_run_dir:}/checkpoints"
+        )
     if knn is not None:
         callbacks.append(knn)
     callbacks.append(RestoreLoaderPosition())
     return callbacks
 
 
-def fit(
-    cfg: DictConfig, source: TrainingSource, run_dir: Path, run: Run | None = None
-) -> tuple[pl.Trainer, SSLModule]:
-    """Train in ``run_dir``, resuming from its ``last.ckpt`` if there is one.
+def fit(run: Run, source: TrainingSource) -> tuple[pl.Trainer, SSLModule]:
+    """Train in ``run.dir``, resuming from its ``last.ckpt`` if there is one.
 
     Parameters
     ----------
-    cfg
-        The composed ``train`` config.
+    run
+        The run's handle: its config view, directory (checkpoints, cache) and, on rank 0, trackers.
     source
         The windows to train on.
-    run_dir
-        The run directory (checkpoints, cache).
-    run
-        Rank 0's run handle (trackers); None on the other ranks.
 
     Returns
     -------
     tuple
         The trainer and the trained module.
     """
+    cfg, run_dir, owner = run.cfg, run.dir, run.rank == 0
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     model = _build_model(cfg)
     data = cfg.data
@@ -241,8 +218,8 @@ def fit(
         resident_gb=data.resident_gb,
         seed=int(cfg.seed),
     )
-    knn = _knn_monitor(cfg, model) if run is not None else None  # evaluated on rank 0 only
-    logger = TrackerLogger(run.tracker, run.run_id) if run is not None else False
+    knn = _knn_monitor(cfg, model) if owner else None  # evaluated on rank 0 only
+    logger = TrackerLogger(run.tracker, run.run_id) if owner else False
     with lightning_outside_srun():
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
@@ -285,14 +262,18 @@ def _metrics(trainer: pl.Trainer) -> dict[str, float]:
     return {short: float(metrics[name]) for name, short in names.items() if name in metrics}
 
 
-def _work(run: Run, source: TrainingSource) -> None:
+def _work(run: Run) -> None:
     cfg = run.cfg
+    source = resolve_source(run)
+    if run.rank > 0:
+        fit(run, source)
+        return
     resumed_at = None
     last = run.dir / LAST_CHECKPOINT
     if last.exists():
         resumed_at = int(torch.load(last, map_location="cpu", weights_only=False, mmap=True)["global_step"])
     with run.timer("fit"):
-        trainer, model = fit(cfg, source, run.dir, run)
+        trainer, model = fit(run, source)
     run.register(LAST_CHECKPOINT)
     with run.artifact("backbone.pt") as tmp:
         save_backbone(
@@ -330,8 +311,13 @@ def _work(run: Run, source: TrainingSource) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain the ``ssl`` method on the windows of ``subsample_id`` or ``source_id``; see the module doc."""
+    return run_stage(cfg, TRAIN)
+
+
+def _check(inputs: Inputs) -> None:
+    cfg = inputs.cfg
     check_precision(cfg.trainer.precision, "trainer.precision")
-    source = resolve_source(cfg)
+    source = resolve_source(inputs)
     check_first_batch(
         source.merged,
         source.cutout_ids,
@@ -341,15 +327,31 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         describe(cfg),
         "trainer.precision",
     )
-    if launched_rank() > 0:
-        run_dir = expected_run_dir(cfg)
-        trainer, _ = fit(cfg, source, run_dir)
-        return {
-            "run_id": run_dir.name,
-            "run_dir": str(run_dir),
-            "stage": cfg.stage.name,
-            "rank": trainer.global_rank,
-        }
-    return run_stage(
-        cfg, cfg.stage, lambda handle: _work(handle, source), resumable=[f"{CHECKPOINT_DIR}/*.ckpt"]
-    )
+
+
+TRAIN = Stage(
+    name="train",
+    work=_work,
+    parents={"subsample_id": "sample", "source_id": "merge", "backbone.model_id": "train"},
+    settings=("ssl", "backbone", "normalization", "augmentation", "data", "trainer", "random_subset", "seed"),
+    # Workers, caching, logging, checkpoint frequency and the online kNN monitor never change the model.
+    execution=(
+        "data.num_workers",
+        "data.cache",
+        "data.resident_gb",
+        "data.pin_memory",
+        "data.prefetch_factor",
+        "data.augment_on",
+        "trainer.accelerator",
+        "trainer.enable_progress_bar",
+        "trainer.enable_model_summary",
+        "trainer.log_every_n_steps",
+        "backbone.runs_dir",
+        "callbacks",
+        "monitor",
+    ),
+    check=_check,
+    resumable=(f"{CHECKPOINT_DIR}/*.ckpt",),
+    headline="metrics.loss",
+    distributed=True,
+)

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from radio_curation.tasks.stage import Run, run_stage
-
-FEATURES_SPEC = OmegaConf.create({"name": "features", "keys": ["data"], "parents": []})
+from radio_curation.tasks.stage import Run, Stage, run_stage
 
 
 def write_features_run(runs_dir: Path, x: np.ndarray, ids: np.ndarray | None = None, tag: str = "x") -> str:
@@ -24,7 +22,6 @@ def write_features_run(runs_dir: Path, x: np.ndarray, ids: np.ndarray | None = N
             "force": False,
             "experiment_name": "tests",
             "logger": None,
-            "store": {"execution_keys": []},
             "data": {"tag": tag, "n": len(x), "dim": int(x.shape[1])},
         }
     )
@@ -38,7 +35,8 @@ def write_features_run(runs_dir: Path, x: np.ndarray, ids: np.ndarray | None = N
             )
         run.counts["features"] = len(x)
 
-    return run_stage(cfg, FEATURES_SPEC, work)["run_id"]
+    stage = Stage(name="features", work=work, settings=("data",), headline="counts.features")
+    return run_stage(cfg, stage)["run_id"]
 
 
 @pytest.fixture

@@ -166,7 +166,7 @@ def _train_run(runs_dir: Path, global_size: int) -> str:
 
     from radio_curation.backbones.export import save_backbone
     from radio_curation.backbones.factory import timm_backbone
-    from radio_curation.tasks.stage import run_stage
+    from radio_curation.tasks.stage import Stage, run_stage
 
     cfg = OmegaConf.create(
         {
@@ -174,7 +174,6 @@ def _train_run(runs_dir: Path, global_size: int) -> str:
             "force": False,
             "experiment_name": "tests",
             "logger": None,
-            "store": {"execution_keys": []},
             "normalization": {
                 "_target_": "radio_curation.data.normalization.Standardize",
                 "mean": None,
@@ -188,8 +187,8 @@ def _train_run(runs_dir: Path, global_size: int) -> str:
         with run.artifact("backbone.pt") as tmp:
             save_backbone(timm_backbone("test_vit", in_chans=1, input_size=32), {"name": "test_vit"}, tmp)
 
-    spec = OmegaConf.create({"name": "train", "keys": ["augmentation"], "parents": []})
-    return run_stage(cfg, spec, work)["run_id"]
+    stage = Stage(name="train", work=work, settings=("augmentation",), headline="counts.images")
+    return run_stage(cfg, stage)["run_id"]
 
 
 def test_model_id_uses_the_train_runs_backbone_and_preprocessing(compose, labelled_folder, runs_dir):

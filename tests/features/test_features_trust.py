@@ -15,9 +15,9 @@ import torch
 
 from radio_curation.errors import RadioCurationError
 from radio_curation.features.io import BlockShards, FeatureFile
-from radio_curation.runs.identity import stage_identity
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import features as features_task
+from radio_curation.tasks.stage import stage_identity
 
 ROOT = Path(__file__).resolve().parents[2]
 RANDOM_RESNET = ["backbone=timm", "backbone.name=resnet10t", "backbone.checkpoint=null", "resize=64"]
@@ -51,7 +51,7 @@ def test_a_random_weight_backbone_is_the_same_network_in_every_run(compose, feat
 def test_batch_size_changes_the_identity_only_when_it_changes_the_rows(compose, features_overrides):
     def run_id(*extra: str) -> str:
         cfg = compose("extract", [*features_overrides, *extra])
-        return stage_identity(cfg, cfg.stage).base_id
+        return stage_identity(cfg, features_task.FEATURES_STAGE).base_id
 
     assert run_id("batch_size=8") == run_id("batch_size=16")
     assert run_id("limit_batches=2", "batch_size=8") != run_id("limit_batches=2", "batch_size=16")
@@ -107,7 +107,7 @@ def test_a_resumed_run_refuses_blocks_of_another_network(
         "batch_size=4",
     ]
     cfg = compose("extract", overrides)
-    run_dir = runs_dir / "features" / stage_identity(cfg, cfg.stage).base_id
+    run_dir = runs_dir / "features" / stage_identity(cfg, features_task.FEATURES_STAGE).base_id
     command = [
         sys.executable,
         str(ROOT / "extract.py"),

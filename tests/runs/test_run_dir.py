@@ -5,17 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from omegaconf import open_dict
 
-from radio_curation.runs.resolvers import expected_run_dir
-from tests.runs.toy import SPEC, toy_cfg, toy_run
+from radio_curation.tasks.stage import expected_run_dir
+from tests.runs.toy import toy_cfg, toy_run
 
 
 def _expected(runs_dir: Path, **kwargs) -> Path:
-    cfg = toy_cfg(runs_dir, **kwargs)
-    with open_dict(cfg):
-        cfg.stage = SPEC
-    return expected_run_dir(cfg)
+    return expected_run_dir(toy_cfg(runs_dir, **kwargs))
 
 
 def test_expected_run_dir_is_where_each_run_lands(runs_dir):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from radio_curation.tasks.stage import Run, run_stage
-
-SPEC = OmegaConf.create({"name": "toy", "keys": ["params"], "parents": ["source_id"]})
+from radio_curation.tasks.stage import Run, Stage, run_stage
 
 
 def toy_cfg(runs_dir: Path, force: bool = False, source_id: str | None = None, **params: Any) -> DictConfig:
@@ -19,7 +18,7 @@ def toy_cfg(runs_dir: Path, force: bool = False, source_id: str | None = None, *
             "force": force,
             "experiment_name": "tests",
             "logger": {"csv": {"_target_": "radio_curation.tracking.csv.CsvTracker", "_partial_": True}},
-            "store": {"execution_keys": ["params.workers"]},
+            "stage": {"declaration": "tests.runs.toy.TOY"},
             "source_id": source_id,
             "params": {"a": 1, "workers": 1, **params},
         }
@@ -36,10 +35,20 @@ def write_numbers(run: Run) -> None:
     run.metrics["sum"] = float(sum(range(run.cfg.params.a)))
 
 
+TOY = Stage(
+    name="toy",
+    work=write_numbers,
+    settings=("params",),
+    parents={"source_id": "toy"},
+    execution=("params.workers",),
+    headline="metrics.sum",
+)
+
+
 def toy_run(runs_dir: Path, work=write_numbers, resumable=("partial*",), **kwargs: Any) -> dict[str, Any]:
     """A toy run; files named ``partial*`` are the partial work a failed run keeps to resume."""
     cfg = toy_cfg(runs_dir, **kwargs)
-    return run_stage(cfg, SPEC, work, resumable=resumable)
+    return run_stage(cfg, replace(TOY, work=work, resumable=tuple(resumable)))
 
 
 def toy_run_in_process(runs_dir: str, force: bool, a: int, marker_dir: str) -> str:

@@ -20,8 +20,13 @@ from radio_curation.ssl.monitor import OnlineKNN
 from radio_curation.tasks import curate as curate_task
 from radio_curation.tasks import features as features_task
 from radio_curation.tasks import train as train_task
+from radio_curation.tasks.stage import resolve_inputs
 from tests.ssl.callbacks import KEPT
 from tests.ssl.conftest import tiny
+
+
+def _source(cfg) -> train_task.TrainingSource:
+    return train_task.resolve_source(resolve_inputs(cfg, train_task.TRAIN))
 
 
 def _manifest(runs_dir: Path, run_id: str) -> dict:
@@ -133,16 +138,16 @@ def test_rerun_resumes_from_last_checkpoint_at_the_saved_step(compose, merge_id,
 
 def test_random_subset_baseline_trains_on_n_windows_drawn_with_the_seed(compose, merge_id, runs_dir):
     overrides = tiny("byol", f"source_id={merge_id}", "random_subset=48", "++trainer.fast_dev_run=1")
-    first = train_task.resolve_source(compose("train", overrides))
-    again = train_task.resolve_source(compose("train", overrides))
-    other = train_task.resolve_source(compose("train", [*overrides, "seed=1"]))
+    first = _source(compose("train", overrides))
+    again = _source(compose("train", overrides))
+    other = _source(compose("train", [*overrides, "seed=1"]))
     assert len(first.cutout_ids) == 48
     assert np.array_equal(first.cutout_ids, again.cutout_ids)
     assert not np.array_equal(first.cutout_ids, other.cutout_ids)
     assert set(first.cutout_ids) <= set(WindowReader(first.merged).cutout_ids)
     result = train_task.run(compose("train", overrides))
     assert _manifest(runs_dir, result["run_id"])["counts"]["images"] == 48
-    everything = train_task.resolve_source(compose("train", tiny("byol", f"source_id={merge_id}")))
+    everything = _source(compose("train", tiny("byol", f"source_id={merge_id}")))
     assert len(everything.cutout_ids) == len(WindowReader(first.merged).cutout_ids)
 
 
@@ -151,7 +156,7 @@ def test_pixel_cache_gives_the_reader_pixels(compose, merge_id, runs_dir):
         compose("train", tiny("byol", f"source_id={merge_id}", "data.cache=true", "++trainer.fast_dev_run=1"))
     )
     cache = Path(result["run_dir"]) / "cache" / "pixels.h5"
-    source = train_task.resolve_source(compose("train", tiny("byol", f"source_id={merge_id}")))
+    source = _source(compose("train", tiny("byol", f"source_id={merge_id}")))
     from radio_curation.data.datamodule import CachedWindows
 
     cached = CachedWindows(cache)
