@@ -154,12 +154,14 @@ class Stage:
     def view(self, cfg: DictConfig) -> DictConfig:
         """The read-only, struct-mode part of ``cfg`` this stage may read (resolved).
 
+        Parent and execution keys the config does not have (an option without them) are left out.
+
         Raises
         ------
         RadioCurationError
-            A declared setting or parent key is not in ``cfg``.
+            A declared setting is not in ``cfg``.
         """
-        view = OmegaConf.create(select_keys(cfg, [*self.settings, *self.parents], self.execution))
+        view = OmegaConf.create(select_keys(cfg, self.settings, [*self.parents, *self.execution]))
         OmegaConf.set_struct(view, True)
         OmegaConf.set_readonly(view, True)
         return view
