@@ -89,3 +89,38 @@ def test_several_trackers_at_once(root):
 def test_mistyped_key_is_an_error(root):
     with pytest.raises(Exception, match="no_such_key"):
         _compose(root, ["no_such_key=1"])
+
+
+def _stages(root: str, cfg: DictConfig) -> list:
+    """The stages a root config runs: those of every ``stage`` option for extract.py."""
+    from radio_curation.tasks import curate, cutouts, features, merge
+    from radio_curation.tasks.stage import stage_of
+
+    return {
+        "extract": [cutouts.CUTOUTS, merge.MERGE, features.FEATURES_STAGE],
+        "curate": [curate.CLUSTER, curate.SAMPLE],
+    }.get(root) or [stage_of(cfg)]
+
+
+def _under_a_setting(key: str, settings: tuple[str, ...]) -> bool:
+    return any(key.startswith(f"{s}.") for s in settings)
+
+
+def test_every_stage_s_declared_keys_are_in_its_config_for_every_option():
+    from radio_curation.runs.identity import has_key
+
+    present_somewhere: dict[tuple[str, str], bool] = {}
+    for root, _, overrides in _cases():
+        cfg = _compose(root, overrides)
+        for stage in _stages(root, cfg):
+            for key in stage.settings:
+                assert has_key(cfg, key), f"{root} {overrides}: {stage.name} setting {key}"
+            for key in [*stage.execution, *stage.parents]:
+                found = has_key(cfg, key)
+                if not _under_a_setting(key, stage.settings):
+                    assert found, f"{root} {overrides}: {stage.name} declares {key}"
+                key_of = (stage.name, key)
+                present_somewhere[key_of] = present_somewhere.get(key_of, False) or found
+            assert OmegaConf.is_readonly(stage.view(cfg))
+    # A key inside a setting may belong to some options only (backbone.model_id: backbone=run), not to none.
+    assert [k for k, found in present_somewhere.items() if not found] == []

@@ -667,6 +667,9 @@ def declaration(cfg: DictConfig) -> Stage:
     name = cfg.eval.name
     if name not in EVALS:
         raise RadioCurationError(f"eval.name={name!r} is not one of {sorted(EVALS)}")
+    settings = tuple(cfg.eval.run_keys)
+    # Execution-only parts of the settings an evaluation uses (where a model or a sky is read from).
+    within = [k for k in ("backbone.runs_dir", "dataset.sky.data_dir") if k.split(".")[0] in settings]
     return Stage(
         name="evaluate",
         work=EVALS[name],
@@ -677,15 +680,8 @@ def declaration(cfg: DictConfig) -> Stage:
             "clusters_id": "cluster",
             "compare_id": "features",
         },
-        settings=tuple(cfg.eval.run_keys),
-        execution=(
-            "batch_size",
-            "device",
-            "backbone.runs_dir",
-            "dataset.sky.data_dir",
-            "paths.runs_dir",
-            "store.verify",
-        ),
+        settings=settings,
+        execution=("batch_size", "device", "paths.runs_dir", "store.verify", *within),
         headline=_HEADLINE[name],
     )
 
