@@ -18,14 +18,17 @@ from tests.runs.toy import TOY, toy_cfg, toy_run, write_numbers
 
 
 def test_a_stage_that_reads_an_undeclared_setting_fails(runs_dir):
+    read = []
+
     def peeks(run):
         write_numbers(run)
-        run.cfg.source_id  # a parent key: declared
-        run.cfg.params.workers  # an execution key: declared
-        run.cfg.experiment_name  # in the config, but not declared by the stage
+        read.append(run.cfg.source_id)  # a parent key: declared
+        read.append(run.cfg.params.workers)  # an execution key: declared
+        read.append(run.cfg.experiment_name)  # in the config, but not declared by the stage
 
     with pytest.raises(ConfigAttributeError, match="experiment_name"):
         toy_run(runs_dir, work=peeks, a=2)
+    assert read == [None, 1]
     # Nothing is left looking complete.
     assert not list(runs_dir.glob("toy/*/manifest.yaml"))
 
