@@ -144,6 +144,18 @@ class SSLModule(pl.LightningModule, ABC):
         """Images per optimizer step over all devices and accumulated batches."""
         return per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
+    def _steps_per_epoch(self, total: int, datamodule: Any, per_device: int) -> float:
+        """Optimizer steps per epoch, which the warm-up is counted in."""
+        batches = self.trainer.num_training_batches  # known once estimated_stepping_batches loaded the data
+        if math.isfinite(batches):
+            return batches / self.trainer.accumulate_grad_batches
+        # max_epochs=-1 (max_steps bounds the fit): Lightning does not load the data to count the steps; an
+        # epoch is then the datamodule's windows over the global batch, or, without them, the whole fit.
+        windows = len(getattr(datamodule, "cutout_ids", ()))
+        if windows and per_device:
+            return windows / self.global_batch_size(per_device)
+        return total
+
     def configure_optimizers(self) -> dict[str, Any]:
         """LARS/AdamW (per config) with linear warm-up and cosine decay per optimizer step.
 
@@ -163,13 +175,7 @@ class SSLModule(pl.LightningModule, ABC):
             ],
             lr=base_lr,
         )
-        # With max_steps set, Lightning has not loaded the train dataloader yet; warm-up is counted in epochs.
-        self.trainer.fit_loop.setup_data()
-        batches = self.trainer.num_training_batches
-        steps_per_epoch = (
-            total if not math.isfinite(batches) else batches / self.trainer.accumulate_grad_batches
-        )
-        steps_per_epoch = max(1, math.ceil(steps_per_epoch))
+        steps_per_epoch = max(1, math.ceil(self._steps_per_epoch(total, datamodule, per_device)))
         warmup = min(total, round(self.warmup_epochs * steps_per_epoch))
         scheduler = CosineWarmupScheduler(
             optimizer, warmup_epochs=warmup, max_epochs=total, end_value=self.min_lr_ratio

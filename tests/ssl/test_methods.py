@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -166,6 +167,28 @@ def test_optimizer_groups_schedule_and_batch_scaled_learning_rate():
     assert max(lrs) == pytest.approx(peak)
     assert all(a >= b for a, b in itertools.pairwise(lrs[4:]))
     assert lrs[-1] == pytest.approx(0.01 * peak)
+
+
+def test_warm_up_epochs_are_the_datamodule_s_when_max_steps_bounds_the_fit():
+    model = _model("simclr", warmup_epochs=1, min_lr_ratio=0.01, lr_batch_size=8)
+    lrs = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    class Windows(pl.LightningDataModule):
+        batch_size = 8
+        cutout_ids = np.arange(32)
+
+        def train_dataloader(self):
+            return _loader(n=len(self.cutout_ids), batch_size=self.batch_size)
+
+    trainer = _trainer(max_steps=12, callbacks=[Record()])  # max_epochs=-1: Lightning counts no epochs
+    trainer.fit(model, datamodule=Windows())
+    # 32 windows in batches of 8: the one-epoch warm-up is 4 steps of the 12.
+    assert lrs[:4] == pytest.approx([0.2 * k / 4 for k in (1, 2, 3, 4)])
+    assert lrs[4] == pytest.approx(0.2) > lrs[5] and len(lrs) == 12
 
 
 def test_learning_rate_scales_with_the_global_batch_including_accumulation():
