@@ -188,7 +188,7 @@ def test_warm_up_epochs_are_the_datamodule_s_when_max_steps_bounds_the_fit():
     trainer.fit(model, datamodule=Windows())
     # 32 windows in batches of 8: the one-epoch warm-up is 4 steps of the 12.
     assert lrs[:4] == pytest.approx([0.2 * k / 4 for k in (1, 2, 3, 4)])
-    assert lrs[4] == pytest.approx(0.2) > lrs[5] and len(lrs) == 12
+    assert lrs[4] == pytest.approx(0.2) and lrs[5] < lrs[4] and len(lrs) == 12
 
 
 def test_learning_rate_scales_with_the_global_batch_including_accumulation():
