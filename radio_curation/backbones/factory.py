@@ -382,18 +382,6 @@ def solo_learn_backbone(
     )
 
 
-def run_preprocessing(model_id: str, runs_dir: str) -> dict[str, Any] | None:
-    """The preprocessing the train run ``model_id`` stored with its ``backbone.pt`` (None: not stored).
-
-    ``{"input_size": px, "normalization": <normalization config>, "in_chans": n}``.
-    """
-    from radio_curation.backbones.export import read_preprocessing
-    from radio_curation.runs.store import RunStore
-
-    record = RunStore(runs_dir).resolve(str(model_id), stage="train")
-    return read_preprocessing(record.artifact("backbone.pt"))
-
-
 def run_backbone(
     model_id: str, runs_dir: str, module_name: str | None = None, pooling: str | None = None
 ) -> FeatureExtractor:
