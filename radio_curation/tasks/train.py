@@ -28,9 +28,10 @@ from radio_curation.backbones import build_backbone
 from radio_curation.backbones.export import save_backbone
 from radio_curation.curation.clusters import read_subsample
 from radio_curation.cutouts.index import read_index
-from radio_curation.data.datamodule import RestoreLoaderPosition, TrainingWindows
+from radio_curation.data.datamodule import RestoreLoaderPosition
 from radio_curation.data.precision import check_first_batch, describe
 from radio_curation.data.preprocess import Preprocess
+from radio_curation.data.training_data import TrainingData
 from radio_curation.distributed import cluster_plugins, lightning_outside_srun
 from radio_curation.errors import RadioCurationError, instantiate_user
 from radio_curation.runs.store import RunRecord
@@ -205,19 +206,8 @@ def fit(run: Run, source: TrainingSource) -> tuple[pl.Trainer, SSLModule]:
     cfg, run_dir, owner = run.cfg, run.dir, run.rank == 0
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     model = _build_model(cfg)
-    data = cfg.data
-    datamodule = TrainingWindows(
-        source.merged,
-        source.cutout_ids,
-        batch_size=data.batch_size,
-        num_workers=data.num_workers,
-        cache_path=run_dir / "cache" / "pixels.h5" if data.cache else None,
-        nan_fill=data.nan_fill,
-        pin_memory=data.pin_memory,
-        prefetch_factor=data.prefetch_factor,
-        resident_gb=data.resident_gb,
-        seed=int(cfg.seed),
-    )
+    data: TrainingData = instantiate_user(cfg.data)
+    datamodule = data.datamodule(source.merged, source.cutout_ids, run_dir, int(cfg.seed))
     knn = _knn_monitor(cfg, model) if owner else None  # evaluated on rank 0 only
     logger = TrackerLogger(run.tracker, run.run_id) if owner else False
     with lightning_outside_srun():
@@ -234,9 +224,7 @@ def fit(run: Run, source: TrainingSource) -> tuple[pl.Trainer, SSLModule]:
             "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm has no CPU implementation); "
             "set trainer.sync_batchnorm=false to train with DDP on CPUs."
         )
-    if data.augment_on not in ("auto", "device", "workers"):
-        raise RadioCurationError(f"data.augment_on={data.augment_on!r}: choose auto, device or workers.")
-    if data.augment_on == "workers" or (data.augment_on == "auto" and on_cpu):
+    if data.views_in_workers(on_cpu):
         datamodule.augmentation = model.augmentation
     last = run_dir / LAST_CHECKPOINT
     ckpt_path = str(last) if last.exists() else None
@@ -317,6 +305,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _check(inputs: Inputs) -> None:
     cfg = inputs.cfg
     check_precision(cfg.trainer.precision, "trainer.precision")
+    instantiate_user(cfg.data)
     source = resolve_source(inputs)
     check_first_batch(
         source.merged,
