@@ -220,3 +220,12 @@ def test_merge_killed_before_its_index_is_in_place_resumes(compose, runs_dir, da
     for name, column in want.items():
         np.testing.assert_array_equal(got[name], column)
     assert resumed["counts"] == reference["counts"] and not _leftovers(run_dir)
+
+
+def test_the_entry_point_returns_the_stage_s_headline_metric(compose):
+    import extract as entry_point  # the root script: its Hydra task function takes a composed config
+
+    cfg = compose("extract", ["stage=cutouts", *SMALL])
+    headline = entry_point.main(cfg)
+    assert isinstance(headline, float)
+    assert headline == extract.run(cfg)["counts"]["windows"] > 0  # the cutouts stage's headline: windows
