@@ -304,13 +304,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _check(inputs: Inputs) -> None:
     cfg = inputs.cfg
+    _check_settings(cfg)
     source = inputs.parent("source_id")
     if source is None:
         raise RadioCurationError(
             "no source: give the merge run to extract features of, e.g. "
             "extract.py stage=features source_id=merge-1a2b3c4d5e"
         )
-    _check_settings(cfg)
     normalization, resize, described = preprocessing(inputs)
     check_first_batch(
         source.artifact("merged.h5"),
