@@ -38,6 +38,8 @@ def test_help_and_cfg_job(name, tmp_path):
 def test_wrong_run_id_is_one_message_exit_2_and_leaves_no_run(tmp_path):
     done = _run("extract.py", "stage=merge", "cutouts_ids=[cutouts-0123456789]", f"paths.runs_dir={tmp_path}")
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("error: no run 'cutouts-0123456789'")
+    # The config key that named the run, then why it cannot be used.
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cutouts_ids=cutouts-0123456789: no run 'cutouts-0123456789'")
     assert "Traceback" not in done.stderr
     assert not list(tmp_path.glob("merge/*"))
