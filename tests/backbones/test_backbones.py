@@ -22,7 +22,7 @@ from radio_curation.backbones.factory import (
     torchvision_backbone,
 )
 from radio_curation.errors import RadioCurationError
-from radio_curation.runs.manifest import sha256sum, write_manifest
+from radio_curation.runs.manifest import SCHEME, sha256sum, write_manifest
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 2}
 
@@ -210,7 +210,8 @@ def _train_run(runs_dir: Path, extractor: FeatureExtractor, run_id: str = "train
     save_backbone(extractor, {"name": "resnet18"}, run_dir / "backbone.pt")
     artifacts = {"backbone.pt": {"sha256": sha256sum(run_dir / "backbone.pt")}}
     write_manifest(
-        run_dir, {"run_id": run_id, "stage": "train", "status": "complete", "artifacts": artifacts}
+        run_dir,
+        {"run_id": run_id, "stage": "train", "status": "complete", "scheme": SCHEME, "artifacts": artifacts},
     )
     return run_id
 
