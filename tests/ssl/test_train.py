@@ -111,6 +111,7 @@ def test_loss_decreases_over_a_few_dozen_steps_on_the_synthetic_sky(compose, mer
         (["monitor.dataset=cifar"], "not one of mirabest, fits_folder"),
         (["monitor.dataset=mirabest"], "monitor.root"),
         (["data.augment_on=gpu"], "choose auto, device or workers"),
+        (["callbacks.checkpoint.dirpath=/tmp/elsewhere"], r"dirpath=\$\{rc_run_dir:\}/checkpoints"),
     ],
 )
 def test_monitor_and_data_settings_are_checked(overrides, match, compose, merge_id):
