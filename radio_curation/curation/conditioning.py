@@ -22,6 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from radio_curation.atomic import atomic_path
 from radio_curation.errors import RadioCurationError
 from radio_curation.features.io import FeatureSource
 
@@ -126,10 +127,8 @@ class ConditioningFit:
 
 def save_conditioning(path: Path, fit: ConditioningFit) -> None:
     """Write ``fit`` to its own HDF5 file (atomically), so a resumed clustering reuses it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         fit.save(f)
-    tmp.replace(path)
 
 
 def load_conditioning(path: Path) -> ConditioningFit:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import h5py
 import numpy as np
 
+from radio_curation.atomic import atomic_path, write_atomic
 from radio_curation.errors import RadioCurationError
 
 
@@ -219,7 +220,7 @@ class BlockShards:
             return plan
         plan = Plan(int(n_rows), int(block_rows), str(source_id), model)
         self.directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.directory / "plan.json", json.dumps(asdict(plan)).encode())
+        write_atomic(self.directory / "plan.json", json.dumps(asdict(plan)).encode())
         return plan
 
     def done(self) -> set[int]:
@@ -235,30 +236,17 @@ class BlockShards:
 
     def write(self, block: int, cutout_ids: np.ndarray, features: np.ndarray, rank: int) -> None:
         """Write one complete block atomically (temporary file, fsync, rename)."""
-        final = self.block_path(block)
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=features)
-            f.create_dataset("cutout_id", data=np.asarray(cutout_ids, dtype=np.int64))
-            f.attrs["block"] = block
-            f.attrs["rank"] = rank
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        with atomic_path(self.block_path(block), fsync=True) as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("features", data=features)
+                f.create_dataset("cutout_id", data=np.asarray(cutout_ids, dtype=np.int64))
+                f.attrs["block"] = block
+                f.attrs["rank"] = rank
 
     def read(self, block: int) -> tuple[np.ndarray, np.ndarray, int]:
         """``(cutout_id, features, rank that wrote it)`` of a written block."""
         with h5py.File(self.block_path(block), "r") as f:
             return f["cutout_id"][:], f["features"][:], int(f.attrs["rank"])
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def consolidate(
