@@ -28,7 +28,7 @@ from radio_curation.curation.clusters import read_subsample
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.enrichment import Enrichment, enrichment
-from radio_curation.evaluation.inputs import StoredFeatures, positions, window_labels, window_table
+from radio_curation.evaluation.inputs import positions, window_labels, window_table
 from radio_curation.evaluation.radio_stats import radio_statistics
 from radio_curation.evaluation.seeds import (
     PairedDifference,
@@ -36,6 +36,7 @@ from radio_curation.evaluation.seeds import (
     seed_spread,
 )
 from radio_curation.evaluation.truth_probe import grouped_knn_balanced_accuracy
+from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import curate as curate_task
 from radio_curation.tasks import cutouts as cutouts_task
@@ -201,7 +202,7 @@ class BootstrapLoop:
         def knn(x: np.ndarray) -> float:
             return grouped_knn_balanced_accuracy(x, labels[labelled], groups[labelled], seed=0)
 
-        features_file = StoredFeatures(store.resolve(runs.features, stage="features").artifact("features.h5"))
+        features_file = FeatureFile(store.resolve(runs.features, stage="features").artifact("features.h5"))
         bootstrap_features = features_file.read(
             positions(features_file.cutout_ids, ids[labelled], runs.features)
         )

@@ -24,7 +24,7 @@ import numpy as np
 
 from radio_curation.atomic import atomic_path
 from radio_curation.errors import RadioCurationError
-from radio_curation.features.io import FeatureSource
+from radio_curation.features.matrix import FeatureMatrix
 
 #: Rows transformed at once (25 MiB of 384-d float32).
 BLOCK_ROWS = 16384
@@ -89,7 +89,7 @@ class ConditioningFit:
             out[start : start + len(block)] = block
         return out
 
-    def source(self, features: FeatureSource) -> ConditionedFeatures:
+    def source(self, features: FeatureMatrix) -> ConditionedFeatures:
         """``features`` seen through this conditioning (chunk by chunk, nothing held in memory)."""
         return ConditionedFeatures(features, self)
 
@@ -138,9 +138,10 @@ def load_conditioning(path: Path) -> ConditioningFit:
 
 
 class ConditionedFeatures:
-    """A :class:`FeatureSource` source whose rows come out conditioned (the source's arrays untouched)."""
+    """A :class:`~radio_curation.features.matrix.FeatureMatrix` whose rows come out conditioned (the
+    underlying matrix untouched)."""
 
-    def __init__(self, features: FeatureSource, fit: ConditioningFit) -> None:
+    def __init__(self, features: FeatureMatrix, fit: ConditioningFit) -> None:
         self.features = features
         self.fit = fit
 
@@ -152,7 +153,11 @@ class ConditionedFeatures:
     def dim(self) -> int:
         return self.fit.out_dim(self.features.dim)
 
-    def read(self, rows: np.ndarray) -> np.ndarray:
+    @property
+    def cutout_ids(self) -> np.ndarray:
+        return self.features.cutout_ids
+
+    def read(self, rows: np.ndarray | None = None) -> np.ndarray:
         return self.fit.transform(self.features.read(rows))
 
     def iter_chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:

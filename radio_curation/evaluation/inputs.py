@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from radio_curation.cutouts.index import read_index
 from radio_curation.data.catalogue import WindowCatalogue
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.errors import RadioCurationError
-from radio_curation.features.io import FeatureFile, FeatureSource
 from radio_curation.runs.store import RunRecord, RunStore
 
 
@@ -45,81 +43,6 @@ def require_ancestor(store: RunStore, record: RunRecord, stage: str, why: str) -
             f"(see `radio-curation runs lineage {record.run_id}`)"
         )
     return found
-
-
-class RowView:
-    """Selected rows of a feature source, seen as a feature source of their own.
-
-    Parameters
-    ----------
-    source : FeatureSource
-        The full matrix (e.g. a ``FeatureFile``).
-    rows : np.ndarray
-        Ascending rows of ``source`` to expose, in order.
-    """
-
-    def __init__(self, source: FeatureSource, rows: np.ndarray) -> None:
-        self.source = source
-        self.rows = np.asarray(rows, dtype=np.int64)
-
-    @property
-    def n(self) -> int:
-        """Number of exposed rows."""
-        return len(self.rows)
-
-    @property
-    def dim(self) -> int:
-        """Feature dimension."""
-        return self.source.dim
-
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """Rows of the view (not of the source) as float32."""
-        rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        out[order] = self.source.read(self.rows[rows[order]])
-        return out
-
-    def iter_chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start, rows start:start+rows of the view)``."""
-        for start in range(0, self.n, rows):
-            yield start, self.source.read(self.rows[start : start + rows])
-
-
-class StoredFeatures:
-    """A ``features.h5`` as a feature source that opens the file only while reading.
-
-    Parameters
-    ----------
-    path : Path
-        The features file of a features run.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        with FeatureFile(self.path) as f:
-            self._n, self._dim = f.n, f.dim
-            self.cutout_ids = np.asarray(f.cutout_ids, dtype=np.int64)
-
-    @property
-    def n(self) -> int:
-        """Number of rows."""
-        return self._n
-
-    @property
-    def dim(self) -> int:
-        """Feature dimension."""
-        return self._dim
-
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (any order) as float32."""
-        with FeatureFile(self.path) as f:
-            return f.read(np.asarray(rows, dtype=np.int64))
-
-    def iter_chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start, rows start:start+rows)`` as float32."""
-        with FeatureFile(self.path) as f:
-            yield from f.iter_chunks(rows)
 
 
 def positions(all_ids: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:

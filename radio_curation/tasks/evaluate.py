@@ -34,8 +34,6 @@ from radio_curation.evaluation.embed import dihedral, embed_images, resolve_devi
 from radio_curation.evaluation.enrichment import enrichment, rare_classes
 from radio_curation.evaluation.html import Section, Table, render_html
 from radio_curation.evaluation.inputs import (
-    RowView,
-    StoredFeatures,
     ancestor,
     build_model,
     positions,
@@ -53,8 +51,7 @@ from radio_curation.evaluation.representation import (
     spectrum_metrics,
     uniformity,
 )
-from radio_curation.evaluation.similarity import ArrayFeatures
-from radio_curation.features.io import FeatureSource
+from radio_curation.features.matrix import FeatureArray, FeatureFile, FeatureMatrix
 from radio_curation.runs.store import RunRecord, RunStore
 from radio_curation.tasks.stage import Run, run_stage
 
@@ -120,12 +117,13 @@ def _parent(run: Run, key: str, stage: str) -> RunRecord:
     return _store(run.cfg).resolve(str(run.cfg[key]), stage=stage)
 
 
-class Pool:
-    """The feature rows of a features run with their windows: what the map/neighbour/report evals use."""
+class WindowFeatures:
+    """A features run's feature matrix with the windows its rows describe (their table and pixels): what
+    the map, neighbour and report evaluations use."""
 
     def __init__(self, store: RunStore, features_run: RunRecord) -> None:
         self.features_run = features_run
-        self.file = StoredFeatures(features_run.artifact("features.h5"))
+        self.file = FeatureFile(features_run.artifact("features.h5"))
         self.merge_run = require_ancestor(store, features_run, "merge", "reading window positions and pixels")
         self.merged = self.merge_run.artifact("merged.h5")
         self.cutout_ids = np.asarray(self.file.cutout_ids, dtype=np.int64)
@@ -157,7 +155,7 @@ class Pool:
 
 
 def _labels_or_none(
-    cfg: DictConfig, pool: Pool, info: dict[str, Any]
+    cfg: DictConfig, pool: WindowFeatures, info: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Catalogue labels of the pool's windows and the source that labels each (see ``window_labels``),
     or None when no catalogue applies (noted in ``info``)."""
@@ -185,7 +183,7 @@ def _labelled_set(run: Run, info: dict[str, Any]) -> tuple[np.ndarray, LabelledI
     """
     cfg = run.cfg
     if cfg.features_id:
-        pool = Pool(_store(cfg), _parent(run, "features_id", "features"))
+        pool = WindowFeatures(_store(cfg), _parent(run, "features_id", "features"))
         matched = _labels_or_none(cfg, pool, info)
         if matched is None:
             raise RadioCurationError(
@@ -272,8 +270,8 @@ def _representation(run: Run) -> None:
     if cfg.compare_id and not cfg.features_id:
         raise RadioCurationError("compare_id compares two features runs: give features_id=<features run> too")
     if cfg.features_id:
-        pool = Pool(_store(cfg), _parent(run, "features_id", "features"))
-        source: FeatureSource = pool.file
+        pool = WindowFeatures(_store(cfg), _parent(run, "features_id", "features"))
+        source: FeatureMatrix = pool.file
         name = str(cfg.features_id)
         info["source"] = f"features run {cfg.features_id}"
         with run.timer("spectrum"):
@@ -292,7 +290,7 @@ def _representation(run: Run) -> None:
         device = resolve_device(cfg.device)
         x = embed_images(extractor, preprocess, data.images, int(cfg.batch_size), device)
         y = embed_images(extractor, preprocess, data.images, int(cfg.batch_size), device, transform=dihedral)
-        source = ArrayFeatures(x)
+        source = FeatureArray(x)
         name = "model"
         acc = accumulate([x], x.shape[1])
         align = alignment(x, y)
@@ -303,7 +301,7 @@ def _representation(run: Run) -> None:
     spectra = {name: spectrum}
     details: dict[str, Any] = {"spectrum": spectrum, "info": info}
     if cfg.compare_id:
-        other = StoredFeatures(_parent(run, "compare_id", "features").artifact("features.h5"))
+        other = FeatureFile(_parent(run, "compare_id", "features").artifact("features.h5"))
         with run.timer("compare"):
             other_acc = accumulate((chunk for _, chunk in other.iter_chunks(CHUNK)), other.dim)
         other_health, other_spectrum = spectrum_metrics(other_acc)
@@ -320,7 +318,7 @@ def _representation(run: Run) -> None:
     out.finish(metrics, {"n_rows": acc.n, "n_images": acc.n, "feature_dim": int(acc.total.shape[0])}, details)
 
 
-def _uniformity(source: FeatureSource, sample: int, rng: np.random.Generator) -> float:
+def _uniformity(source: FeatureMatrix, sample: int, rng: np.random.Generator) -> float:
     rows = np.sort(rng.choice(source.n, min(source.n, sample), replace=False))
     return uniformity(source.read(rows))
 
@@ -340,8 +338,8 @@ def _umap(run: Run) -> None:
             features_run = _parent(run, "features_id", "features")
         else:
             features_run = require_ancestor(store, sample_run, "features", "the pool's map")
-        pool = Pool(store, features_run)
-        source: FeatureSource = pool.file
+        pool = WindowFeatures(store, features_run)
+        source: FeatureMatrix = pool.file
         ids = pool.cutout_ids
         clusters = _clusters_for(run, store, sample_run or features_run)
         if clusters is not None:
@@ -370,7 +368,7 @@ def _umap(run: Run) -> None:
         extractor, preprocess, model_info = build_model(cfg)
         info.update(model_info, source="labelled dataset")
         x = embed_images(extractor, preprocess, data.images, int(cfg.batch_size), resolve_device(cfg.device))
-        source = ArrayFeatures(x)
+        source = FeatureArray(x)
         ids = data.names
         colours["label"] = np.asarray(data.class_names)[data.labels]
     with run.timer("umap"):
@@ -429,7 +427,7 @@ def _clusters_for(
         return None
     hierarchy = Hierarchy.load(cluster_run.artifact("clusters.h5"))
     features_run = require_ancestor(store, cluster_run, "features", "the clustering")
-    ids = StoredFeatures(features_run.artifact("features.h5")).cutout_ids
+    ids = FeatureFile(features_run.artifact("features.h5")).cutout_ids
     rows = positions(ids, hierarchy.cutout_id, f"features run {features_run.run_id}")
     return hierarchy, rows, features_run
 
@@ -440,7 +438,7 @@ def _clusters_for(
 def _neighbours(run: Run) -> None:
     cfg, ev = run.cfg, run.cfg.eval
     out = Outputs(run)
-    pool = Pool(_store(cfg), _parent(run, "features_id", "features"))
+    pool = WindowFeatures(_store(cfg), _parent(run, "features_id", "features"))
     table = pool.table
     pairs = adjacent_pairs(table["mosaic"], table["y0"], table["x0"], table["size"], float(ev.max_offset))
     with run.timer("distance_test"):
@@ -488,9 +486,9 @@ def _curation_report(run: Run) -> None:
             f"subsample {cfg.subsample_id} has no clustering in its lineage; give clusters_id=<cluster run>"
         )
     hierarchy, cluster_rows, features_run = clusters
-    pool_all = Pool(store, features_run)
+    pool_all = WindowFeatures(store, features_run)
     # The pool is what was clustered (rows with NaN features may have been left out).
-    pool = RowView(pool_all.file, cluster_rows)
+    pool = pool_all.file.subset(cluster_rows)
     pool_ids = hierarchy.cutout_id.astype(np.int64)
     sub_ids = read_subsample(sample_run.artifact("subsample.h5"))[0]
     sub_rows = positions(pool_ids, np.sort(sub_ids), f"clustering of {sample_run.run_id}")
@@ -567,7 +565,7 @@ def _curation_report(run: Run) -> None:
 
 def _exemplar_pages(
     out: Outputs,
-    pool_all: Pool,
+    pool_all: WindowFeatures,
     pool_ids: np.ndarray,
     paths: np.ndarray,
     sets: dict[str, np.ndarray],

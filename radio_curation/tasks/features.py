@@ -39,7 +39,8 @@ from radio_curation.features.extraction import (
     FeatureModule,
     RateBar,
 )
-from radio_curation.features.io import BlockShards, FeatureFile, Plan, consolidate
+from radio_curation.features.io import BlockShards, Plan, consolidate
+from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.manifest import COMPLETE, read_manifest
 from radio_curation.runs.resolvers import expected_run_dir
 from radio_curation.runs.store import RunRecord, RunStore

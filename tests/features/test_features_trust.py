@@ -14,7 +14,8 @@ import timm
 import torch
 
 from radio_curation.errors import RadioCurationError
-from radio_curation.features.io import BlockShards, FeatureFile
+from radio_curation.features.io import BlockShards
+from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.identity import stage_identity
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import features as features_task

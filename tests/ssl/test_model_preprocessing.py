@@ -6,7 +6,7 @@ import torch
 
 from radio_curation.backbones.export import read_preprocessing
 from radio_curation.evaluation.inputs import build_model
-from radio_curation.features.io import FeatureFile
+from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import features as features_task
 from radio_curation.tasks import train as train_task
