@@ -21,9 +21,11 @@ def _groups(root: str) -> dict[str, list[str]]:
     choices = _compose(root, [], hydra_config=True).hydra.runtime.choices
     groups = {}
     for group in choices:
-        if group.startswith("hydra/") or group == "hydra" or not (CONFIG_DIR / group).is_dir():
+        # A group placed in another package (dataset@monitor.dataset) is overridden by that same key.
+        directory = CONFIG_DIR / group.split("@")[0]
+        if group.startswith("hydra/") or group == "hydra" or not directory.is_dir():
             continue
-        groups[group] = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        groups[group] = sorted(p.stem for p in directory.glob("*.yaml"))
     return groups
 
 
@@ -61,7 +63,24 @@ def _targets(node, path: str = "") -> list[tuple[str, str]]:
 
 def test_every_root_uses_the_common_groups():
     for root in ROOTS:
-        assert {"paths", "logger"} <= set(_groups(root)), root
+        assert {"paths", "logger", "catalogue", "dataset@monitor.dataset"} <= set(_groups(root)), root
+
+
+def test_the_monitor_reads_a_labelled_set_of_the_dataset_group():
+    assert _compose("train", []).monitor.dataset is None
+    cfg = _compose(
+        "train", ["dataset@monitor.dataset=mirabest", "monitor.dataset.root=/data/mb", "dataset=synthetic"]
+    )
+    assert cfg.monitor.dataset._target_ == "radio_curation.data.datasets.MiraBest"
+    assert cfg.monitor.dataset.root == "/data/mb" and cfg.dataset._target_.endswith("SyntheticWindows")
+
+
+def test_evaluations_read_the_catalogue_group():
+    for name in ("linear_probe", "knn", "umap", "curation_report"):
+        cfg = _compose("evaluate", [f"eval={name}", "catalogue=lotss_dr2", "catalogue.path=/data/dr2.fits"])
+        assert cfg.eval.catalogue.label_column == "S_Code" and cfg.eval.catalogue.path == "/data/dr2.fits"
+    assert _compose("evaluate", ["catalogue=none"]).eval.catalogue.path is None
+    assert _compose("evaluate", ["experiment=bootstrap"]).eval.catalogue.min_flux == 5.0e-4
 
 
 @pytest.mark.parametrize(("root", "round_", "overrides"), _cases())

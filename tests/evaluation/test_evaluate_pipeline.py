@@ -19,6 +19,7 @@ from scipy.stats import mannwhitneyu
 
 from radio_curation.curation.clusters import Hierarchy, read_subsample
 from radio_curation.evaluation.neighbours import adjacent_pairs, random_pairs
+from radio_curation.evaluation.pool import Pool
 from radio_curation.features.io import FeatureFile
 from radio_curation.runs.manifest import read_manifest
 from radio_curation.runs.store import RunStore
@@ -94,7 +95,7 @@ def _n_features(pipeline) -> int:
 
 def _features_and_windows(pipeline, key: str = "features") -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """All feature rows (float64) of a features run and their window table, read directly."""
-    pool = evaluate.Pool(pipeline["runs"], pipeline["runs"].resolve(pipeline[key]))
+    pool = Pool(pipeline["runs"], pipeline["runs"].resolve(pipeline[key]))
     return pool.file.read(np.arange(pool.file.n)).astype(np.float64), pool.table
 
 

@@ -17,7 +17,6 @@ from scipy.spatial.distance import pdist
 
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.embed import embed_images
-from radio_curation.evaluation.inputs import build_model
 from radio_curation.tasks import evaluate
 
 MODEL = ["backbone=resnet18", "normalization=minmax", "resize=32", "batch_size=16", "device=cpu"]
@@ -114,7 +113,7 @@ def test_representation_of_a_model_on_a_dataset(compose, labelled_folder):
     m = metrics["metrics"]
     assert metrics["n_images"] == 60 and metrics["feature_dim"] == 512
     # The same seeded model on the same images, the metrics then computed from their definitions.
-    extractor, preprocess, _ = build_model(cfg)
+    extractor, preprocess, _ = evaluate.inputs(cfg, evaluate.evaluation(cfg)).images.model()
     images = instantiate(cfg.dataset).load().images
     x = embed_images(extractor, preprocess, images).astype(np.float64)
     # Positives: each image rotated by 90° and mirrored, done here on the raw pixels.

@@ -69,8 +69,8 @@ def test_loss_decreases_over_a_few_dozen_steps_on_the_synthetic_sky(compose, mer
             f"source_id={merge_id}",
             "trainer.max_epochs=4",
             "ssl.optimizer.lr=0.5",
-            "monitor.dataset=mirabest",
-            f"monitor.root={shared_data / 'mirabest'}",
+            "dataset@monitor.dataset=mirabest",
+            f"monitor.dataset.root={shared_data / 'mirabest'}",
             "monitor.every_n_epochs=2",
             "+callbacks.keep._target_=tests.ssl.callbacks.KeepModel",
             "+callbacks.keep.key=knn",
@@ -103,8 +103,7 @@ def test_loss_decreases_over_a_few_dozen_steps_on_the_synthetic_sky(compose, mer
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (["monitor.dataset=cifar"], "not one of mirabest, fits_folder"),
-        (["monitor.dataset=mirabest"], "monitor.root"),
+        (["dataset@monitor.dataset=fits_folder", "monitor.dataset.root=/no/such/folder"], "label table"),
         (["data.augment_on=gpu"], "choose auto, device or workers"),
     ],
 )
