@@ -244,6 +244,24 @@ def test_knn_on_windows_labelled_by_the_truth_catalogue(pipeline):
     assert 0.0 <= metrics["metrics"]["knn/accuracy_mean"] <= 1.0
 
 
+def test_settings_that_change_the_result_change_the_run_id(pipeline):
+    rare = "[fri,frii,resolved,wat,ht,halo,relic]"
+    base = ["eval=knn", f"features_id={pipeline['features']}", "eval.folds=2", f"eval.exclude_labels={rare}"]
+
+    def run(overrides: list[str]) -> dict:
+        return evaluate.run(pipeline["compose"]("evaluate", [*base, *overrides]))
+
+    first = run([])
+    again = run(["batch_size=7", "device=cpu"])  # execution-only: how fast and where it is computed
+    assert again["reused"] and again["run_id"] == first["run_id"]
+    # Each of these changes the result (the catalogue's min_flux relabels faint windows as empty).
+    ids = {first["run_id"]}
+    for changed in (["eval.k=5"], ["seed=1"], ["catalogue.min_flux=1.0e-3"], ["eval.dpi=60"]):
+        other = run(changed)
+        assert not other["reused"] and other["run_id"] not in ids, changed
+        ids.add(other["run_id"])
+
+
 def test_representation_compares_two_feature_sets(pipeline):
     ours, theirs = pipeline["features"], pipeline["other_features"]
     metrics, run_dir = _evaluate(
