@@ -237,7 +237,8 @@ def test_curated_subsample_trains_and_its_model_extracts_features(compose, merge
 def test_training_in_a_precision_that_cannot_hold_the_normalised_windows_stops_before_it_starts(
     compose, merge_id, runs_dir
 ):
-    # The old pipeline's imagenet recipe on raw Jy/beam pixels, trained in bf16.
+    # The imagenet recipe of the per-cutout .npy scripts this project replaces, on raw Jy/beam pixels,
+    # trained in bf16.
     old = ["normalization=imagenet", "normalization.rescale=null", "trainer.precision=bf16-mixed"]
     with pytest.raises(RadioCurationError, match=r"normalization .*with trainer.precision=bf16-mixed"):
         train_task.run(compose("train", tiny("byol", f"source_id={merge_id}", *old)))
