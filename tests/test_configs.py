@@ -79,6 +79,7 @@ def test_evaluations_read_the_catalogue_group():
     for name in ("linear_probe", "knn", "umap", "curation_report"):
         cfg = _compose("evaluate", [f"eval={name}", "catalogue=lotss_dr2", "catalogue.path=/data/dr2.fits"])
         assert cfg.eval.catalogue.label_column == "S_Code" and cfg.eval.catalogue.path == "/data/dr2.fits"
+    assert OmegaConf.is_missing(_compose("evaluate", ["catalogue=lotss_dr2"]).catalogue, "path")
     assert _compose("evaluate", ["catalogue=none"]).eval.catalogue.path is None
     assert _compose("evaluate", ["experiment=bootstrap"]).eval.catalogue.min_flux == 5.0e-4
 
