@@ -18,6 +18,7 @@ from scipy.spatial.distance import pdist
 from scipy.stats import mannwhitneyu
 
 from radio_curation.curation.clusters import Hierarchy, read_subsample
+from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.neighbours import adjacent_pairs, random_pairs
 from radio_curation.evaluation.pool import Pool
 from radio_curation.features.io import FeatureFile
@@ -242,6 +243,15 @@ def test_knn_on_windows_labelled_by_the_truth_catalogue(pipeline):
     assert metrics["n_images"] == sum(metrics["classes"].values())
     assert metrics["info"]["labels"].endswith("truth.fits")
     assert 0.0 <= metrics["metrics"]["knn/accuracy_mean"] <= 1.0
+
+
+def test_the_catalogue_group_decides_what_labels_the_windows(pipeline):
+    probe = ["eval=knn", f"features_id={pipeline['features']}", "eval.folds=2"]
+    with pytest.raises(RadioCurationError, match="has no window labels"):
+        _evaluate(pipeline, [*probe, "catalogue=none"])
+    with pytest.raises(RadioCurationError, match=r"no_such\.fits not found; set catalogue\.path"):
+        _evaluate(pipeline, [*probe, "catalogue.path=/no_such.fits"])
+    assert all(r.manifest["status"] == "complete" for r in pipeline["runs"].runs("evaluate"))  # none left
 
 
 def test_settings_that_change_the_result_change_the_run_id(pipeline):
