@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_method
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from radio_curation.tasks import evaluate
 from tests.conftest import CONFIG_DIR
 
 ROOTS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
@@ -73,6 +74,17 @@ def test_the_monitor_reads_a_labelled_set_of_the_dataset_group():
     )
     assert cfg.monitor.dataset._target_ == "radio_curation.data.datasets.MiraBest"
     assert cfg.monitor.dataset.root == "/data/mb" and cfg.dataset._target_.endswith("SyntheticWindows")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[f"eval={p.stem}"] for p in sorted((CONFIG_DIR / "eval").glob("*.yaml"))]
+    + [[f"experiment={p.stem}"] for p in sorted((CONFIG_DIR / "experiment").glob("*.yaml"))],
+)
+def test_the_chosen_evaluation_builds_from_its_config(overrides):
+    cfg = _compose("evaluate", [*overrides, "seed=3"], hydra_config=True)
+    built = evaluate.evaluation(cfg)
+    assert built.name == cfg.hydra.runtime.choices["eval"] and built.seed == 3
 
 
 def test_evaluations_read_the_catalogue_group():
