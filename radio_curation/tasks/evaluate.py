@@ -90,7 +90,4 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     chosen = evaluation(cfg)
     read = inputs(cfg, chosen)
-    spec = OmegaConf.create(
-        {"name": "evaluate", "keys": chosen.result_keys(), "parents": list(chosen.parents)}
-    )
-    return run_stage(cfg, spec, lambda run: chosen.run(run, read))
+    return run_stage(cfg, cfg.stage, lambda run: chosen.run(run, read))
