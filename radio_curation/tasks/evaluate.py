@@ -50,7 +50,13 @@ for _name, _resolver in (("rc_eval_keys", result_keys), ("rc_eval_parents", pare
 
 def evaluation(cfg: DictConfig) -> Evaluation:
     """The evaluation ``cfg.eval`` configures."""
-    _declared(cfg)
+    cls = _declared(cfg)
+    # Keys it reads through interpolation (catalogue.path of catalogue=lotss_dr2) are named as the user sets them.
+    missing = sorted(OmegaConf.missing_keys(cfg.eval))
+    if missing:
+        raise RadioCurationError(
+            f"eval={cls.name} needs a value for {', '.join(missing)}: set it, e.g. {missing[0]}=..."
+        )
     return instantiate(cfg.eval, _convert_="all")
 
 

@@ -159,6 +159,7 @@ def test_umap_of_a_labelled_dataset(compose, labelled_folder):
         (["eval=neighbours", "features_id=features-1", "compare_id=features-2"], "not compare_id"),
         (["eval=linear_probe", "subsample_id=sample-1"], "reads model_id, features_id, not subsample_id"),
         (["eval=representation", "compare_id=features-2"], "give features_id"),
+        (["eval=knn", "catalogue=lotss_dr2"], "eval=knn needs a value for catalogue.path"),
     ],
 )
 def test_evaluations_say_which_runs_they_read(compose, runs_dir, overrides, message):
