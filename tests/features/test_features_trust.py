@@ -82,7 +82,8 @@ def test_bf16_mixed_features_agree_with_float32(compose, features_overrides, run
 
 
 def test_a_normalisation_bf16_cannot_hold_stops_before_the_run_starts(compose, features_overrides, runs_dir):
-    # The old pipeline's imagenet recipe: 0.45 subtracted from raw Jy/beam pixels.
+    # The imagenet recipe of the per-cutout .npy scripts this project replaces: 0.45 subtracted from raw
+    # Jy/beam pixels.
     overrides = [
         *features_overrides,
         "normalization=imagenet",
