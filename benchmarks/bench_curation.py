@@ -42,8 +42,9 @@ from radio_curation.curation.kmeans import (
     kmeans,
     select_per_cluster,
 )
-from radio_curation.curation.loading import ArrayFeatures, load_features
-from radio_curation.curation.samplers import BalancedSampler, Compose, Pool, cluster_counts
+from radio_curation.curation.loading import load_features
+from radio_curation.curation.samplers import BalancedSampler, ClusteredPool, Compose, cluster_counts
+from radio_curation.features.matrix import FeatureFile
 
 
 def gemm_gflops(rows: int, dim: int, k: int, device: str = "cpu", repeats: int = 5) -> dict[str, float]:
@@ -204,8 +205,8 @@ def _hierarchical_child(
     torch.set_num_threads(threads)
     with threadpool_limits(threads):
         start = time.perf_counter()
-        with h5py.File(path, "r") as f:
-            loaded = load_features(ArrayFeatures(f["features"], f["cutout_id"][()]))
+        with FeatureFile(path) as features:
+            loaded = load_features(features)
         algo = HierarchicalKMeans(
             n_clusters,
             n_resampling_steps=RESAMPLING_STEPS,
@@ -358,7 +359,7 @@ def bench_balanced(n: int, target: int, ks: list[int]) -> bool:
     paths = hierarchy.paths()
     all_exact = True
     for strategy in ("r", "c"):
-        pool = Pool(hierarchy)
+        pool = ClusteredPool(hierarchy)
         start = time.perf_counter()
         rows, _ = Compose([BalancedSampler(strategy)])(pool, target, seed=0)
         seconds = time.perf_counter() - start

@@ -1,12 +1,13 @@
-"""Cutout stage vs the old pipeline's loop, on one DR2-sized synthetic mosaic.
+"""Cutout stage vs the loop of the per-cutout .npy scripts this project replaces, on one DR2-sized
+synthetic mosaic.
 
 On a synthetic 8938² float64 NaN-blanked mosaic (the size of the smallest DR2 mosaics), in one run:
 
 (a) ours: the cutout stage's per-mosaic work (open memory-mapped, statistics of every 128-px window with
     50 % overlap, NaN policy, sky positions, write the index part), on one thread, and with the threads
     the stage uses when it runs one worker process (all cores this process may use);
-(b) naive: the old pipeline (loop over windows, skip any window with a NaN, ``np.save`` each window to its
-    own file, list them in a JSON file), one thread;
+(b) naive: the per-cutout .npy scripts this project replaces (loop over windows, skip any window with a
+    NaN, ``np.save`` each window to its own file, list them in a JSON file), one thread;
 (c) one plain read pass over the mosaic file (``readinto`` of every byte).
 
 All run on a warm page cache (the read pass runs first, twice); (a) and (b) run ``--repeats`` times in
@@ -56,7 +57,7 @@ def read_pass(path: Path) -> float:
 
 
 def naive(path: Path, out: Path, size: int, stride: int) -> tuple[float, int]:
-    """The old pipeline: loop, skip windows with NaN, one .npy per window, a JSON list."""
+    """The replaced scripts' cutouts: loop, skip windows with NaN, one .npy per window, a JSON list."""
     out.mkdir(parents=True)
     start = time.perf_counter()
     with fits.open(path) as hdul:

@@ -1,4 +1,5 @@
-"""Feature extraction benchmarks: the batched loader vs the old per-file loader, and pipeline vs model.
+"""Feature extraction benchmarks: the batched loader vs the per-file loader of the per-cutout .npy scripts
+this project replaces, and pipeline vs model.
 
 On a synthetic sky cut into windows (cutouts + merge stages, in a temporary run store), in one run:
 
@@ -8,7 +9,7 @@ On a synthetic sky cut into windows (cutouts + merge stages, in a temporary run 
     normalisation module, then ``T.Resize`` with the same kernel), default collate, the same 3-channel
     view; its first batch is checked equal to ours. Same windows, batch size and workers. The ratio is
     what batching gains. A decomposition line also times the old kernel (torchvision's antialiased
-    resize) and the old 3 copied channels, to show how far the old pipeline as it was lies behind.
+    resize) and the old 3 copied channels, to show how far those scripts as they were lie behind.
     One warm-up pass each, then ``--repeats`` timed passes taken in turn; the best of each counts (a
     shared machine's load only ever slows a pass down). Rates in windows/s.
 (b) extraction: the features stage end to end (``extract.py stage=features``: Lightning predict, device
@@ -72,7 +73,7 @@ def config(overrides: list[str]) -> DictConfig:
 
 
 class NpyWindows(Dataset):
-    """The old pipeline's dataset: one ``.npy`` file per window, transformed one sample at a time."""
+    """The replaced scripts' dataset: one ``.npy`` file per window, transformed one sample at a time."""
 
     def __init__(self, files: list[Path], transform: T.Compose) -> None:
         self.files = files
@@ -124,7 +125,7 @@ def loader_benchmark(
     ``naive`` does what ours does (one channel normalised and resized with the same kernel, then a
     3-channel view of it), one ``.npy`` file and one transform per sample: the ratio is what batching
     alone gains. ``naive_aa`` adds the old kernel (torchvision's antialiased resize, also on upsampling),
-    ``old`` the old 3 copied channels as well: the old pipeline as it was.
+    ``old`` the old 3 copied channels as well: the replaced scripts as they were.
     """
     reader = WindowReader(merged)
     n = min(len(reader.cutout_ids), args.loader_windows)
@@ -415,10 +416,10 @@ def main() -> None:
         ours, naive = rates["ours"], rates["naive"]
         print(f"RESULT loader ours={ours:.1f} naive={naive:.1f} ratio={ours / naive:.2f}", flush=True)
         print(
-            f"loader decomposition (windows/s): old pipeline {rates['old']:.1f} "
+            f"loader decomposition (windows/s): replaced .npy scripts {rates['old']:.1f} "
             f"-> one channel {rates['naive_aa']:.1f} (x{rates['naive_aa'] / rates['old']:.2f}) "
             f"-> our resize kernel {naive:.1f} (x{naive / rates['naive_aa']:.2f}) "
-            f"-> batched {ours:.1f} (x{ours / naive:.2f}); old pipeline to ours x{ours / rates['old']:.2f}",
+            f"-> batched {ours:.1f} (x{ours / naive:.2f}); replaced scripts to ours x{ours / rates['old']:.2f}",
             flush=True,
         )
 

@@ -1,11 +1,12 @@
-"""Training throughput: our data path against the old way, same BYOL ResNet-18, same batch, same trainer.
+"""Training throughput: our data path against the way of the per-cutout .npy scripts this project replaces,
+same BYOL ResNet-18, same batch, same trainer.
 
 On a synthetic sky cut into 128 px windows (cutouts + merge stages in a temporary run store):
 
 - ours: the train stage's DataModule (one batched ``WindowReader`` gather per batch, or the HDF5 pixel
   cache with ``--cache``) and the radio augmentation making both views for the whole batch, on the GPU
   (``--device cuda``) or, on CPUs, in the DataLoader workers (``data.augment_on=auto``);
-- naive: the old pipeline's way: one ``.npy`` file per window, ``np.load`` and per-sample torchvision
+- naive: the way of those scripts: one ``.npy`` file per window, ``np.load`` and per-sample torchvision
   transforms (the same normalisation, random resized crop, flips, rotation, blur, contrast jitter, noise)
   for two views in DataLoader workers, default collate.
 

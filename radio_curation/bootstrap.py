@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from radio_curation.curation.clusters import read_subsample
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.enrichment import Enrichment, enrichment
-from radio_curation.evaluation.inputs import StoredFeatures, positions, window_labels, window_table
+from radio_curation.evaluation.inputs import positions, window_table
 from radio_curation.evaluation.radio_stats import radio_statistics
 from radio_curation.evaluation.seeds import (
     PairedDifference,
@@ -36,6 +37,7 @@ from radio_curation.evaluation.seeds import (
     seed_spread,
 )
 from radio_curation.evaluation.truth_probe import grouped_knn_balanced_accuracy
+from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import curate as curate_task
 from radio_curation.tasks import cutouts as cutouts_task
@@ -174,7 +176,7 @@ class BootstrapLoop:
         merged = store.resolve(merge, stage="merge").artifact("merged.h5")
         ids = np.asarray(WindowReader(merged).cutout_ids, dtype=np.int64)
         table = window_table(merged, ids)
-        labels, _, groups = window_labels(self.cfg("evaluate").eval.catalogue, merged, table)
+        labels, _, groups = instantiate(self.cfg("evaluate").catalogue).labels(merged, table)
         return ids, labels, groups
 
     def _mirabest(self, model: str, root: Path) -> float:
@@ -192,7 +194,7 @@ class BootstrapLoop:
     def measure(self, runs: BootstrapRuns, mirabest: Path | None = None) -> Measurement:
         """Score the loop's runs (see the module docstring); ``mirabest`` adds the MiraBest probe."""
         store = RunStore(self.cfg("extract").paths.runs_dir)
-        empty = str(self.cfg("evaluate").eval.catalogue.empty_label)
+        empty = str(self.cfg("evaluate").catalogue.empty_label)
         ids, labels, groups = self.truth(runs.merge)
         labelled = labels != empty
         with WindowReader(store.resolve(runs.merge, stage="merge").artifact("merged.h5")) as reader:
@@ -201,7 +203,7 @@ class BootstrapLoop:
         def knn(x: np.ndarray) -> float:
             return grouped_knn_balanced_accuracy(x, labels[labelled], groups[labelled], seed=0)
 
-        features_file = StoredFeatures(store.resolve(runs.features, stage="features").artifact("features.h5"))
+        features_file = FeatureFile(store.resolve(runs.features, stage="features").artifact("features.h5"))
         bootstrap_features = features_file.read(
             positions(features_file.cutout_ids, ids[labelled], runs.features)
         )

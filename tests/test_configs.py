@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_method
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from radio_curation.tasks import evaluate
 from tests.conftest import CONFIG_DIR
 
 ROOTS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
@@ -21,9 +22,11 @@ def _groups(root: str) -> dict[str, list[str]]:
     choices = _compose(root, [], hydra_config=True).hydra.runtime.choices
     groups = {}
     for group in choices:
-        if group.startswith("hydra/") or group == "hydra" or not (CONFIG_DIR / group).is_dir():
+        # A group placed in another package (dataset@monitor.dataset) is overridden by that same key.
+        directory = CONFIG_DIR / group.split("@")[0]
+        if group.startswith("hydra/") or group == "hydra" or not directory.is_dir():
             continue
-        groups[group] = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        groups[group] = sorted(p.stem for p in directory.glob("*.yaml"))
     return groups
 
 
@@ -61,7 +64,36 @@ def _targets(node, path: str = "") -> list[tuple[str, str]]:
 
 def test_every_root_uses_the_common_groups():
     for root in ROOTS:
-        assert {"paths", "logger"} <= set(_groups(root)), root
+        assert {"paths", "logger", "catalogue", "dataset@monitor.dataset"} <= set(_groups(root)), root
+
+
+def test_the_monitor_reads_a_labelled_set_of_the_dataset_group():
+    assert _compose("train", []).monitor.dataset is None
+    cfg = _compose(
+        "train", ["dataset@monitor.dataset=mirabest", "monitor.dataset.root=/data/mb", "dataset=synthetic"]
+    )
+    assert cfg.monitor.dataset._target_ == "radio_curation.data.datasets.MiraBest"
+    assert cfg.monitor.dataset.root == "/data/mb" and cfg.dataset._target_.endswith("SyntheticWindows")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[f"eval={p.stem}"] for p in sorted((CONFIG_DIR / "eval").glob("*.yaml"))]
+    + [[f"experiment={p.stem}"] for p in sorted((CONFIG_DIR / "experiment").glob("*.yaml"))],
+)
+def test_the_chosen_evaluation_builds_from_its_config(overrides):
+    cfg = _compose("evaluate", [*overrides, "seed=3"], hydra_config=True)
+    built = evaluate.evaluation(cfg)
+    assert built.name == cfg.hydra.runtime.choices["eval"] and built.seed == 3
+
+
+def test_evaluations_read_the_catalogue_group():
+    for name in ("linear_probe", "knn", "umap", "curation_report"):
+        cfg = _compose("evaluate", [f"eval={name}", "catalogue=lotss_dr2", "catalogue.path=/data/dr2.fits"])
+        assert cfg.eval.catalogue.label_column == "S_Code" and cfg.eval.catalogue.path == "/data/dr2.fits"
+    assert OmegaConf.is_missing(_compose("evaluate", ["catalogue=lotss_dr2"]).catalogue, "path")
+    assert _compose("evaluate", ["catalogue=none"]).eval.catalogue.path is None
+    assert _compose("evaluate", ["experiment=bootstrap"]).eval.catalogue.min_flux == 5.0e-4
 
 
 @pytest.mark.parametrize(("root", "round_", "overrides"), _cases())

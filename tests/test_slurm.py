@@ -22,7 +22,7 @@ import timm
 import torch
 import yaml
 
-from radio_curation.features.io import FeatureFile
+from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import cutouts as cutouts_task
 from radio_curation.tasks import features as features_task

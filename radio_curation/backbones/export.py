@@ -8,7 +8,6 @@ was trained with (input size, normalisation, channels), which features and probe
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from radio_curation.atomic import atomic_path
 from radio_curation.backbones.checkpoint import load_weights
 from radio_curation.backbones.extractor import FeatureExtractor
 from radio_curation.backbones.factory import build_architecture
@@ -84,9 +84,8 @@ def save_backbone(
         "state_dict": {k: v.detach().cpu().clone() for k, v in extractor.model.state_dict().items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

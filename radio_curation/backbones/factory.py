@@ -253,8 +253,8 @@ def hf_backbone(
         Input channels wanted; when the checkpoint has another count the patch embedding is adapted
         (RGB weights summed for one channel). None keeps the checkpoint's.
     module_name
-        E.g. ``layernorm`` (the final norm, as the pipeline this replaces tapped), ``encoder.layer.5``;
-        None taps ``last_hidden_state``.
+        E.g. ``layernorm`` (the final norm, as the per-cutout .npy scripts this project replaces tapped),
+        ``encoder.layer.5``; None taps ``last_hidden_state``.
     pooling
         ``cls`` (default), ``mean``, ``cls_mean`` over the tokens.
     input_size

@@ -22,8 +22,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from radio_curation.atomic import atomic_path
 from radio_curation.errors import RadioCurationError
-from radio_curation.features.io import FeatureSource
+from radio_curation.features.matrix import FeatureMatrix
 
 #: Rows transformed at once (25 MiB of 384-d float32).
 BLOCK_ROWS = 16384
@@ -88,7 +89,7 @@ class ConditioningFit:
             out[start : start + len(block)] = block
         return out
 
-    def source(self, features: FeatureSource) -> ConditionedFeatures:
+    def source(self, features: FeatureMatrix) -> ConditionedFeatures:
         """``features`` seen through this conditioning (chunk by chunk, nothing held in memory)."""
         return ConditionedFeatures(features, self)
 
@@ -126,10 +127,8 @@ class ConditioningFit:
 
 def save_conditioning(path: Path, fit: ConditioningFit) -> None:
     """Write ``fit`` to its own HDF5 file (atomically), so a resumed clustering reuses it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         fit.save(f)
-    tmp.replace(path)
 
 
 def load_conditioning(path: Path) -> ConditioningFit:
@@ -139,9 +138,10 @@ def load_conditioning(path: Path) -> ConditioningFit:
 
 
 class ConditionedFeatures:
-    """A :class:`FeatureSource` source whose rows come out conditioned (the source's arrays untouched)."""
+    """A :class:`~radio_curation.features.matrix.FeatureMatrix` whose rows come out conditioned (the
+    underlying matrix untouched)."""
 
-    def __init__(self, features: FeatureSource, fit: ConditioningFit) -> None:
+    def __init__(self, features: FeatureMatrix, fit: ConditioningFit) -> None:
         self.features = features
         self.fit = fit
 
@@ -153,7 +153,11 @@ class ConditionedFeatures:
     def dim(self) -> int:
         return self.fit.out_dim(self.features.dim)
 
-    def read(self, rows: np.ndarray) -> np.ndarray:
+    @property
+    def cutout_ids(self) -> np.ndarray:
+        return self.features.cutout_ids
+
+    def read(self, rows: np.ndarray | None = None) -> np.ndarray:
         return self.fit.transform(self.features.read(rows))
 
     def iter_chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:

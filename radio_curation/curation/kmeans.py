@@ -16,6 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from radio_curation.atomic import atomic_path
 from radio_curation.curation.backends import FaissBackend, KMeansBackend
 from radio_curation.curation.initialization import greedy_kmeans_plusplus
 from radio_curation.errors import RadioCurationError
@@ -452,12 +453,10 @@ class HierarchicalKMeans:
 
 def save_level(path: Path, level: ClusterLevel, cutout_id: np.ndarray | None = None) -> None:
     """Write one finished level to its own file (atomically), so a killed run resumes after it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         level.save(f)
         if cutout_id is not None:
             f.create_dataset("cutout_id", data=cutout_id)
-    tmp.replace(path)
 
 
 def load_level(path: Path) -> tuple[ClusterLevel, np.ndarray | None]:

@@ -2,64 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from radio_curation.errors import RadioCurationError
+from radio_curation.features.matrix import FeatureMatrix
 
 #: Rows read per chunk (25 MiB of 384-d float32: small next to the matrix being filled).
 CHUNK_ROWS = 16384
-
-
-class FeatureSource(Protocol):
-    """What the curation code needs of a features file (``radio_curation.features.io.FeatureFile``)."""
-
-    @property
-    def n(self) -> int: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    @property
-    def cutout_ids(self) -> np.ndarray: ...
-
-    def iter_chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]: ...
-
-
-class ArrayFeatures:
-    """An in-memory feature matrix behind the :class:`FeatureSource` interface (tests, benchmarks).
-
-    Parameters
-    ----------
-    features
-        ``[n, d]`` array (any float dtype; chunks come out as float32).
-    cutout_ids
-        ``[n]`` int64 IDs (default ``0..n-1``).
-    """
-
-    def __init__(self, features: np.ndarray, cutout_ids: np.ndarray | None = None) -> None:
-        self.features = features
-        self._ids = np.arange(len(features), dtype=np.int64) if cutout_ids is None else np.asarray(cutout_ids)
-
-    @property
-    def n(self) -> int:
-        return int(self.features.shape[0])
-
-    @property
-    def dim(self) -> int:
-        return int(self.features.shape[1])
-
-    @property
-    def cutout_ids(self) -> np.ndarray:
-        return self._ids
-
-    def iter_chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """``(start, float32 [rows, d])`` blocks in order."""
-        for start in range(0, self.n, rows):
-            yield start, np.asarray(self.features[start : start + rows], dtype=np.float32)
 
 
 @dataclass
@@ -85,7 +36,7 @@ class LoadedFeatures:
 
 
 def load_features(
-    source: FeatureSource,
+    source: FeatureMatrix,
     *,
     drop_nonfinite: bool = False,
     keep_ids: np.ndarray | None = None,
@@ -97,7 +48,7 @@ def load_features(
     Parameters
     ----------
     source
-        A :class:`FeatureSource`.
+        The features (a ``FeatureFile`` is read chunk by chunk).
     drop_nonfinite
         Drop rows holding NaN or Inf; otherwise such rows are an error (which counts them).
     keep_ids

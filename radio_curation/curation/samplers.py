@@ -33,7 +33,7 @@ SEMDEDUP_RULES = ("priority", "components")
 
 
 @dataclass
-class Pool:
+class ClusteredPool:
     """What samplers choose from: the clustered points, their cluster paths and (lazily) their features.
 
     Attributes
@@ -171,7 +171,7 @@ class Sampler:
     takes_target = True
 
     def select(
-        self, pool: Pool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
+        self, pool: ClusteredPool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Choose among ``rows`` (sorted pool row indices)."""
         raise NotImplementedError
@@ -183,7 +183,7 @@ class RandomSampler(Sampler):
     name = "random"
 
     def select(
-        self, pool: Pool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
+        self, pool: ClusteredPool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
     ) -> tuple[np.ndarray, dict[str, Any]]:
         target = _require_target(self.name, target_size, len(rows))
         return np.sort(rows[rng.choice(len(rows), size=target, replace=False)]), {}
@@ -206,7 +206,7 @@ class BalancedSampler(Sampler):
         self.strategy = strategy
 
     def select(
-        self, pool: Pool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
+        self, pool: ClusteredPool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
     ) -> tuple[np.ndarray, dict[str, Any]]:
         target = _require_target(self.name, target_size, len(rows))
         hierarchy = pool.hierarchy
@@ -357,7 +357,7 @@ def keep_one_per_group(groups: np.ndarray, score: np.ndarray, tiebreak: np.ndarr
     return np.sort(order[first])
 
 
-def cosine_to_centroid(pool: Pool, rows: np.ndarray, level: int = 1) -> np.ndarray:
+def cosine_to_centroid(pool: ClusteredPool, rows: np.ndarray, level: int = 1) -> np.ndarray:
     """Cosine distance of each row's features to the centroid of its cluster at ``level``."""
     x = pool.x()[rows]
     centroids = pool.hierarchy.levels[level - 1].centroids
@@ -403,7 +403,7 @@ class SemDedupSampler(Sampler):
         self.rule = rule
 
     def select(
-        self, pool: Pool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
+        self, pool: ClusteredPool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
     ) -> tuple[np.ndarray, dict[str, Any]]:
         if not 1 <= self.level <= pool.hierarchy.n_levels:
             raise RadioCurationError(
@@ -455,7 +455,7 @@ class PrototypicalitySampler(Sampler):
         self.takes_target = fraction is None
 
     def select(
-        self, pool: Pool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
+        self, pool: ClusteredPool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
     ) -> tuple[np.ndarray, dict[str, Any]]:
         if self.fraction is None:
             target = _require_target(self.name, target_size, len(rows))
@@ -484,7 +484,7 @@ class Compose:
         self.steps = items
 
     def __call__(
-        self, pool: Pool, target_size: int | None, seed: int
+        self, pool: ClusteredPool, target_size: int | None, seed: int
     ) -> tuple[np.ndarray, dict[str, dict[str, Any]]]:
         """Pool rows chosen by all steps (sorted) and, per step, its input/output sizes and details."""
         rows = np.arange(pool.n, dtype=np.int64)

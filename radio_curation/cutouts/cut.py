@@ -6,12 +6,12 @@ Kept free of Hydra and the run store so worker processes import little.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from radio_curation.atomic import atomic_path
 from radio_curation.cutouts.index import WindowIndex, read_index, write_index
 from radio_curation.cutouts.strategies import COLUMNS, CutoutStrategy
 from radio_curation.sky.fitsio import MosaicFiles, open_mosaic
@@ -64,9 +64,8 @@ def cut_mosaic(files: MosaicFiles, strategy: CutoutStrategy, out: Path, threads:
         rows,
         {**strategy.attrs(), "counts": counts},
     )
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    write_index(tmp, index)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        write_index(tmp, index)
     return counts
 
 

@@ -173,7 +173,7 @@ class Merger:
         Keep windows whose robust rms [Jy/beam] lies in this range (null: open).
     grid
         Keep only windows whose corners lie on a non-overlapping grid (``y0`` and ``x0`` multiples of the
-        window size), as the old pipeline's grid script did.
+        window size), as the grid script of the per-cutout .npy scripts this project replaces did.
     dedup
         Remove cross-mosaic duplicates (see :func:`cross_mosaic_duplicates`).
     dedup_tolerance

@@ -49,8 +49,9 @@ class CutoutStrategy(ABC):
     Parameters
     ----------
     nan_policy
-        ``drop``: drop any window with a NaN (as the old pipeline); ``max_fraction``: keep windows with at
-        most ``max_nan_fraction`` NaN pixels (the reader fills them with ``nan_fill``).
+        ``drop``: drop any window with a NaN (as the per-cutout .npy scripts this project replaces did);
+        ``max_fraction``: keep windows with at most ``max_nan_fraction`` NaN pixels (the reader fills them
+        with ``nan_fill``).
     max_nan_fraction
         Largest NaN fraction kept under ``max_fraction``. Windows that are entirely NaN are always dropped.
     nan_fill

@@ -55,19 +55,19 @@ class WindowCatalogue:
     ) -> None:
         self.path = Path(path).expanduser()
         if not self.path.is_file():
-            raise RadioCurationError(f"catalogue {self.path} not found; set eval.catalogue.path to the file")
+            raise RadioCurationError(f"catalogue {self.path} not found; set catalogue.path to the file")
         table = Table.read(self.path)
         wanted = [c for c in (ra_column, dec_column, label_column, flux_column) if c]
         missing = [c for c in wanted if c not in table.colnames]
         if missing:
             raise RadioCurationError(
                 f"catalogue {self.path} lacks column(s) {missing}; it has {table.colnames[:30]}. "
-                "Set eval.catalogue.*_column to the right names."
+                "Set catalogue.*_column to the right names."
             )
         if min_flux is not None:
             if not flux_column:
                 raise RadioCurationError(
-                    f"catalogue min_flux={min_flux} needs a flux column: set eval.catalogue.flux_column."
+                    f"catalogue min_flux={min_flux} needs a flux column: set catalogue.flux_column."
                 )
             table = table[np.asarray(table[flux_column], dtype=np.float64) >= float(min_flux)]
         self.ra = np.asarray(table[ra_column], dtype=np.float64)
@@ -107,7 +107,7 @@ class WindowCatalogue:
         elif radius_arcsec is not None:
             radius = np.broadcast_to(np.asarray(radius_arcsec, dtype=np.float64), ra.shape)
         else:
-            raise RadioCurationError("a match radius is needed: set eval.catalogue.radius_arcsec")
+            raise RadioCurationError("a match radius is needed: set catalogue.radius_arcsec")
         out = np.full(len(ra), self.empty_label, dtype=object)
         source = np.full(len(ra), -1, dtype=np.int64)
         if len(ra) == 0 or len(self.ra) == 0:

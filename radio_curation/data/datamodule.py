@@ -16,7 +16,6 @@ views an uninterrupted run would have.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
+from radio_curation.atomic import atomic_path
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.data.augmentation import batch_seed, views_generator
 from radio_curation.errors import RadioCurationError
@@ -327,12 +327,11 @@ def write_cache(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     reader = WindowReader(str(merged_path), nan_fill=nan_fill)
     ids = np.asarray(cutout_ids, dtype=np.int64)
     first = reader.read(ids[:1])
     size = first.shape[-1]
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("cutout_id", data=ids)
             pixels = f.create_dataset(
@@ -346,10 +345,6 @@ def write_cache(
                     block[order] = reader.read(chunk[order])
                     pixels[start : start + len(chunk)] = block
                     bar.advance(len(chunk))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

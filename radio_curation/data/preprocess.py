@@ -11,8 +11,8 @@ from radio_curation.errors import RadioCurationError
 class Preprocess(nn.Module):
     """Normalise, resize and repeat channels for a whole batch at once.
 
-    The order is the one the pipeline this replaces used (normalise, then resize), with the channel
-    repeat last so only one channel is resized. Resizing is bilinear with antialiasing, as
+    The order is the one the per-cutout .npy scripts this project replaces used (normalise, then resize),
+    with the channel repeat last so only one channel is resized. Resizing is bilinear with antialiasing, as
     ``torchvision.transforms.Resize`` does on tensors. Three channels are a broadcast view of the one
     (no copy; the model's first layer reads it): ``.contiguous()`` it before writing into it in place.
 

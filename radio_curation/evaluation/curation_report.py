@@ -15,7 +15,7 @@ import numpy as np
 
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.similarity import l2_normalise, nearest_other_similarity
-from radio_curation.features.io import FeatureSource
+from radio_curation.features.matrix import FeatureMatrix
 
 
 def cluster_paths(assignments: Sequence[np.ndarray]) -> np.ndarray:
@@ -64,13 +64,13 @@ def class_shares(labels: np.ndarray, rows: np.ndarray, classes: Sequence[str]) -
     return {c: float(found.get(c, 0.0)) for c in classes}
 
 
-def _row_chunks(features: FeatureSource, rows: np.ndarray, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+def _row_chunks(features: FeatureMatrix, rows: np.ndarray, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
     for start in range(0, len(rows), chunk):
         yield start, features.read(rows[start : start + chunk])
 
 
 def redundancy(
-    features: FeatureSource,
+    features: FeatureMatrix,
     rows: np.ndarray,
     threshold: float,
     max_queries: int,
@@ -84,7 +84,7 @@ def redundancy(
 
     Parameters
     ----------
-    features : FeatureSource
+    features : FeatureMatrix
         The pool's features.
     rows : np.ndarray
         Sorted pool rows of the set.
@@ -155,7 +155,7 @@ class CurationFigures:
 
 
 def curation_figures(
-    features: FeatureSource,
+    features: FeatureMatrix,
     sets: Mapping[str, np.ndarray],
     paths: np.ndarray | None = None,
     labels: np.ndarray | None = None,
@@ -167,7 +167,7 @@ def curation_figures(
 
     Parameters
     ----------
-    features : FeatureSource
+    features : FeatureMatrix
         The pool's features (row ``i`` is pool point ``i``).
     sets : mapping of str to np.ndarray
         Sorted pool rows of each set, e.g. ``{"pool": arange(N), "subsample": …, "random": …}``.
@@ -199,7 +199,7 @@ def curation_figures(
 
 
 def top_level_exemplars(
-    features: FeatureSource,
+    features: FeatureMatrix,
     paths: np.ndarray,
     centroids: np.ndarray,
     per_cluster: int,
@@ -210,7 +210,7 @@ def top_level_exemplars(
 
     Parameters
     ----------
-    features : FeatureSource
+    features : FeatureMatrix
         The pool's features.
     paths : np.ndarray
         ``[N, L]`` cluster paths; the last column is the top-level cluster.

@@ -1,23 +1,13 @@
-"""What an evaluation reads: runs up the lineage, feature rows, window tables, window labels, models."""
+"""What an evaluation reads: runs up the lineage, feature rows, window tables."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from radio_curation.backbones.export import read_preprocessing
 from radio_curation.cutouts.index import read_index
-from radio_curation.data.catalogue import WindowCatalogue
-from radio_curation.data.preprocess import Preprocess
 from radio_curation.errors import RadioCurationError
-from radio_curation.features.io import FeatureFile, FeatureSource
 from radio_curation.runs.store import RunRecord, RunStore
 
 
@@ -30,81 +20,6 @@ def require_ancestor(store: RunStore, record: RunRecord, stage: str, why: str) -
             f"(see `radio-curation runs lineage {record.run_id}`)"
         )
     return found
-
-
-class RowView:
-    """Selected rows of a feature source, seen as a feature source of their own.
-
-    Parameters
-    ----------
-    source : FeatureSource
-        The full matrix (e.g. a ``FeatureFile``).
-    rows : np.ndarray
-        Ascending rows of ``source`` to expose, in order.
-    """
-
-    def __init__(self, source: FeatureSource, rows: np.ndarray) -> None:
-        self.source = source
-        self.rows = np.asarray(rows, dtype=np.int64)
-
-    @property
-    def n(self) -> int:
-        """Number of exposed rows."""
-        return len(self.rows)
-
-    @property
-    def dim(self) -> int:
-        """Feature dimension."""
-        return self.source.dim
-
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """Rows of the view (not of the source) as float32."""
-        rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        out[order] = self.source.read(self.rows[rows[order]])
-        return out
-
-    def iter_chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start, rows start:start+rows of the view)``."""
-        for start in range(0, self.n, rows):
-            yield start, self.source.read(self.rows[start : start + rows])
-
-
-class StoredFeatures:
-    """A ``features.h5`` as a feature source that opens the file only while reading.
-
-    Parameters
-    ----------
-    path : Path
-        The features file of a features run.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        with FeatureFile(self.path) as f:
-            self._n, self._dim = f.n, f.dim
-            self.cutout_ids = np.asarray(f.cutout_ids, dtype=np.int64)
-
-    @property
-    def n(self) -> int:
-        """Number of rows."""
-        return self._n
-
-    @property
-    def dim(self) -> int:
-        """Feature dimension."""
-        return self._dim
-
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (any order) as float32."""
-        with FeatureFile(self.path) as f:
-            return f.read(np.asarray(rows, dtype=np.int64))
-
-    def iter_chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start, rows start:start+rows)`` as float32."""
-        with FeatureFile(self.path) as f:
-            yield from f.iter_chunks(rows)
 
 
 def positions(all_ids: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
@@ -132,110 +47,3 @@ def window_table(merged: Path, cutout_ids: np.ndarray) -> dict[str, np.ndarray]:
         np.asarray(index.columns["mosaic"])[rows]
     ]
     return table
-
-
-def synthetic_truth(merged: Path) -> Path | None:
-    """The synthetic sky's ``truth.fits`` when every mosaic of ``merged`` comes from one synthetic sky."""
-    roots = {Path(p).parent.parent.parent for p in read_index(merged, ["cutout_id"]).mosaics["path"]}
-    truths = {r / "truth.fits" for r in roots if (r / "truth.fits").is_file() and (r / "sky.json").is_file()}
-    return truths.pop() if len(truths) == 1 and len(roots) == 1 else None
-
-
-def window_labels(
-    catalogue: DictConfig, merged: Path, table: dict[str, np.ndarray]
-) -> tuple[np.ndarray, str, np.ndarray]:
-    """Class of each window of ``table`` from the configured catalogue, and the source that labels it.
-
-    ``catalogue.path=auto`` uses the synthetic sky's truth catalogue when the windows come from one.
-
-    Returns
-    -------
-    labels : np.ndarray
-        ``[N]`` str.
-    source : str
-        The catalogue file used.
-    groups : np.ndarray
-        ``[N]`` int64: the catalogue row of the matched source (windows of one source share it), a
-        distinct negative number for each window without one.
-    """
-    path = catalogue.path
-    if path == "auto":
-        path = synthetic_truth(merged)
-        if path is None:
-            raise RadioCurationError(
-                f"eval.catalogue.path=auto finds a truth catalogue only for windows of one synthetic sky, "
-                f"and {merged} is not one; set eval.catalogue.path to a source catalogue (FITS/CSV/VOTable)"
-            )
-    options = OmegaConf.to_container(catalogue, resolve=True)
-    options.pop("path")
-    cat = WindowCatalogue(path, **options)
-    radius = 0.5 * table["size"] * table["pixel_scale"]
-    labels, groups = cat.match(table["ra"], table["dec"], radius)
-    unmatched = groups < 0
-    groups[unmatched] = -1 - np.arange(int(unmatched.sum()))
-    return labels, str(path), groups
-
-
-def _train_config(record: RunRecord) -> dict[str, Any]:
-    path = record.dir / "config.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else {}
-
-
-def _model_preprocessing(record: RunRecord) -> tuple[dict[str, Any], int] | None:
-    """The normalisation config and input size train run ``record``'s model was trained with.
-
-    From its ``backbone.pt``; for a model exported before that was stored, from the run's config (the
-    ``augmentation.global_size`` views it trained on). None when neither says.
-    """
-    stored = read_preprocessing(record.artifact("backbone.pt"))
-    if stored is not None:
-        return stored["normalization"], int(stored["input_size"])
-    trained = _train_config(record)
-    size = (trained.get("augmentation") or {}).get("global_size")
-    if "normalization" not in trained or size is None:
-        return None
-    return trained["normalization"], int(size)
-
-
-def build_model(cfg: DictConfig) -> tuple[nn.Module, Preprocess, dict[str, Any]]:
-    """The feature extractor and its preprocessing for the configured representation.
-
-    ``model_id`` (a train run) wins over ``backbone``; with ``preprocess_from_model`` the normalisation
-    and input size stored with the model (those it was trained with) are used, so the model sees inputs
-    like those it was trained on; ``preprocess_from_model=false`` takes ``normalization`` and ``resize``
-    of the evaluate config. Weights that are not loaded from a file (random-initialisation baselines)
-    are drawn with ``cfg.seed``.
-
-    Returns
-    -------
-    extractor : nn.Module
-        A ``FeatureExtractor``.
-    preprocess : Preprocess
-        Raw windows → model input.
-    info : dict
-        Which backbone, normalisation and resize were used.
-    """
-    normalization_cfg, resize = cfg.normalization, cfg.resize
-    torch.manual_seed(int(cfg.seed))
-    if cfg.model_id:
-        from radio_curation.backbones.factory import run_backbone
-
-        record = RunStore.of(cfg).resolve(str(cfg.model_id), stage="train")
-        extractor = run_backbone(record.run_id, cfg.paths.runs_dir)
-        info: dict[str, Any] = {"model": record.run_id, "preprocess_from": "evaluate config"}
-        trained = _model_preprocessing(record) if cfg.preprocess_from_model else None
-        if trained is not None:
-            normalization_cfg, resize = OmegaConf.create(trained[0]), trained[1]
-            info["preprocess_from"] = f"train run {record.run_id}"
-    else:
-        extractor = instantiate(cfg.backbone)
-        info = {"model": OmegaConf.select(cfg, "backbone._target_")}
-    normalization = instantiate(normalization_cfg)
-    preprocess = Preprocess(normalization, extractor.in_chans, resize)
-    info.update(
-        normalization=OmegaConf.to_container(normalization_cfg, resolve=True),
-        resize=resize,
-        feature_dim=int(extractor.feature_dim),
-        tap=getattr(extractor, "tap", None),
-    )
-    return extractor, preprocess, info

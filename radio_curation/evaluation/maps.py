@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 from radio_curation.errors import RadioCurationError
-from radio_curation.features.io import FeatureSource
+from radio_curation.features.matrix import FeatureMatrix
 from radio_curation.progress import progress
 
 BACKENDS = ("auto", "umap", "cuml")
@@ -46,7 +46,7 @@ def _make_reducer(backend: str, n_neighbors: int, min_dist: float, metric: str, 
 
 
 def umap_embedding(
-    features: FeatureSource,
+    features: FeatureMatrix,
     n_neighbors: int = 50,
     min_dist: float = 0.1,
     metric: str = "cosine",
@@ -62,8 +62,8 @@ def umap_embedding(
 
     Parameters
     ----------
-    features : FeatureSource
-        The feature matrix (a ``FeatureFile`` or :class:`~radio_curation.evaluation.similarity.ArrayFeatures`).
+    features : FeatureMatrix
+        The feature matrix (a ``FeatureFile`` or a ``FeatureArray``).
     n_neighbors, min_dist, metric
         UMAP parameters.
     fit_sample : int

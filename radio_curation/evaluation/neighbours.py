@@ -10,7 +10,7 @@ from scipy.stats import mannwhitneyu
 
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.similarity import cosine_knn, l2_normalise
-from radio_curation.features.io import FeatureSource
+from radio_curation.features.matrix import FeatureMatrix
 
 
 def adjacent_pairs(
@@ -58,7 +58,7 @@ def random_pairs(n: int, count: int, rng: np.random.Generator) -> np.ndarray:
     return np.stack([first, second], axis=1).astype(np.int64)
 
 
-def pair_cosine_distance(features: FeatureSource, pairs: np.ndarray) -> np.ndarray:
+def pair_cosine_distance(features: FeatureMatrix, pairs: np.ndarray) -> np.ndarray:
     """Cosine distance ``1 − cos`` of each row pair, reading each needed row once."""
     if len(pairs) == 0:
         return np.zeros(0, dtype=np.float32)
@@ -98,13 +98,13 @@ class DistanceTest:
 
 
 def distance_test(
-    features: FeatureSource, adjacent: np.ndarray, max_pairs: int = 100_000, seed: int = 0
+    features: FeatureMatrix, adjacent: np.ndarray, max_pairs: int = 100_000, seed: int = 0
 ) -> DistanceTest:
     """Compare feature distances of adjacent pairs with those of as many random pairs.
 
     Parameters
     ----------
-    features : FeatureSource
+    features : FeatureMatrix
         Features aligned with the rows the pairs index.
     adjacent : np.ndarray
         ``[P, 2]`` adjacent row pairs (from :func:`adjacent_pairs`).
@@ -133,13 +133,13 @@ def distance_test(
 
 
 def gallery_neighbours(
-    features: FeatureSource, query_rows: np.ndarray, k: int, chunk_rows: int = 262_144
+    features: FeatureMatrix, query_rows: np.ndarray, k: int, chunk_rows: int = 262_144
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` feature-space neighbours of each query row, the query itself excluded.
 
     Parameters
     ----------
-    features : FeatureSource
+    features : FeatureMatrix
         All feature rows (streamed in chunks of ``chunk_rows``).
     query_rows : np.ndarray
         ``[Q]`` rows to query.

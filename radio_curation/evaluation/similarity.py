@@ -6,42 +6,10 @@ nearest neighbours of a few thousand queries among millions of feature rows neve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import faiss
 import numpy as np
-
-
-class ArrayFeatures:
-    """An in-memory ``[N, D]`` matrix with the :class:`FeatureSource` interface.
-
-    Parameters
-    ----------
-    features : np.ndarray
-        ``[N, D]`` features.
-    """
-
-    def __init__(self, features: np.ndarray) -> None:
-        self.features = np.asarray(features, dtype=np.float32)
-
-    @property
-    def n(self) -> int:
-        """Number of rows."""
-        return len(self.features)
-
-    @property
-    def dim(self) -> int:
-        """Feature dimension."""
-        return self.features.shape[1]
-
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` as float32."""
-        return self.features[np.asarray(rows, dtype=np.int64)]
-
-    def iter_chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start, features[start:start + rows])``."""
-        for start in range(0, self.n, rows):
-            yield start, self.features[start : start + rows]
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""``features.h5`` (reader and writer) and the resumable block shards the features stage writes first.
+"""Writing ``features.h5`` from the resumable block shards the features stage writes first.
 
-``features.h5``: ``features`` ``[N, D]`` float32 (or float16), ``cutout_id`` ``[N]`` int64 ascending, attrs
-``backbone, tap, pooling, normalization, resize, dim`` (and the source run, dtype, row count).
+``features.h5`` (read by :class:`~radio_curation.features.matrix.FeatureFile`): ``features`` ``[N, D]``
+float32 (or float16), ``cutout_id`` ``[N]`` int64 ascending, attrs ``backbone, tap, pooling,
+normalization, resize, dim`` (and the source run, dtype, row count).
 
 While extracting, rows are grouped in fixed *blocks* of consecutive rows (in ``cutout_id`` order). Each
 block is computed by one rank and written to its own small HDF5 file through a temporary name and an
@@ -15,140 +16,19 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import h5py
 import numpy as np
 
+from radio_curation.atomic import atomic_path, write_atomic
 from radio_curation.errors import RadioCurationError
-
-
-class FeatureSource(Protocol):
-    """A feature matrix read by rows or in row chunks: a :class:`FeatureFile` on disk, or an array in memory
-    (``evaluation.similarity.ArrayFeatures``); clustering, conditioning and the evaluations take either."""
-
-    @property
-    def n(self) -> int: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    def read(self, rows: np.ndarray) -> np.ndarray: ...
-
-    def iter_chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]: ...
-
 
 #: Target bytes per HDF5 chunk of the features dataset (whole rows).
 CHUNK_BYTES = 1 << 20
 _BLOCK_FILE = re.compile(r"^block-(\d{8})\.h5$")
-
-
-class FeatureFile:
-    """Read a ``features.h5``.
-
-    Parameters
-    ----------
-    path
-        The file (``RunRecord.artifact("features.h5")``).
-
-    Examples
-    --------
-    >>> with FeatureFile(path) as ff:  # doctest: +SKIP
-    ...     for start, chunk in ff.iter_chunks(65536):
-    ...         ...
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise RadioCurationError(f"features file {self.path} does not exist")
-        try:
-            self._file = h5py.File(self.path, "r")
-        except OSError as err:
-            raise RadioCurationError(f"cannot open features file {self.path}: {err}") from err
-        if "features" not in self._file or "cutout_id" not in self._file:
-            self._file.close()
-            raise RadioCurationError(f"{self.path} is not a features file (needs 'features' and 'cutout_id')")
-        self._features = self._file["features"]
-        self._ids: np.ndarray | None = None
-        if self._features.ndim != 2 or self._file["cutout_id"].shape != (self._features.shape[0],):
-            self._file.close()
-            raise RadioCurationError(
-                f"{self.path}: 'features' {self._features.shape} and 'cutout_id' "
-                f"{self._file['cutout_id'].shape} do not match"
-            )
-
-    @property
-    def n(self) -> int:
-        """Number of rows."""
-        return int(self._features.shape[0])
-
-    @property
-    def dim(self) -> int:
-        """Feature dimension D."""
-        return int(self._features.shape[1])
-
-    @property
-    def dtype(self) -> np.dtype:
-        """Storage dtype of the features (float32 or float16)."""
-        return self._features.dtype
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        """The file's attributes (backbone, tap, pooling, normalization, resize, dim ...)."""
-        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self._file.attrs.items()}
-
-    @property
-    def cutout_ids(self) -> np.ndarray:
-        """``cutout_id`` of every row (int64, ascending)."""
-        if self._ids is None:
-            self._ids = self._file["cutout_id"][:].astype(np.int64)
-        return self._ids
-
-    def rows_of(self, cutout_ids: np.ndarray) -> np.ndarray:
-        """Row numbers of ``cutout_ids``; an error naming the missing ones if any is absent."""
-        ids = np.asarray(cutout_ids, dtype=np.int64).ravel()
-        rows = np.searchsorted(self.cutout_ids, ids)
-        found = rows < self.n
-        found[found] = self.cutout_ids[rows[found]] == ids[found]
-        if not found.all():
-            raise RadioCurationError(
-                f"{int((~found).sum())} cutout IDs are not in {self.path} (e.g. {ids[~found][:5].tolist()}); "
-                "the features must come from the same merge run"
-            )
-        return rows
-
-    def iter_chunks(self, rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start, features[start:start + rows])`` as float32, in row order."""
-        if rows < 1:
-            raise RadioCurationError(f"chunk size must be positive, got {rows}")
-        for start in range(0, self.n, rows):
-            yield start, self._features[start : start + rows].astype(np.float32, copy=False)
-
-    def read(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
-        """Features of ``rows`` (indices in any order, a slice, or None for all) as float32."""
-        if rows is None:
-            return self._features[:].astype(np.float32, copy=False)
-        if isinstance(rows, slice):
-            return self._features[rows].astype(np.float32, copy=False)
-        rows = np.asarray(rows, dtype=np.int64).ravel()
-        if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
-            raise RadioCurationError(f"row indices out of range [0, {self.n}) for {self.path}")
-        unique, inverse = np.unique(rows, return_inverse=True)
-        return self._features[unique].astype(np.float32, copy=False)[inverse]
-
-    def close(self) -> None:
-        """Close the file."""
-        self._file.close()
-
-    def __enter__(self) -> FeatureFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def chunk_rows(dim: int, itemsize: int, n: int) -> int:
@@ -219,7 +99,7 @@ class BlockShards:
             return plan
         plan = Plan(int(n_rows), int(block_rows), str(source_id), model)
         self.directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.directory / "plan.json", json.dumps(asdict(plan)).encode())
+        write_atomic(self.directory / "plan.json", json.dumps(asdict(plan)).encode())
         return plan
 
     def done(self) -> set[int]:
@@ -235,30 +115,17 @@ class BlockShards:
 
     def write(self, block: int, cutout_ids: np.ndarray, features: np.ndarray, rank: int) -> None:
         """Write one complete block atomically (temporary file, fsync, rename)."""
-        final = self.block_path(block)
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=features)
-            f.create_dataset("cutout_id", data=np.asarray(cutout_ids, dtype=np.int64))
-            f.attrs["block"] = block
-            f.attrs["rank"] = rank
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        with atomic_path(self.block_path(block), fsync=True) as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("features", data=features)
+                f.create_dataset("cutout_id", data=np.asarray(cutout_ids, dtype=np.int64))
+                f.attrs["block"] = block
+                f.attrs["rank"] = rank
 
     def read(self, block: int) -> tuple[np.ndarray, np.ndarray, int]:
         """``(cutout_id, features, rank that wrote it)`` of a written block."""
         with h5py.File(self.block_path(block), "r") as f:
             return f["cutout_id"][:], f["features"][:], int(f.attrs["rank"])
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def consolidate(

@@ -20,12 +20,12 @@ A run's ``status`` is one of:
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from radio_curation.atomic import write_atomic
 from radio_curation.errors import RadioCurationError
 
 MANIFEST = "manifest.yaml"
@@ -43,16 +43,6 @@ SCHEME = 2
 
 class DamagedRunError(RadioCurationError):
     """A run's manifest or one of its artifacts is not what the run wrote (truncated, changed, missing)."""
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, fsync and rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:

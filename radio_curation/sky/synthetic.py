@@ -16,9 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +26,7 @@ from astropy.table import Table
 from astropy.wcs import WCS
 from scipy import ndimage
 
+from radio_curation.atomic import atomic_path
 from radio_curation.errors import RadioCurationError
 
 __all__ = [
@@ -682,17 +680,13 @@ def generate_sky(out: str | Path, params: SkyParams, report: Callable[[str], Non
     if out.exists():
         raise RadioCurationError(f"{out} already exists; choose another output directory or delete it.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        _write(tmp, params, report)
-        try:
-            tmp.rename(out)
-        except OSError:
-            if not (out / "sky.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        with atomic_path(out) as tmp:
+            _write(tmp, params, report)
+    except OSError:
+        # A concurrent process renamed its complete sky into place first.
+        if not (out / "sky.json").is_file():
+            raise
     return out
 
 

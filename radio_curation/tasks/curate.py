@@ -27,9 +27,9 @@ from radio_curation.curation.kmeans import (
 )
 from radio_curation.curation.loading import LoadedFeatures, load_features
 from radio_curation.curation.plots import plot_cluster_sizes, plot_objective, plot_sampling
-from radio_curation.curation.samplers import Compose, Pool, cluster_counts, share_of_largest
+from radio_curation.curation.samplers import ClusteredPool, Compose, cluster_counts, share_of_largest
 from radio_curation.errors import EmptyResultError, RadioCurationError
-from radio_curation.features.io import FeatureFile
+from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.store import RunRecord
 from radio_curation.tasks.stage import Inputs, Run, Stage, run_stage
 
@@ -191,7 +191,7 @@ def sample(run: Run) -> None:
         # The samplers measure distances in the clustering's space, where its centroids live.
         return hierarchy.conditioning.transform(loaded.x, inplace=True)
 
-    pool = Pool(hierarchy, features)
+    pool = ClusteredPool(hierarchy, features)
     sampler = build_sampler(cfg.sampler)
     target = None if cfg.target_size is None else int(cfg.target_size)
     with run.timer("sample"):

@@ -38,7 +38,8 @@ from radio_curation.features.extraction import (
     FeatureModule,
     RateBar,
 )
-from radio_curation.features.io import BlockShards, FeatureFile, Plan, consolidate
+from radio_curation.features.io import BlockShards, Plan, consolidate
+from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.store import RunRecord
 from radio_curation.tasks.stage import Inputs, Run, Stage, check_precision, run_stage
 

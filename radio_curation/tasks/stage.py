@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import shutil
 import socket
 import sys
@@ -63,6 +62,7 @@ from lightning_fabric.connector import _PRECISION_INPUT
 from omegaconf import DictConfig, OmegaConf
 
 import radio_curation
+from radio_curation.atomic import TEMPORARY_GLOB, atomic_path, remove_path, write_atomic
 from radio_curation.distributed import launched_rank
 from radio_curation.errors import EmptyResultError, RadioCurationError
 from radio_curation.runs.identity import StageIdentity, plain, select_keys, semantic_config
@@ -74,7 +74,6 @@ from radio_curation.runs.manifest import (
     SCHEME,
     read_manifest,
     sha256sum,
-    write_atomic,
     write_manifest,
 )
 from radio_curation.runs.store import RunRecord, RunStore, check_artifact, first_open_run_id
@@ -300,14 +299,8 @@ class Run(Inputs):
         self._owner()
         final = self.dir / name
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        _remove(tmp)
-        try:
+        with atomic_path(final) as tmp:
             yield tmp
-        except BaseException:
-            _remove(tmp)
-            raise
-        os.replace(tmp, final)
         self.register(name)
 
     def register(self, name: str) -> None:
@@ -342,13 +335,6 @@ class Run(Inputs):
         self._owner()
         self.manifest = self._manifest(status)
         write_manifest(self.dir, self.manifest)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
 
 
 def tracker_group(cfg: DictConfig) -> str:
@@ -594,10 +580,10 @@ def _execute(
 ) -> dict[str, Any]:
     if previous is not None:
         log.info("resuming incomplete run %s (status: %s)", run_id, previous.get("status"))
-        # Artifacts an earlier attempt was killed writing (Run.artifact's temporary names): never results,
-        # and no other process writes here while this one holds the lease.
-        for partial in run_dir.glob(".*.tmp-*"):
-            _remove(partial)
+        # Files an earlier attempt was killed writing (atomic_path's temporary names): never results, and
+        # no other process writes here while this one holds the lease.
+        for partial in list(run_dir.rglob(TEMPORARY_GLOB)):
+            remove_path(partial)
     else:
         log.info("starting run %s in %s", run_id, run_dir)
     manifest = {

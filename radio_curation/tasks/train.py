@@ -147,15 +147,7 @@ def _knn_monitor(cfg: DictConfig, model: SSLModule) -> OnlineKNN | None:
     monitor = cfg.monitor
     if monitor.dataset is None:
         return None
-    if monitor.dataset not in monitor.datasets:
-        raise RadioCurationError(
-            f"monitor.dataset={monitor.dataset} is not one of {', '.join(monitor.datasets)} (or null for no online kNN)."
-        )
-    if monitor.root is None:
-        raise RadioCurationError(
-            f"monitor.dataset={monitor.dataset} needs monitor.root=<folder of the labelled set>."
-        )
-    labelled = instantiate_user(monitor.datasets[monitor.dataset]).load()
+    labelled = instantiate_user(monitor.dataset).load()
     train_mask = None if labelled.split is None else torch.from_numpy(labelled.split == "train")
     preprocess = Preprocess(
         instantiate_user(cfg.normalization), model.backbone.in_chans, resize=model.augmentation.global_size

@@ -9,7 +9,7 @@ from sklearn.metrics import adjusted_rand_score
 from radio_curation.curation.conditioning import ConditioningFit, FeatureConditioning
 from radio_curation.curation.kmeans import kmeans
 from radio_curation.errors import RadioCurationError
-from radio_curation.evaluation.similarity import ArrayFeatures
+from radio_curation.features.matrix import FeatureArray
 
 
 def _correlated(n: int = 4000, dim: int = 12, seed: int = 0) -> np.ndarray:
@@ -51,7 +51,7 @@ def test_in_place_transform_and_conditioned_source_agree():
     x = _correlated(n=1000)
     fit = FeatureConditioning(center=True, normalize=True).fit(x)
     expected = fit.transform(x)
-    source = ArrayFeatures(x.copy())
+    source = FeatureArray(x.copy())
     chunks = np.concatenate([c for _, c in fit.source(source).iter_chunks(300)])
     np.testing.assert_array_equal(chunks, expected)
     np.testing.assert_array_equal(source.features, x)  # the source is read, not changed

@@ -12,7 +12,7 @@ import timm
 import torch
 
 from radio_curation.curation.clusters import read_subsample
-from radio_curation.features.io import FeatureFile
+from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import cutouts as cutouts_task
 from radio_curation.tasks import features as features_task

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radio_curation.curation.loading import ArrayFeatures, load_features
+from radio_curation.curation.loading import load_features
 from radio_curation.errors import RadioCurationError
+from radio_curation.features.matrix import FeatureArray
 
 
 def _features_with_bad_rows():
@@ -21,12 +22,12 @@ def test_nonfinite_rows_are_counted_in_the_error():
     with pytest.raises(
         RadioCurationError, match=r"4 rows with NaN or Inf.*\[6, 1000, 1400, 1998\].*drop_nonfinite=true"
     ):
-        load_features(ArrayFeatures(x, ids), chunk_rows=128)
+        load_features(FeatureArray(x, ids), chunk_rows=128)
 
 
 def test_drop_nonfinite_drops_and_counts_them():
     x, ids = _features_with_bad_rows()
-    loaded = load_features(ArrayFeatures(x, ids), drop_nonfinite=True, chunk_rows=128)
+    loaded = load_features(FeatureArray(x, ids), drop_nonfinite=True, chunk_rows=128)
     keep = np.isfinite(x.astype(np.float32)).all(1)
     assert loaded.n_nonfinite == 4
     assert loaded.x.dtype == np.float32 and loaded.x.shape == (996, 8)
@@ -38,8 +39,8 @@ def test_keep_ids():
     x = np.random.default_rng(1).standard_normal((300, 4)).astype(np.float32) * 5
     ids = np.arange(300, dtype=np.int64)
     keep = np.array([1, 7, 150, 299])
-    loaded = load_features(ArrayFeatures(x, ids), keep_ids=keep, chunk_rows=64)
+    loaded = load_features(FeatureArray(x, ids), keep_ids=keep, chunk_rows=64)
     np.testing.assert_array_equal(loaded.cutout_id, keep)
     np.testing.assert_array_equal(loaded.x, x[keep])
     with pytest.raises(RadioCurationError, match="lack 1 of the 2 cutouts"):
-        load_features(ArrayFeatures(x, ids), keep_ids=np.array([5, 1000]))
+        load_features(FeatureArray(x, ids), keep_ids=np.array([5, 1000]))

@@ -9,8 +9,8 @@ from radio_curation.curation.clusters import Hierarchy
 from radio_curation.curation.kmeans import HierarchicalKMeans
 from radio_curation.curation.samplers import (
     BalancedSampler,
+    ClusteredPool,
     Compose,
-    Pool,
     PrototypicalitySampler,
     RandomSampler,
     SemDedupSampler,
@@ -38,7 +38,7 @@ def clustered():
 
 def _pool(clustered):
     x, _, hierarchy = clustered
-    return Pool(hierarchy, lambda: x)
+    return ClusteredPool(hierarchy, lambda: x)
 
 
 def test_water_fill_hits_every_quota_and_never_exceeds_a_size():
@@ -194,7 +194,7 @@ def test_semdedup_sampler_on_a_clustered_pool():
     x, truth = _with_duplicates(2)
     algo = HierarchicalKMeans([8], n_iters=10, metric="cosine")
     hierarchy = Hierarchy(np.arange(len(x), dtype=np.int64), algo.fit(x, seed=0), "cosine")
-    pool = Pool(hierarchy, lambda: x)
+    pool = ClusteredPool(hierarchy, lambda: x)
     for keep in ("hard", "easy", "random"):
         for rule in ("priority", "components"):
             rows, details = SemDedupSampler(eps=0.05, keep=keep, rule=rule).select(
@@ -225,7 +225,7 @@ def test_dedup_then_balanced_hits_the_target_without_duplicates():
     x, truth = _with_duplicates(3)
     algo = HierarchicalKMeans([10, 3], n_iters=10, metric="cosine")
     hierarchy = Hierarchy(np.arange(len(x), dtype=np.int64), algo.fit(x, seed=0), "cosine")
-    pool = Pool(hierarchy, lambda: x)
+    pool = ClusteredPool(hierarchy, lambda: x)
     rows, report = Compose({"semdedup": SemDedupSampler(eps=0.05), "balanced": BalancedSampler()})(
         pool, 150, seed=0
     )
@@ -247,6 +247,6 @@ def test_balanced_on_a_single_level_clustering():
     hierarchy = Hierarchy(
         np.arange(len(x), dtype=np.int64), HierarchicalKMeans([3], n_iters=10).fit(x, seed=0)
     )
-    rows, _ = Compose([BalancedSampler("c")])(Pool(hierarchy), 90, seed=0)
+    rows, _ = Compose([BalancedSampler("c")])(ClusteredPool(hierarchy), 90, seed=0)
     assert len(rows) == 90
     assert sorted(np.bincount(labels[rows]).tolist()) == [30, 30, 30]

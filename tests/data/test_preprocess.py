@@ -1,4 +1,5 @@
-"""Batched Preprocess equals the per-sample torchvision pipeline the old extraction used."""
+"""Batched Preprocess equals the per-sample torchvision transforms of the per-cutout .npy scripts this
+project replaces."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from radio_curation.evaluation.curation_report import (
     top_level_exemplars,
 )
 from radio_curation.evaluation.html import Section, Table, render_html
-from radio_curation.evaluation.similarity import ArrayFeatures
+from radio_curation.features.matrix import FeatureArray
 
 
 def _unit(deg: float) -> list[float]:
@@ -22,7 +22,7 @@ def _unit(deg: float) -> list[float]:
 
 # Eight points, two per level-1 cluster (identical vectors), level-1 clusters {0,1} -> top 0, {2,3} -> top 1.
 ANGLES = [0, 0, 60, 60, 90, 90, 180, 180]
-FEATURES = ArrayFeatures(np.array([_unit(a) for a in ANGLES], dtype=np.float32))
+FEATURES = FeatureArray(np.array([_unit(a) for a in ANGLES], dtype=np.float32))
 PATHS = cluster_paths([np.array([0, 0, 1, 1, 2, 2, 3, 3]), np.array([0, 0, 1, 1])])
 LABELS = np.array(["a", "a", "b", "b", "a", "a", "c", "c"])
 SETS = {"pool": np.arange(8), "subsample": np.array([0, 2, 4, 6]), "random": np.array([0, 1, 2, 3])}

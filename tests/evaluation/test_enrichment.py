@@ -7,7 +7,7 @@ import pytest
 
 from radio_curation.curation.clusters import Hierarchy
 from radio_curation.curation.kmeans import ClusterLevel
-from radio_curation.curation.samplers import BalancedSampler, Pool
+from radio_curation.curation.samplers import BalancedSampler, ClusteredPool
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.enrichment import enrichment, rare_classes
 
@@ -44,7 +44,9 @@ def hand_made():
 def test_balanced_sampling_of_a_hand_made_hierarchy_gives_the_known_enrichment(hand_made):
     hierarchy, labels = hand_made
     assert rare_classes(labels) == ["halo", "wat"]  # 0.8 % each; empty never counts as rare
-    rows, _ = BalancedSampler("r").select(Pool(hierarchy), np.arange(1000), 32, np.random.default_rng(0))
+    rows, _ = BalancedSampler("r").select(
+        ClusteredPool(hierarchy), np.arange(1000), 32, np.random.default_rng(0)
+    )
     # Water-filling: 16 per top cluster; the rare one gives all 16, the common one 4 per leaf.
     assert sorted(np.unique(labels[rows], return_counts=True)[1].tolist()) == [8, 8, 8, 8]
     # A random subsample of 32 with the pool's shares, rounded: 1 rare, 19 empty, 12 compact.

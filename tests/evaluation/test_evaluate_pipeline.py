@@ -18,8 +18,10 @@ from scipy.spatial.distance import pdist
 from scipy.stats import mannwhitneyu
 
 from radio_curation.curation.clusters import Hierarchy, read_subsample
+from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.neighbours import adjacent_pairs, random_pairs
-from radio_curation.features.io import FeatureFile
+from radio_curation.evaluation.pool import WindowFeatures
+from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.manifest import read_manifest
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import curate, evaluate, extract
@@ -94,7 +96,7 @@ def _n_features(pipeline) -> int:
 
 def _features_and_windows(pipeline, key: str = "features") -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """All feature rows (float64) of a features run and their window table, read directly."""
-    pool = evaluate.Pool(pipeline["runs"], pipeline["runs"].resolve(pipeline[key]))
+    pool = WindowFeatures(pipeline["runs"], pipeline["runs"].resolve(pipeline[key]))
     return pool.file.read(np.arange(pool.file.n)).astype(np.float64), pool.table
 
 
@@ -241,6 +243,33 @@ def test_knn_on_windows_labelled_by_the_truth_catalogue(pipeline):
     assert metrics["n_images"] == sum(metrics["classes"].values())
     assert metrics["info"]["labels"].endswith("truth.fits")
     assert 0.0 <= metrics["metrics"]["knn/accuracy_mean"] <= 1.0
+
+
+def test_the_catalogue_group_decides_what_labels_the_windows(pipeline):
+    probe = ["eval=knn", f"features_id={pipeline['features']}", "eval.folds=2"]
+    with pytest.raises(RadioCurationError, match="has no window labels"):
+        _evaluate(pipeline, [*probe, "catalogue=none"])
+    with pytest.raises(RadioCurationError, match=r"no_such\.fits not found; set catalogue\.path"):
+        _evaluate(pipeline, [*probe, "catalogue.path=/no_such.fits"])
+    assert all(r.manifest["status"] == "complete" for r in pipeline["runs"].runs("evaluate"))  # none left
+
+
+def test_settings_that_change_the_result_change_the_run_id(pipeline):
+    rare = "[fri,frii,resolved,wat,ht,halo,relic]"
+    base = ["eval=knn", f"features_id={pipeline['features']}", "eval.folds=2", f"eval.exclude_labels={rare}"]
+
+    def run(overrides: list[str]) -> dict:
+        return evaluate.run(pipeline["compose"]("evaluate", [*base, *overrides]))
+
+    first = run([])
+    again = run(["batch_size=7", "device=cpu"])  # execution-only: how fast and where it is computed
+    assert again["reused"] and again["run_id"] == first["run_id"]
+    # Each of these changes the result (the catalogue's min_flux relabels faint windows as empty).
+    ids = {first["run_id"]}
+    for changed in (["eval.k=5"], ["seed=1"], ["catalogue.min_flux=1.0e-3"], ["eval.dpi=60"]):
+        other = run(changed)
+        assert not other["reused"] and other["run_id"] not in ids, changed
+        ids.add(other["run_id"])
 
 
 def test_representation_compares_two_feature_sets(pipeline):

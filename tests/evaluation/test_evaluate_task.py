@@ -17,8 +17,8 @@ from scipy.spatial.distance import pdist
 
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.embed import embed_images
-from radio_curation.evaluation.inputs import build_model
 from radio_curation.tasks import evaluate
+from radio_curation.tasks.stage import resolve_inputs
 
 MODEL = ["backbone=resnet18", "normalization=minmax", "resize=32", "batch_size=16", "device=cpu"]
 
@@ -114,7 +114,8 @@ def test_representation_of_a_model_on_a_dataset(compose, labelled_folder):
     m = metrics["metrics"]
     assert metrics["n_images"] == 60 and metrics["feature_dim"] == 512
     # The same seeded model on the same images, the metrics then computed from their definitions.
-    extractor, preprocess, _ = build_model(cfg)
+    read = resolve_inputs(cfg, evaluate.declaration(cfg))
+    extractor, preprocess, _ = evaluate.inputs(read, evaluate.evaluation(read.cfg)).images.model()
     images = instantiate(cfg.dataset).load().images
     x = embed_images(extractor, preprocess, images).astype(np.float64)
     # Positives: each image rotated by 90° and mirrored, done here on the raw pixels.
@@ -153,11 +154,37 @@ def test_umap_of_a_labelled_dataset(compose, labelled_folder):
 
 
 @pytest.mark.parametrize(
-    ("name", "needs"), [("neighbours", "features_id"), ("curation_report", "subsample_id")]
+    ("overrides", "message"),
+    [
+        (["eval=neighbours"], "eval=neighbours needs features_id"),
+        (["eval=curation_report"], "eval=curation_report needs subsample_id"),
+        (["eval=neighbours", "features_id=features-1", "compare_id=features-2"], "not compare_id"),
+        (["eval=linear_probe", "subsample_id=sample-1"], "reads model_id, features_id, not subsample_id"),
+        (["eval=representation", "compare_id=features-2"], "give features_id"),
+        (["eval=knn", "catalogue=lotss_dr2"], "eval=knn needs a value for catalogue.path"),
+    ],
 )
-def test_evaluations_that_need_a_run_say_so(compose, name, needs):
-    with pytest.raises(RadioCurationError, match=needs):
-        evaluate.run(compose("evaluate", [f"eval={name}"]))
+def test_evaluations_say_which_runs_they_read(compose, runs_dir, overrides, message):
+    with pytest.raises(RadioCurationError, match=message):
+        evaluate.run(compose("evaluate", overrides))
+    assert not runs_dir.exists()  # refused before a run is made
+
+
+def test_a_probe_of_a_model_is_identified_by_its_model_and_dataset_settings(compose, labelled_folder):
+    base = ["eval=knn", "eval.folds=3", *_folder(labelled_folder)]
+    first = evaluate.run(compose("evaluate", base))
+    again = evaluate.run(compose("evaluate", [*base, "batch_size=7", "device=cpu"]))
+    assert again["reused"] and again["run_id"] == first["run_id"]
+    ids = {first["run_id"]}
+    for changed in (
+        ["resize=24"],
+        ["normalization=zscore"],
+        ["backbone=resnet10t"],
+        ["dataset.nan_fill=1.0"],
+    ):
+        other = evaluate.run(compose("evaluate", [*base, *changed]))
+        assert not other["reused"] and other["run_id"] not in ids, changed
+        ids.add(other["run_id"])
 
 
 def _train_run(runs_dir: Path, global_size: int) -> str:

@@ -16,7 +16,7 @@ from radio_curation.evaluation.plots import (
     map_plot,
     spectrum_plot,
 )
-from radio_curation.evaluation.similarity import ArrayFeatures
+from radio_curation.features.matrix import FeatureArray
 
 
 def test_umap_fits_a_sample_and_transforms_the_rest(tmp_path):
@@ -24,7 +24,7 @@ def test_umap_fits_a_sample_and_transforms_the_rest(tmp_path):
     labels = np.repeat([0, 1], 150)
     x = rng.normal(size=(300, 8)).astype(np.float32) + 8.0 * labels[:, None] * np.eye(8)[0]
     coords, info = umap_embedding(
-        ArrayFeatures(x),
+        FeatureArray(x),
         n_neighbors=15,
         fit_sample=200,
         transform_chunk=40,
@@ -45,9 +45,9 @@ def test_umap_fits_a_sample_and_transforms_the_rest(tmp_path):
 
 def test_umap_rejects_unknown_backend_and_tiny_sets():
     with pytest.raises(RadioCurationError, match=r"eval\.backend"):
-        umap_embedding(ArrayFeatures(np.zeros((10, 2))), backend="tsne")
+        umap_embedding(FeatureArray(np.zeros((10, 2))), backend="tsne")
     with pytest.raises(RadioCurationError, match="at least 3"):
-        umap_embedding(ArrayFeatures(np.zeros((2, 2))))
+        umap_embedding(FeatureArray(np.zeros((2, 2))))
 
 
 def _pixels_of(path, rgb, tol: float = 0.02) -> int:

@@ -12,7 +12,8 @@ from radio_curation.evaluation.neighbours import (
     gallery_neighbours,
     random_pairs,
 )
-from radio_curation.evaluation.similarity import ArrayFeatures, cosine_knn, nearest_other_similarity
+from radio_curation.evaluation.similarity import cosine_knn, nearest_other_similarity
+from radio_curation.features.matrix import FeatureArray
 
 
 def _grid(ny: int, nx: int, size: int = 64, step: int = 32, mosaic: str = "P1"):
@@ -54,7 +55,7 @@ def test_distance_test_detects_spatially_smooth_features():
     rng = np.random.default_rng(0)
     # Features vary smoothly across the sky plus noise: neighbours are similar, random pairs are not.
     phase = np.stack([np.sin(y0 / 90.0), np.cos(y0 / 90.0), np.sin(x0 / 90.0), np.cos(x0 / 90.0)], axis=1)
-    smooth = ArrayFeatures(np.hstack([phase, 0.05 * rng.normal(size=(400, 4))]))
+    smooth = FeatureArray(np.hstack([phase, 0.05 * rng.normal(size=(400, 4))]))
     pairs = adjacent_pairs(mosaic, y0, x0, size, max_offset=0.5)
     result = distance_test(smooth, pairs, seed=0)
     metrics = result.metrics()
@@ -62,7 +63,7 @@ def test_distance_test_detects_spatially_smooth_features():
     assert metrics["neighbours/prob_adjacent_closer"] > 0.8
     assert metrics["neighbours/n_adjacent_pairs"] == len(pairs) == metrics["neighbours/n_random_pairs"]
 
-    noise = ArrayFeatures(rng.normal(size=(400, 8)))
+    noise = FeatureArray(rng.normal(size=(400, 8)))
     null = distance_test(noise, pairs, seed=0)
     assert null.p_value > 1e-3
     assert 0.4 < null.metrics()["neighbours/prob_adjacent_closer"] < 0.6
@@ -73,7 +74,7 @@ def test_cosine_knn_streams_chunks_like_one_search():
     base = rng.normal(size=(300, 6)).astype(np.float32)
     queries = rng.normal(size=(7, 6)).astype(np.float32)
     sim_all, idx_all = cosine_knn(queries, base, 5)
-    sim_chunked, idx_chunked = cosine_knn(queries, ArrayFeatures(base).iter_chunks(64), 5)
+    sim_chunked, idx_chunked = cosine_knn(queries, FeatureArray(base).iter_chunks(64), 5)
     np.testing.assert_array_equal(idx_all, idx_chunked)
     np.testing.assert_allclose(sim_all, sim_chunked, rtol=1e-6)
     brute = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (
@@ -89,7 +90,7 @@ def test_nearest_other_skips_the_query_but_not_its_duplicate():
 
 
 def test_gallery_excludes_the_query_itself():
-    features = ArrayFeatures(np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [0.7, 0.7]], dtype=np.float32))
+    features = FeatureArray(np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [0.7, 0.7]], dtype=np.float32))
     rows, sim = gallery_neighbours(features, np.array([0, 2]), k=2, chunk_rows=2)
     np.testing.assert_array_equal(rows, [[1, 4], [3, 4]])
     assert sim.shape == (2, 2)

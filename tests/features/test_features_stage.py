@@ -21,7 +21,7 @@ from radio_curation.cutouts.reader import WindowReader
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.errors import RadioCurationError, instantiate_user
 from radio_curation.features import io as features_io
-from radio_curation.features.io import FeatureFile
+from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import features as features_task
 

@@ -14,7 +14,8 @@ import timm
 import torch
 
 from radio_curation.errors import RadioCurationError
-from radio_curation.features.io import BlockShards, FeatureFile
+from radio_curation.features.io import BlockShards
+from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import features as features_task
 from radio_curation.tasks.stage import stage_identity
@@ -81,7 +82,8 @@ def test_bf16_mixed_features_agree_with_float32(compose, features_overrides, run
 
 
 def test_a_normalisation_bf16_cannot_hold_stops_before_the_run_starts(compose, features_overrides, runs_dir):
-    # The old pipeline's imagenet recipe: 0.45 subtracted from raw Jy/beam pixels.
+    # The imagenet recipe of the per-cutout .npy scripts this project replaces: 0.45 subtracted from raw
+    # Jy/beam pixels.
     overrides = [
         *features_overrides,
         "normalization=imagenet",

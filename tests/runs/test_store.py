@@ -80,6 +80,29 @@ def test_incomplete_run_resumes_in_same_directory(runs_dir):
     assert read_manifest(record.dir)["attempts"] == 2
 
 
+def test_resumed_run_removes_temporaries_a_killed_attempt_left_at_any_depth(runs_dir):
+    seen = []
+
+    def flaky(run):
+        partial = run.dir / "partial.txt"
+        if not partial.exists():
+            partial.write_text("first half")
+            (run.dir / ".numbers.txt.tmp-999-0badc0de").write_text("half a file")
+            (run.dir / "levels").mkdir()
+            (run.dir / "levels" / ".level_1.h5.tmp-999-0badc0de").write_text("half a level")
+            (run.dir / ".cache.tmp-999-0badc0de" / "inner").mkdir(parents=True)
+            raise RuntimeError("killed mid-way")
+        seen.extend(sorted(str(p.relative_to(run.dir)) for p in run.dir.rglob("*") if ".tmp-" in p.name))
+        write_numbers(run)
+
+    with pytest.raises(RuntimeError):
+        toy_run(runs_dir, work=flaky, a=2)
+    result = toy_run(runs_dir, work=flaky, a=2)
+    assert seen == []
+    assert (Path(result["run_dir"]) / "partial.txt").read_text() == "first half"
+    assert (Path(result["run_dir"]) / "levels").is_dir()
+
+
 def test_failed_artifact_leaves_nothing_behind(runs_dir):
     def broken(run):
         with run.artifact("big.bin") as tmp:

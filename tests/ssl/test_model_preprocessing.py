@@ -5,12 +5,17 @@ from __future__ import annotations
 import torch
 
 from radio_curation.backbones.export import read_preprocessing
-from radio_curation.evaluation.inputs import build_model
-from radio_curation.features.io import FeatureFile
+from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.store import RunStore
+from radio_curation.tasks import evaluate as evaluate_task
 from radio_curation.tasks import features as features_task
 from radio_curation.tasks import train as train_task
 from tests.ssl.conftest import tiny
+
+
+def _probe_model(cfg):
+    """The model, preprocessing and record the configured evaluation probes the labelled dataset with."""
+    return evaluate_task.inputs(cfg, evaluate_task.evaluation(cfg)).images.model()
 
 
 def test_a_model_trained_on_48_px_views_is_probed_and_used_at_48_px(compose, merge_id, runs_dir):
@@ -26,11 +31,11 @@ def test_a_model_trained_on_48_px_views_is_probed_and_used_at_48_px(compose, mer
 
     probe = compose("evaluate", ["experiment=demo", f"model_id={model_id}", "normalization=zscore"])
     assert probe.resize == 64
-    _, preprocess, info = build_model(probe)
+    _, preprocess, info = _probe_model(probe)
     assert (preprocess.resize, info["resize"], info["preprocess_from"]) == (48, 48, f"train run {model_id}")
     assert info["normalization"] == stored["normalization"]
     # The user overrides it explicitly.
-    _, preprocess, info = build_model(
+    _, preprocess, info = _probe_model(
         compose("evaluate", ["experiment=demo", f"model_id={model_id}", "preprocess_from_model=false"])
     )
     assert preprocess.resize == 64 and info["preprocess_from"] == "evaluate config"

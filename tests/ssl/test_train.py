@@ -74,8 +74,8 @@ def test_loss_decreases_over_a_few_dozen_steps_on_the_synthetic_sky(compose, mer
             f"source_id={merge_id}",
             "trainer.max_epochs=4",
             "ssl.optimizer.lr=0.5",
-            "monitor.dataset=mirabest",
-            f"monitor.root={shared_data / 'mirabest'}",
+            "dataset@monitor.dataset=mirabest",
+            f"monitor.dataset.root={shared_data / 'mirabest'}",
             "monitor.every_n_epochs=2",
             "+callbacks.keep._target_=tests.ssl.callbacks.KeepModel",
             "+callbacks.keep.key=knn",
@@ -108,8 +108,7 @@ def test_loss_decreases_over_a_few_dozen_steps_on_the_synthetic_sky(compose, mer
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (["monitor.dataset=cifar"], "not one of mirabest, fits_folder"),
-        (["monitor.dataset=mirabest"], "monitor.root"),
+        (["dataset@monitor.dataset=fits_folder", "monitor.dataset.root=/no/such/folder"], "label table"),
         (["data.augment_on=gpu"], "choose auto, device or workers"),
         (["callbacks.checkpoint.dirpath=/tmp/elsewhere"], r"dirpath=\$\{rc_run_dir:\}/checkpoints"),
     ],
@@ -244,7 +243,8 @@ def test_curated_subsample_trains_and_its_model_extracts_features(compose, merge
 def test_training_in_a_precision_that_cannot_hold_the_normalised_windows_stops_before_it_starts(
     compose, merge_id, runs_dir
 ):
-    # The old pipeline's imagenet recipe on raw Jy/beam pixels, trained in bf16.
+    # The imagenet recipe of the per-cutout .npy scripts this project replaces, on raw Jy/beam pixels,
+    # trained in bf16.
     old = ["normalization=imagenet", "normalization.rescale=null", "trainer.precision=bf16-mixed"]
     with pytest.raises(RadioCurationError, match=r"normalization .*with trainer.precision=bf16-mixed"):
         train_task.run(compose("train", tiny("byol", f"source_id={merge_id}", *old)))
