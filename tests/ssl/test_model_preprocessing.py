@@ -10,12 +10,14 @@ from radio_curation.runs.store import RunStore
 from radio_curation.tasks import evaluate as evaluate_task
 from radio_curation.tasks import features as features_task
 from radio_curation.tasks import train as train_task
+from radio_curation.tasks.stage import resolve_inputs
 from tests.ssl.conftest import tiny
 
 
 def _probe_model(cfg):
     """The model, preprocessing and record the configured evaluation probes the labelled dataset with."""
-    return evaluate_task.inputs(cfg, evaluate_task.evaluation(cfg)).images.model()
+    read = resolve_inputs(cfg, evaluate_task.declaration(cfg))
+    return evaluate_task.inputs(read, evaluate_task.evaluation(read.cfg)).images.model()
 
 
 def test_a_model_trained_on_48_px_views_is_probed_and_used_at_48_px(compose, merge_id, runs_dir):
