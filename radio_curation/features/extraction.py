@@ -144,10 +144,11 @@ class WindowBatches(Dataset):
                 # In the model's process: one batch, the compute threads split it.
                 return self.preprocess(pixels)[:, :1].contiguous()
             out = self._output_buffer(side)[: len(pixels)]
-            # One thread per worker: a few windows at a time keep the intermediates in the CPU caches.
+            # One thread per worker: a few windows at a time keep the intermediates in the CPU caches, and
+            # the resize writes each chunk straight into the shared buffer.
             for start in range(0, len(pixels), PREPROCESS_CHUNK):
-                chunk = pixels[start : start + PREPROCESS_CHUNK]
-                out[start : start + len(chunk)] = self.preprocess(chunk)[:, :1]
+                stop = start + PREPROCESS_CHUNK
+                self.preprocess(pixels[start:stop], out=out[start:stop])
         return out
 
     def _output_buffer(self, side: int) -> Tensor:
