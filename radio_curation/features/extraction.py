@@ -142,7 +142,9 @@ class WindowBatches(Dataset):
         with torch.no_grad():
             if get_worker_info() is None:
                 # In the model's process: one batch, the compute threads split it.
-                return self.preprocess(pixels)[:, :1].contiguous()
+                out = torch.empty((len(pixels), 1, side, side), dtype=torch.float32)
+                self.preprocess(pixels, out=out)
+                return out
             out = self._output_buffer(side)[: len(pixels)]
             # One thread per worker: a few windows at a time keep the intermediates in the CPU caches, and
             # the resize writes each chunk straight into the shared buffer.
