@@ -7,8 +7,9 @@ and converted once, in ``cutout_id`` order, which is mosaic-major), in one of tw
   the windows from the mosaic resident on the model's device, normalises and resizes them there. Loader
   threads read and convert the next mosaics into page-locked memory meanwhile.
 - ``workers`` (the default on CPUs): each DataLoader worker holds the mosaics it reads, cuts its batch and
-  normalises and resizes it, a few windows at a time, straight into shared memory, so the model's process
-  gets the model-ready batch without a copy.
+  normalises and resizes it, a few windows at a time, straight into one of its reused shared-memory
+  buffers; the model's process maps each buffer once and then gets the model-ready batches without a copy
+  or a mapping per batch.
 
 Each rank gets a contiguous run of the blocks still missing (decided by rank 0 and broadcast so every rank
 sees the same list), so each rank reads only its own mosaics, and :class:`BlockWriter` writes a block as
