@@ -107,6 +107,8 @@ class WindowBatches(Dataset):
         self.batch_size = int(batch_size)
         self._buffers: dict[int, list[tuple[tuple[int, int, int], Tensor]]] = {}
         self._delivered: dict[tuple[int, int, int], Tensor] = {}
+        #: Hand out buffer keys (False: the batch itself, for a DataLoader that copies it to pinned memory).
+        self.keys_only = True
         self.items: list[tuple[int, np.ndarray]] = []
         for block in blocks:
             start, stop = plan.block_range(block)
@@ -154,6 +156,8 @@ class WindowBatches(Dataset):
             for start in range(0, len(pixels), PREPROCESS_CHUNK):
                 stop = start + PREPROCESS_CHUNK
                 self.preprocess(pixels[start:stop], out=out[start:stop])
+        if not self.keys_only:
+            return {**item, "inputs": out}
         return {**item, "buffer": key, **({"shared": buffer} if first else {})}
 
     def delivered(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -287,13 +291,16 @@ class FeatureDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         workers = self.loader_processes
+        pin = workers > 0 and torch.cuda.is_available()
+        # The DataLoader pins what the batches carry: then they carry the windows, not a buffer key.
+        self.dataset.keys_only = not pin
         return DataLoader(
             self.dataset,
             batch_size=None,
             shuffle=False,
             num_workers=workers,
             collate_fn=_keep,
-            pin_memory=workers > 0 and torch.cuda.is_available(),
+            pin_memory=pin,
             prefetch_factor=LOADER_PREFETCH if workers > 0 else None,
             persistent_workers=False,
         )

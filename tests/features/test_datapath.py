@@ -114,6 +114,12 @@ def test_loader_workers_hand_out_each_shared_buffer_once_and_the_same_inputs(
         assert torch.equal(got["inputs"], want["inputs"])
     # Each worker's buffers cross the process boundary once, in its first batches; then only their keys.
     assert shared == [True] * (2 * OUTPUT_BUFFERS) + [False] * (len(ready) - 2 * OUTPUT_BUFFERS)
+    # For a DataLoader that pins batches (GPUs), every batch carries its windows.
+    ready.keys_only = False
+    for index, item in enumerate(loader):
+        assert "buffer" not in item and torch.equal(
+            ready.delivered(item)["inputs"], in_process[index]["inputs"]
+        )
 
 
 def test_unknown_gather_place_is_a_user_error(compose, features_overrides):
