@@ -224,8 +224,8 @@ def deliver_on_device(positions: WindowBatches, mosaics: ResidentMosaics, prepro
 
 
 def deliver_from_workers(loader: DataLoader) -> int:
-    """``gather_on=workers``: model-ready batches made by the loader processes."""
-    return sum(len(item["inputs"]) for item in loader)
+    """``gather_on=workers``: model-ready batches made by the loader processes, as the features stage gets them."""
+    return sum(len(loader.dataset.delivered(item)["inputs"]) for item in loader)
 
 
 def deliver_before(loader: DataLoader, preprocess: Preprocess, device: torch.device) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 from torch import Tensor
 
 from radio_curation.sky.fitsio import open_image
@@ -169,9 +170,11 @@ class ResidentMosaics:
             gives for the same windows.
         """
         mosaic = np.asarray(mosaic.cpu() if isinstance(mosaic, Tensor) else mosaic, dtype=np.int64)
+        codes = np.unique(mosaic)
+        if self.device.type == "cpu":
+            return self._gather_host(mosaic, codes, y0, x0, size)
         y0, x0 = (torch.as_tensor(v, dtype=torch.int64).to(self.device, non_blocking=True) for v in (y0, x0))
         out = torch.empty((len(mosaic), 1, size, size), dtype=torch.float32, device=self.device)
-        codes = np.unique(mosaic)
         if len(codes) == 1:
             out[:, 0] = window_view(self.image(codes[0]), size)[y0, x0]
             return out
@@ -179,6 +182,25 @@ class ResidentMosaics:
             rows = torch.from_numpy(np.flatnonzero(mosaic == code)).to(self.device, non_blocking=True)
             out[rows, 0] = window_view(self.image(code), size)[y0[rows], x0[rows]]
         return out
+
+    def _gather_host(
+        self,
+        mosaic: np.ndarray,
+        codes: np.ndarray,
+        y0: np.ndarray | Tensor,
+        x0: np.ndarray | Tensor,
+        size: int,
+    ) -> Tensor:
+        """:meth:`gather` on the CPU, by NumPy's fancy indexing (half the time of torch's on a window view)."""
+        y0, x0 = (np.asarray(v.cpu() if isinstance(v, Tensor) else v, dtype=np.int64) for v in (y0, x0))
+        if len(codes) == 1:
+            windows = sliding_window_view(self.image(codes[0]).numpy(), (size, size))[y0, x0]
+            return torch.from_numpy(windows)[:, None]
+        out = np.empty((len(mosaic), 1, size, size), dtype=np.float32)
+        for code in codes:
+            rows = np.flatnonzero(mosaic == code)
+            out[rows, 0] = sliding_window_view(self.image(code).numpy(), (size, size))[y0[rows], x0[rows]]
+        return torch.from_numpy(out)
 
     def close(self) -> None:
         """Drop the held mosaics and stop the loader threads of this process."""

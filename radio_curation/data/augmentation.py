@@ -225,10 +225,27 @@ def beam_noise(
     """
     noise = torch.randn(n, 1, size, size, device=device, generator=generator)
     sigma = sigma.to(device=device, dtype=noise.dtype)
-    if float(sigma.max()) > 0:
-        noise = gaussian_blur(noise, sigma, float(sigma.max()))
+    return correlate_noise(noise, sigma, float(sigma.max()))
+
+
+def correlate_noise(noise: Tensor, sigma: Tensor, max_sigma: float) -> Tensor:
+    """White noise ``[n, 1, s, s]`` convolved with Gaussian beams of ``sigma`` px ``[n]``, rescaled to unit rms.
+
+    ``max_sigma`` (at least ``sigma.max()``) sets the kernel size, as in :func:`gaussian_blur`; 0 keeps the
+    noise white.
+    """
+    if max_sigma > 0:
+        noise = gaussian_blur(noise, sigma, max_sigma)
         noise = noise / noise.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
     return noise
+
+
+def selected_rows(mask: Tensor) -> Tensor | None:
+    """The rows ``mask`` ``[B]`` selects, so that per-image work skips the others, on the CPU; None on a GPU.
+
+    On a GPU the whole-batch operation costs no more, and reading the mask back would stall the stream.
+    """
+    return torch.nonzero(mask).flatten() if mask.device.type == "cpu" else None
 
 
 def robust_rms(x: Tensor, samples: int = 32) -> Tensor:
@@ -353,17 +370,32 @@ class RadioAugmentation(nn.Module):
         b, device, g = x.shape[0], x.device, generator
         params = sample_crop_params(b, scale, self.rotate, self.flip, device, g)
         v = crop_rotate_flip(x, params, size)
+        # On the CPU the images a step leaves unchanged (sigma or level 0: an exact identity) skip it; the
+        # random draws are the same, and so is every view, bitwise.
         if self.blur_prob > 0 and self.blur_sigma[1] > 0:
             sigma = _uniform(b, *self.blur_sigma, device, g)
             sigma = sigma * (torch.rand(b, device=device, generator=g) < self.blur_prob)
-            v = gaussian_blur(v, sigma, self.blur_sigma[1])
+            rows = selected_rows(sigma > 0)
+            if rows is None:
+                v = gaussian_blur(v, sigma, self.blur_sigma[1])
+            elif len(rows):
+                v[rows] = gaussian_blur(v[rows], sigma[rows], self.blur_sigma[1])
         if self.noise_prob > 0 and self.noise_level[1] > 0:
             level = _uniform(b, *self.noise_level, device, g)
             level = level * (torch.rand(b, device=device, generator=g) < self.noise_prob)
             # The beam's sigma in view pixels: the crop spans side * S window pixels over `size` view pixels.
             sigma = self.noise_correlation * size / (params.side * x.shape[-1])
-            noise = beam_noise(b, size, sigma, device, g)
-            v = v + noise * (level * robust_rms(v)).to(v.dtype)[:, None, None, None]
+            rows = selected_rows(level > 0)
+            if rows is None:
+                noise = beam_noise(b, size, sigma, device, g)
+                v = v + noise * (level * robust_rms(v)).to(v.dtype)[:, None, None, None]
+            else:
+                white = torch.randn(b, 1, size, size, device=device, generator=g)[rows]
+                sigma = sigma.to(white.dtype)
+                # The kernel size of the whole batch's widest beam, as beam_noise gives it.
+                noise = correlate_noise(white, sigma[rows], float(sigma.max()))
+                scale = (level[rows] * robust_rms(v[rows])).to(v.dtype)[:, None, None, None]
+                v[rows] = v[rows] + noise * scale
         v = self.normalization(v)
         if self.contrast_prob > 0 and self.contrast > 0:
             factor = _uniform(b, 1 - self.contrast, 1 + self.contrast, device, g)

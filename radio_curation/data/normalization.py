@@ -78,8 +78,14 @@ class Interval(nn.Module, ABC):
         vmin, vmax = self.limits(_flat(x))
         vmin, vmax = _per_sample(vmin, x), _per_sample(vmax, x)
         span = vmax - vmin
-        scaled = torch.where(span > 0, (x - vmin) / torch.where(span > 0, span, 1.0), 0.0)
-        return scaled.clamp(0.0, 1.0)
+        spread = span > 0
+        # One new tensor, then in place: the same arithmetic as out-of-place ops, a third of the memory traffic.
+        scaled = torch.sub(x, vmin).div_(torch.where(spread, span, 1.0))
+        # On a GPU reading `spread` back would stall the stream; on the CPU it spares a pass when every cutout
+        # has an interval (the usual case).
+        if x.device.type != "cpu" or not bool(spread.all()):
+            scaled.masked_fill_(~spread, 0.0)
+        return scaled.clamp_(0.0, 1.0)
 
 
 class MinMaxInterval(Interval):
@@ -365,7 +371,10 @@ class Standardize(nn.Module):
             x = self.rescale(x)
         flat = _flat(x)
         mean = _per_sample(flat.mean(dim=1), x) if self.mean is None else self.mean
+        # One new tensor, then in place (the same arithmetic as out-of-place ops).
+        centred = torch.sub(x, mean)
         if self.std is not None:
-            return (x - mean) / self.std
+            return centred.div_(self.std)
         std = _per_sample(flat.std(dim=1, correction=0), x)
-        return torch.where(std > 0, (x - mean) / torch.where(std > 0, std, 1.0), 0.0)
+        spread = std > 0
+        return centred.div_(torch.where(spread, std, 1.0)).masked_fill_(~spread, 0.0)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from radio_curation.errors import RadioCurationError
+
+aten = torch.ops.aten
 
 
 class Preprocess(nn.Module):
@@ -36,17 +39,27 @@ class Preprocess(nn.Module):
         self.in_chans = int(in_chans)
         self.resize = None if resize is None else int(resize)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Map raw windows ``[B, 1, S, S]`` (any float dtype) to float32 ``[B, in_chans, resize, resize]``."""
+    def forward(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        """Map raw windows ``[B, 1, S, S]`` (any float dtype) to float32 ``[B, in_chans, resize, resize]``.
+
+        ``out``, a float32 ``[B, 1, resize, resize]`` tensor, receives the one channel (the resize writes
+        straight into it, e.g. into a reused shared or pinned buffer); the result is then a view of it.
+        """
         if x.ndim != 4 or x.shape[1] != 1:
             raise RadioCurationError(f"Preprocess expects windows shaped [B, 1, S, S], got {list(x.shape)}")
         x = self.normalization(x.float())
         if self.resize is not None and tuple(x.shape[-2:]) != (self.resize, self.resize):
             # Antialiasing only changes a downsampling; upsampling takes the faster plain bilinear kernel.
             shrinking = self.resize < min(x.shape[-2:])
-            x = F.interpolate(
-                x, size=(self.resize, self.resize), mode="bilinear", align_corners=False, antialias=shrinking
-            )
+            size = [self.resize, self.resize]
+            if out is None:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+            else:
+                # The kernels F.interpolate calls (bitwise its result), in their form that writes into `out`.
+                resize = aten._upsample_bilinear2d_aa if shrinking else aten.upsample_bilinear2d
+                x = resize.out(x, size, False, None, None, out=out)
+        elif out is not None:
+            x = out.copy_(x)
         if self.in_chans == 3:
             x = x.expand(-1, 3, -1, -1)
         return x

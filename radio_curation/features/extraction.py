@@ -7,8 +7,9 @@ and converted once, in ``cutout_id`` order, which is mosaic-major), in one of tw
   the windows from the mosaic resident on the model's device, normalises and resizes them there. Loader
   threads read and convert the next mosaics into page-locked memory meanwhile.
 - ``workers`` (the default on CPUs): each DataLoader worker holds the mosaics it reads, cuts its batch and
-  normalises and resizes it, a few windows at a time, straight into shared memory, so the model's process
-  gets the model-ready batch without a copy.
+  normalises and resizes it, a few windows at a time, straight into one of its reused shared-memory
+  buffers; the model's process maps each buffer once and then gets the model-ready batches without a copy
+  or a mapping per batch.
 
 Each rank gets a contiguous run of the blocks still missing (decided by rank 0 and broadcast so every rank
 sees the same list), so each rank reads only its own mosaics, and :class:`BlockWriter` writes a block as
@@ -66,8 +67,11 @@ class WindowBatches(Dataset):
 
     - ``gather=False``: the positions ``mosaic``, ``y0``, ``x0`` (NumPy ``[B]``) and ``size``, for the model's
       device to cut the windows (:meth:`ResidentMosaics.gather`);
-    - ``preprocess`` given: ``inputs``, the model-ready windows ``[B, 1, R, R]`` (one channel; in shared
-      memory when made in a loader worker);
+    - ``preprocess`` given: ``inputs``, the model-ready windows ``[B, 1, R, R]`` (one channel). A loader
+      worker writes them into one of its reused shared-memory buffers and hands out only the buffer's key
+      (``buffer``), with the buffer itself (``shared``) the first time: :meth:`delivered`, in the model's
+      process, maps each buffer once and puts ``inputs`` back, so no batch pays for passing a file
+      descriptor between processes and mapping fresh memory;
     - neither: ``pixels``, the raw windows ``[B, 1, S, S]``.
 
     Parameters
@@ -101,7 +105,10 @@ class WindowBatches(Dataset):
         self.preprocess = preprocess
         self.gather = gather
         self.batch_size = int(batch_size)
-        self._buffers: dict[int, list[Tensor]] = {}
+        self._buffers: dict[int, list[tuple[tuple[int, int, int], Tensor]]] = {}
+        self._delivered: dict[tuple[int, int, int], Tensor] = {}
+        #: Hand out buffer keys (False: the batch itself, for a DataLoader that copies it to pinned memory).
+        self.keys_only = True
         self.items: list[tuple[int, np.ndarray]] = []
         for block in blocks:
             start, stop = plan.block_range(block)
@@ -135,22 +142,39 @@ class WindowBatches(Dataset):
         pixels = self.mosaics.gather(where["mosaic"], where["y0"], where["x0"], int(where["size"][0]))
         if self.preprocess is None:
             return {**item, "pixels": pixels}
-        return {**item, "inputs": self._model_ready(pixels)}
-
-    def _model_ready(self, pixels: Tensor) -> Tensor:
         side = self.preprocess.resize or pixels.shape[-1]
         with torch.no_grad():
             if get_worker_info() is None:
                 # In the model's process: one batch, the compute threads split it.
-                return self.preprocess(pixels)[:, :1].contiguous()
-            out = self._output_buffer(side)[: len(pixels)]
-            # One thread per worker: a few windows at a time keep the intermediates in the CPU caches.
+                out = torch.empty((len(pixels), 1, side, side), dtype=torch.float32)
+                self.preprocess(pixels, out=out)
+                return {**item, "inputs": out}
+            key, buffer, first = self._output_buffer(side)
+            out = buffer[: len(pixels)]
+            # One thread per worker: a few windows at a time keep the intermediates in the CPU caches, and
+            # the resize writes each chunk straight into the shared buffer.
             for start in range(0, len(pixels), PREPROCESS_CHUNK):
-                chunk = pixels[start : start + PREPROCESS_CHUNK]
-                out[start : start + len(chunk)] = self.preprocess(chunk)[:, :1]
-        return out
+                stop = start + PREPROCESS_CHUNK
+                self.preprocess(pixels[start:stop], out=out[start:stop])
+        if not self.keys_only:
+            return {**item, "inputs": out}
+        return {**item, "buffer": key, **({"shared": buffer} if first else {})}
 
-    def _output_buffer(self, side: int) -> Tensor:
+    def delivered(self, item: dict[str, Any]) -> dict[str, Any]:
+        """An item as the DataLoader hands it to the model's process, with ``inputs`` in place of a buffer key.
+
+        Buffers stay mapped for the life of this dataset object (one predict run): at most
+        ``OUTPUT_BUFFERS`` per loader worker and window side.
+        """
+        if "buffer" not in item:
+            return item
+        item = dict(item)
+        key = item.pop("buffer")
+        if "shared" in item:
+            self._delivered[key] = item.pop("shared")
+        return {**item, "inputs": self._delivered[key][: len(item["cutout_id"])]}
+
+    def _output_buffer(self, side: int) -> tuple[tuple[int, int, int], Tensor, bool]:
         """The next of this worker's shared-memory output buffers for ``side`` px windows.
 
         The model's process maps them, so a batch crosses the process boundary without a copy, and reusing
@@ -158,13 +182,17 @@ class WindowBatches(Dataset):
         ``OUTPUT_BUFFERS`` more batches of this worker: by then the DataLoader (which hands out at most
         ``LOADER_PREFETCH`` batches per worker beyond the one being consumed) and the predict loop (which
         holds the current batch and the next one) are done with it.
+
+        Returns the buffer's key (this process, the side, its place in the ring), the buffer, and whether
+        this is its first use (the model's process has not seen it yet).
         """
         ring = self._buffers.setdefault(side, [])
         if len(ring) < OUTPUT_BUFFERS:
-            ring.append(torch.empty((self.batch_size, 1, side, side), dtype=torch.float32).share_memory_())
-            return ring[-1]
+            buffer = torch.empty((self.batch_size, 1, side, side), dtype=torch.float32).share_memory_()
+            ring.append(((os.getpid(), side, len(ring)), buffer))
+            return (*ring[-1], True)
         ring.append(ring.pop(0))
-        return ring[-1]
+        return (*ring[-1], False)
 
     @property
     def rows(self) -> int:
@@ -257,15 +285,22 @@ class FeatureDataModule(pl.LightningDataModule):
             reader.mosaic_paths, reader.nan_fill, device, self.dataset.mosaic_order(), ahead=self.num_workers
         )
 
+    def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """A loader worker's batch with its shared buffer in place of the buffer's key."""
+        return self.dataset.delivered(batch)
+
     def predict_dataloader(self) -> DataLoader:
         workers = self.loader_processes
+        pin = workers > 0 and torch.cuda.is_available()
+        # The DataLoader pins what the batches carry: then they carry the windows, not a buffer key.
+        self.dataset.keys_only = not pin
         return DataLoader(
             self.dataset,
             batch_size=None,
             shuffle=False,
             num_workers=workers,
             collate_fn=_keep,
-            pin_memory=workers > 0 and torch.cuda.is_available(),
+            pin_memory=pin,
             prefetch_factor=LOADER_PREFETCH if workers > 0 else None,
             persistent_workers=False,
         )

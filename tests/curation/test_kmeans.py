@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import adjusted_rand_score
 
 from radio_curation.curation.backends import FaissBackend, TorchBackend
@@ -199,6 +200,56 @@ def test_kmeans_plusplus_level_objective_matches_scikit_learn():
 
 def test_backends_initialise_where_their_data_lives():
     assert FaissBackend("cpu").init_device == "cpu" and TorchBackend("cpu").init_device == "cpu"
+
+
+class _RecordingTorchBackend(TorchBackend):
+    """The torch backend with its k-means++ device named explicitly, counting its fits and assignments."""
+
+    init_device = "cpu:0"
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.fits: list[int] = []
+        self.assigns = 0
+
+    def fit(self, x, init, n_iters, spherical):
+        self.fits.append(len(x))
+        return super().fit(x, init, n_iters, spherical)
+
+    def assign(self, x, centroids, spherical):
+        self.assigns += 1
+        return super().assign(x, centroids, spherical)
+
+
+def test_torch_backend_runs_kmeans_plusplus_and_every_resampling_step_on_its_device(monkeypatch):
+    import radio_curation.curation.kmeans as module
+
+    devices = []
+    real = module.greedy_kmeans_plusplus
+
+    def spy(x, k, seed, device="cpu", n_candidates=None):
+        devices.append(device)
+        return real(x, k, seed, device=device, n_candidates=n_candidates)
+
+    monkeypatch.setattr(module, "greedy_kmeans_plusplus", spy)
+    x, labels = planted(SIZES, separation=30.0, seed=3)
+    backend = _RecordingTorchBackend()
+    levels = HierarchicalKMeans([6, 2], n_resampling_steps=[3, 2], n_iters=5, backend=backend).fit(x, seed=0)
+    # Each level: its k-means, then each resampling step's k-means on the sample: all initialised with
+    # k-means++ on the backend's device, all fitted and assigned by the backend.
+    assert devices == ["cpu:0"] * (1 + 3 + 1 + 2)
+    assert len(backend.fits) == 7 and backend.assigns == 7 + 3 + 2
+    assert backend.fits[0] == len(x) and all(n < len(x) for n in backend.fits[1:4])
+    assert adjusted_rand_score(labels, levels[0].assignment) == 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kmeans_plusplus_on_a_cuda_device_picks_the_cpu_rows():
+    x, _ = planted(SIZES, separation=30.0, seed=4)
+    backend = TorchBackend("cuda")
+    assert backend.init_device == "cuda"
+    on_gpu = init_centroids(x, 6, "kmeans++", seed=2, device=backend.init_device)
+    np.testing.assert_array_equal(on_gpu, init_centroids(x, 6, "kmeans++", seed=2, device="cpu"))
 
 
 def test_per_level_settings_follow_n_clusters():

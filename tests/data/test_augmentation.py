@@ -17,7 +17,9 @@ from radio_curation.data.augmentation import (
     gaussian_blur,
     robust_rms,
     sample_crop_params,
+    views_generator,
 )
+from radio_curation.data.normalization import IntervalStretch, MinMaxInterval
 from radio_curation.errors import RadioCurationError
 
 DEVICES = [
@@ -245,3 +247,27 @@ def test_bad_settings_are_clear_errors(kwargs, match):
 def test_wrong_input_shape_is_a_clear_error():
     with pytest.raises(RadioCurationError, match=r"\[B, 1, S, S\]"):
         RadioAugmentation(nn.Identity(), 1, global_size=16)(torch.zeros(2, 3, 16, 16))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"n_local": 2}, {"noise_correlation": 0.0}, {"blur_prob": 1.0}])
+def test_cpu_views_skipping_unchanged_images_are_bitwise_the_whole_batch_views(monkeypatch, kwargs):
+    # On the CPU blur and noise run only on the images they change; the whole-batch path (the GPU's) must
+    # give the same views from the same draws.
+    import radio_curation.data.augmentation as module
+
+    windows = torch.randn(48, 1, 48, 48) * 3e-3
+    aug = RadioAugmentation(IntervalStretch(MinMaxInterval()), 1, global_size=32, local_size=16, **kwargs)
+    selected = []
+    real = module.selected_rows
+
+    def spy(mask):
+        selected.append(int(mask.sum()))
+        return real(mask)
+
+    monkeypatch.setattr(module, "selected_rows", spy)
+    skipping = aug(windows, generator=views_generator(3))
+    # Some steps left images out (each image is blurred or given noise with probability 1/2 by default).
+    assert any(0 < n < len(windows) for n in selected)
+    monkeypatch.setattr(module, "selected_rows", lambda mask: None)
+    whole = aug(windows, generator=views_generator(3))
+    assert all(torch.equal(a, b) for a, b in zip(skipping, whole, strict=True))

@@ -8,7 +8,13 @@ import pytest
 import torch
 import torchvision.transforms as T
 
-from radio_curation.data.normalization import IntervalStretch, MinMaxInterval, Standardize
+from radio_curation.data.normalization import (
+    IntervalStretch,
+    MinMaxInterval,
+    PercentileInterval,
+    Standardize,
+    SymmetricInterval,
+)
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.errors import RadioCurationError
 
@@ -61,3 +67,53 @@ def test_bad_arguments_and_shapes_are_user_errors():
         Preprocess(None, resize=0)
     with pytest.raises(RadioCurationError, match=r"\[B, 1, S, S\]"):
         Preprocess(None)(torch.zeros(2, 3, 8, 8))
+
+
+def _as_before(norm: torch.nn.Module, x: torch.Tensor, resize: int) -> torch.Tensor:
+    """The preprocessing as it was before the in-place data path: out-of-place normalisation, F.interpolate."""
+    x = x.float()
+    if isinstance(norm, IntervalStretch):
+        flat = x.reshape(len(x), -1)
+        vmin, vmax = (v.reshape(-1, 1, 1, 1) for v in norm.interval.limits(flat))
+        span = vmax - vmin
+        x = norm.stretch(
+            torch.where(span > 0, (x - vmin) / torch.where(span > 0, span, 1.0), 0.0).clamp(0, 1)
+        )
+    else:
+        if norm.rescale is not None:
+            x = norm.rescale(x)
+        flat = x.reshape(len(x), -1)
+        mean = flat.mean(1).reshape(-1, 1, 1, 1) if norm.mean is None else norm.mean
+        if norm.std is None:
+            std = flat.std(1, correction=0).reshape(-1, 1, 1, 1)
+            x = torch.where(std > 0, (x - mean) / torch.where(std > 0, std, 1.0), 0.0)
+        else:
+            x = (x - mean) / norm.std
+    if resize != x.shape[-1]:
+        shrink = resize < x.shape[-1]
+        x = torch.nn.functional.interpolate(x, size=(resize, resize), mode="bilinear", antialias=shrink)
+    return x
+
+
+@pytest.mark.parametrize("resize", [224, 40, 64])
+@pytest.mark.parametrize(
+    "norm",
+    [
+        IntervalStretch(MinMaxInterval()),
+        IntervalStretch(PercentileInterval(90.0)),
+        Standardize(0.45, 0.225, SymmetricInterval()),
+        Standardize(None, None),
+    ],
+    ids=["minmax", "percentile", "imagenet", "per-cutout"],
+)
+def test_bitwise_the_preprocessing_before_and_in_place_into_out(norm, resize):
+    x = windows(n=6)
+    x[1] = 2e-4  # a constant window: no interval, zeros
+    x[2, 0, :60] = 1e-4  # a percentile interval of zero width over a window that is not constant
+    want = _as_before(norm, x, resize)
+    kept = x.clone()
+    got = Preprocess(norm, in_chans=3, resize=resize)(x)
+    assert torch.equal(got, want.expand(-1, 3, -1, -1)) and torch.equal(x, kept)
+    out = torch.full((len(x), 1, resize, resize), float("nan"))
+    into = Preprocess(norm, in_chans=1, resize=resize)(x, out=out)
+    assert into.data_ptr() == out.data_ptr() and torch.equal(out, want)

@@ -5,12 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from radio_curation.backbones import build_backbone
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.errors import RadioCurationError, instantiate_user
-from radio_curation.features.extraction import WindowBatches, cpu_threads
+from radio_curation.features.extraction import (
+    LOADER_PREFETCH,
+    OUTPUT_BUFFERS,
+    WindowBatches,
+    _keep,
+    cpu_threads,
+)
 from radio_curation.features.io import Plan
 from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.store import RunStore
@@ -82,6 +89,38 @@ def test_positions_items_and_model_ready_items(compose, features_overrides, runs
         want = preprocess(torch.from_numpy(reader.read(ids)))
         assert item["inputs"].shape == (len(ids), 1, 48, 48)
         assert torch.equal(item["inputs"].expand(-1, 3, -1, -1), want)
+
+
+def test_loader_workers_hand_out_each_shared_buffer_once_and_the_same_inputs(
+    compose, features_overrides, runs_dir, merge_id
+):
+    cfg = compose("extract", features_overrides)
+    reader = WindowReader(RunStore(runs_dir).resolve(merge_id, stage="merge").artifact("merged.h5"))
+    plan = Plan(len(reader.cutout_ids), len(reader.cutout_ids), merge_id)
+    preprocess = Preprocess(instantiate_user(cfg.normalization), 3, 40)
+    ready = WindowBatches(reader, plan, [0], reader.table()["size"], 8, preprocess=preprocess)
+    in_process = WindowBatches(reader, plan, [0], reader.table()["size"], 8, preprocess=preprocess)
+    loader = DataLoader(
+        ready, batch_size=None, num_workers=2, collate_fn=_keep, prefetch_factor=LOADER_PREFETCH
+    )
+    assert len(ready) > 2 * OUTPUT_BUFFERS + 2
+    shared = []
+    for index, item in enumerate(loader):
+        shared.append("shared" in item)
+        got = ready.delivered(item)
+        want = in_process[index]
+        # Consumed in order, each batch while its buffer is not yet reused: the model-ready windows of
+        # the batch made in the model's process, bitwise.
+        assert np.array_equal(got["cutout_id"], want["cutout_id"]) and got["block"] == want["block"]
+        assert torch.equal(got["inputs"], want["inputs"])
+    # Each worker's buffers cross the process boundary once, in its first batches; then only their keys.
+    assert shared == [True] * (2 * OUTPUT_BUFFERS) + [False] * (len(ready) - 2 * OUTPUT_BUFFERS)
+    # For a DataLoader that pins batches (GPUs), every batch carries its windows.
+    ready.keys_only = False
+    for index, item in enumerate(loader):
+        assert "buffer" not in item and torch.equal(
+            ready.delivered(item)["inputs"], in_process[index]["inputs"]
+        )
 
 
 def test_unknown_gather_place_is_a_user_error(compose, features_overrides):
