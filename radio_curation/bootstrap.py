@@ -1,7 +1,7 @@
 """The self-bootstrapping curation loop (``experiment=bootstrap``) and its measurement.
 
 Without downloaded weights the loop makes its own features: it pretrains a small SSL model on a random
-subset of the pool, extracts the pool's features with it, clusters them, draws a balanced and a random
+subset of the pool's windows that hold a detected source (peak S/N at least ``bootstrap.min_peak_snr``), extracts the pool's features with it, clusters them, draws a balanced and a random
 subsample of the same size, and pretrains the same recipe on each with several seeds. Every step is an
 ordinary run of the store, chained by run IDs, so running the loop again reuses every finished run and
 resumes an interrupted one.
@@ -57,6 +57,7 @@ class BootstrapRuns:
     """The run IDs of one pass of the loop."""
 
     merge: str
+    detections: str
     bootstrap_model: str
     features: str
     clusters: str
@@ -109,6 +110,7 @@ class BootstrapLoop:
                 "use experiment=bootstrap or an experiment that defines them"
             )
         self.pretrain_subset = int(settings.pretrain_subset)
+        self.min_peak_snr = settings.min_peak_snr
         self.seeds = [int(s) for s in settings.seeds]
         if len(self.seeds) < 2:
             raise RadioCurationError(
@@ -123,8 +125,20 @@ class BootstrapLoop:
         """Every run of the loop, computed or reused; returns their IDs."""
         cutouts = cutouts_task.run(self.cfg("extract", "stage=cutouts"))["run_id"]
         merge = merge_task.run(self.cfg("extract", "stage=merge", f"cutouts_ids=[{cutouts}]"))["run_id"]
+        # Two thirds of a sky's windows hold only noise: a contrastive model trained on them learns to tell
+        # noise patterns apart, not morphologies. The bootstrap model trains on windows with a detection
+        # (the same cutouts merged with a peak S/N cut); the features, the curation and the subsamples'
+        # models use the whole pool.
+        detections = merge_task.run(
+            self.cfg(
+                "extract",
+                "stage=merge",
+                f"cutouts_ids=[{cutouts}]",
+                f"merge.min_peak_snr={'null' if self.min_peak_snr is None else self.min_peak_snr}",
+            )
+        )["run_id"]
         bootstrap_model = train_task.run(
-            self.cfg("train", f"source_id={merge}", f"random_subset={self.pretrain_subset}")
+            self.cfg("train", f"source_id={detections}", f"random_subset={self.pretrain_subset}")
         )["run_id"]
         features = self.features_of(merge, bootstrap_model)
         curated = curate_task.run(self.cfg("curate", f"features_id={features}"))
@@ -133,6 +147,7 @@ class BootstrapLoop:
         )
         runs = BootstrapRuns(
             merge=merge,
+            detections=detections,
             bootstrap_model=bootstrap_model,
             features=features,
             clusters=curated["clusters_id"],

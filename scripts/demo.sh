@@ -19,7 +19,9 @@ start=$(date +%s)
 cutouts=$(step "cutouts of the synthetic sky" python extract.py experiment=demo stage=cutouts)
 merged=$(step "merge with cross-mosaic deduplication" python extract.py experiment=demo stage=merge "cutouts_ids=[$cutouts]")
 # No downloaded weights: the loop bootstraps its features from an SSL model trained on a random part of the pool.
-bootstrap=$(step "bootstrap: SSL pretraining on 800 random windows of the pool" python train.py experiment=demo source_id="$merged" random_subset=800)
+# Trained on windows with a detection: on noise-only windows a contrastive model learns noise patterns.
+detections=$(step "windows with a detection (peak S/N >= 6)" python extract.py experiment=demo stage=merge "cutouts_ids=[$cutouts]" merge.min_peak_snr=6)
+bootstrap=$(step "bootstrap: SSL pretraining on 800 random windows with a detection" python train.py experiment=demo source_id="$detections" random_subset=800)
 features=$(step "features with the bootstrap model" python extract.py experiment=demo stage=features source_id="$merged" backbone=run backbone.model_id="$bootstrap")
 subsample=$(step "hierarchical k-means + balanced sampling" python curate.py experiment=demo features_id="$features")
 random=$(step "a random subsample of the same size (same clustering)" python curate.py experiment=demo features_id="$features" sampler=random)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from radio_curation.bootstrap import BootstrapLoop
+from radio_curation.cutouts.reader import WindowReader
 from radio_curation.errors import RadioCurationError
 from radio_curation.runs.store import RunStore
 
@@ -20,6 +21,7 @@ TINY = [
     "survey.size=256",
     "cutouts.window_size=32",
     "bootstrap.pretrain_subset=48",
+    "bootstrap.min_peak_snr=4",
     "bootstrap.seeds=[0,1]",
     "target_size=24",
     "clustering.n_clusters=[8,4,2]",
@@ -40,8 +42,15 @@ def test_bootstrap_loop_chains_its_runs_by_id_and_a_rerun_reuses_them(compose, r
     runs = loop.run()
     store = RunStore(runs_dir)
     parents = {r.run_id: r.parents for r in store.runs()}
-    # The bootstrap model trains on the merge run's windows; the pool's features come from that model.
-    assert parents[runs.bootstrap_model] == [runs.merge]
+    # The bootstrap model trains on the windows with a detection (the same cutouts merged with a peak S/N
+    # cut); the whole pool's features come from that model.
+    assert runs.detections != runs.merge
+    assert parents[runs.detections] == parents[runs.merge]
+    detections = WindowReader(store.resolve(runs.detections).artifact("merged.h5")).table()
+    pool = WindowReader(store.resolve(runs.merge).artifact("merged.h5")).table()
+    assert 48 <= len(detections["cutout_id"]) < len(pool["cutout_id"])
+    assert detections["peak_snr"].min() >= 4 > pool["peak_snr"].min()
+    assert parents[runs.bootstrap_model] == [runs.detections]
     assert set(parents[runs.features]) == {runs.merge, runs.bootstrap_model}
     assert parents[runs.clusters] == [runs.features]
     assert parents[runs.curated] == parents[runs.random] == [runs.clusters]
