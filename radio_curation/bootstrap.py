@@ -45,6 +45,7 @@ from radio_curation.tasks import evaluate as evaluate_task
 from radio_curation.tasks import features as features_task
 from radio_curation.tasks import merge as merge_task
 from radio_curation.tasks import train as train_task
+from radio_curation.tasks.stage import resolve_inputs
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,8 @@ class BootstrapLoop:
         backbone, or (None) the loop's backbone with random weights drawn from ``seed``."""
         run = [] if model is None else ["backbone=run", f"backbone.model_id={model}"]
         cfg = self.cfg("extract", "stage=features", *run)
-        extractor, preprocess = features_task._models(cfg, np.array([windows.shape[-1]]))
+        inputs = resolve_inputs(cfg, features_task.FEATURES_STAGE)
+        extractor, preprocess = features_task._models(inputs, np.array([windows.shape[-1]]))
         x = torch.from_numpy(np.asarray(windows, dtype=np.float32))
         with torch.no_grad():
             return torch.cat(

@@ -390,12 +390,14 @@ class RadioAugmentation(nn.Module):
                 noise = beam_noise(b, size, sigma, device, g)
                 v = v + noise * (level * robust_rms(v)).to(v.dtype)[:, None, None, None]
             else:
+                # Drawn for the whole batch even when no image takes it: the generator moves as on a GPU.
                 white = torch.randn(b, 1, size, size, device=device, generator=g)[rows]
-                sigma = sigma.to(white.dtype)
-                # The kernel size of the whole batch's widest beam, as beam_noise gives it.
-                noise = correlate_noise(white, sigma[rows], float(sigma.max()))
-                scale = (level[rows] * robust_rms(v[rows])).to(v.dtype)[:, None, None, None]
-                v[rows] = v[rows] + noise * scale
+                if len(rows):
+                    sigma = sigma.to(white.dtype)
+                    # The kernel size of the whole batch's widest beam, as beam_noise gives it.
+                    noise = correlate_noise(white, sigma[rows], float(sigma.max()))
+                    scale = (level[rows] * robust_rms(v[rows])).to(v.dtype)[:, None, None, None]
+                    v[rows] = v[rows] + noise * scale
         v = self.normalization(v)
         if self.contrast_prob > 0 and self.contrast > 0:
             factor = _uniform(b, 1 - self.contrast, 1 + self.contrast, device, g)

@@ -271,3 +271,19 @@ def test_cpu_views_skipping_unchanged_images_are_bitwise_the_whole_batch_views(m
     monkeypatch.setattr(module, "selected_rows", lambda mask: None)
     whole = aug(windows, generator=views_generator(3))
     assert all(torch.equal(a, b) for a, b in zip(skipping, whole, strict=True))
+
+
+def test_cpu_views_of_a_batch_no_image_of_which_is_blurred_or_noised_are_the_whole_batch_views(monkeypatch):
+    # A small batch can draw no image for a step (a requeued training job met one): the CPU path must skip
+    # the step, yet draw what the whole-batch path draws, so that later views stay the same.
+    import radio_curation.data.augmentation as module
+
+    windows = torch.randn(2, 1, 32, 32) * 3e-3
+    aug = RadioAugmentation(
+        IntervalStretch(MinMaxInterval()), 1, global_size=16, local_size=8, n_local=2,
+        blur_prob=1e-9, noise_prob=1e-9,
+    )  # fmt: skip
+    skipping = aug(windows, generator=views_generator(5))
+    monkeypatch.setattr(module, "selected_rows", lambda mask: None)
+    whole = aug(windows, generator=views_generator(5))
+    assert all(torch.equal(a, b) for a, b in zip(skipping, whole, strict=True))
