@@ -29,7 +29,7 @@ from radio_curation.curation.clusters import read_subsample
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.enrichment import Enrichment, enrichment
-from radio_curation.evaluation.inputs import positions, window_table
+from radio_curation.evaluation.inputs import window_table
 from radio_curation.evaluation.radio_stats import radio_statistics
 from radio_curation.evaluation.seeds import (
     PairedDifference,
@@ -37,7 +37,7 @@ from radio_curation.evaluation.seeds import (
     seed_spread,
 )
 from radio_curation.evaluation.truth_probe import grouped_knn_balanced_accuracy
-from radio_curation.features.matrix import FeatureFile
+from radio_curation.features.matrix import FeatureFile, positions
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import curate as curate_task
 from radio_curation.tasks import cutouts as cutouts_task

@@ -8,6 +8,7 @@ import numpy as np
 
 from radio_curation.cutouts.index import read_index
 from radio_curation.errors import RadioCurationError
+from radio_curation.features.matrix import positions
 from radio_curation.runs.store import RunRecord, RunStore
 
 
@@ -20,21 +21,6 @@ def require_ancestor(store: RunStore, record: RunRecord, stage: str, why: str) -
             f"(see `radio-curation runs lineage {record.run_id}`)"
         )
     return found
-
-
-def positions(all_ids: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
-    """Positions of ``ids`` in the ascending ``all_ids``; an error naming ``what`` if any is missing."""
-    all_ids = np.asarray(all_ids, dtype=np.int64)
-    ids = np.asarray(ids, dtype=np.int64)
-    pos = np.searchsorted(all_ids, ids)
-    found = pos < len(all_ids)
-    found[found] = all_ids[pos[found]] == ids[found]
-    if not found.all():
-        raise RadioCurationError(
-            f"{int((~found).sum())} cutout IDs (e.g. {ids[~found][:5].tolist()}) are not in {what}; "
-            "the runs given do not belong to one lineage"
-        )
-    return pos
 
 
 def window_table(merged: Path, cutout_ids: np.ndarray) -> dict[str, np.ndarray]:

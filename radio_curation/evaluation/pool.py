@@ -8,12 +8,8 @@ import numpy as np
 
 from radio_curation.curation.clusters import Hierarchy
 from radio_curation.cutouts.reader import WindowReader
-from radio_curation.evaluation.inputs import (
-    positions,
-    require_ancestor,
-    window_table,
-)
-from radio_curation.features.matrix import FeatureFile
+from radio_curation.evaluation.inputs import require_ancestor, window_table
+from radio_curation.features.matrix import FeatureFile, positions
 from radio_curation.runs.store import RunRecord, RunStore
 
 

@@ -61,15 +61,22 @@ def _ascending_subset(rows: Any, n: int, what: object) -> np.ndarray:
     return rows
 
 
-def _rows_of(cutout_ids: np.ndarray, ids: Any, what: object) -> np.ndarray:
+_SAME_MERGE = "the features must come from the same merge run"
+
+
+def positions(
+    all_ids: Any, ids: Any, what: object, hint: str = "the runs given do not belong to one lineage"
+) -> np.ndarray:
+    """Positions of ``ids`` in the ascending ``all_ids``; an error naming ``what`` and ``hint`` if any is
+    missing."""
+    all_ids = np.asarray(all_ids, dtype=np.int64)
     ids = np.asarray(ids, dtype=np.int64).ravel()
-    rows = np.searchsorted(cutout_ids, ids)
-    found = rows < len(cutout_ids)
-    found[found] = cutout_ids[rows[found]] == ids[found]
+    rows = np.searchsorted(all_ids, ids)
+    found = rows < len(all_ids)
+    found[found] = all_ids[rows[found]] == ids[found]
     if not found.all():
         raise RadioCurationError(
-            f"{int((~found).sum())} cutout IDs are not in {what} (e.g. {ids[~found][:5].tolist()}); "
-            "the features must come from the same merge run"
+            f"{int((~found).sum())} cutout IDs are not in {what} (e.g. {ids[~found][:5].tolist()}); {hint}"
         )
     return rows
 
@@ -112,7 +119,7 @@ class FeatureArray:
 
     def rows_of(self, cutout_ids: np.ndarray) -> np.ndarray:
         """Row numbers of ``cutout_ids``; an error naming the missing ones if any is absent."""
-        return _rows_of(self._ids, cutout_ids, "the feature array")
+        return positions(self._ids, cutout_ids, "the feature array", _SAME_MERGE)
 
     def read(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Features of ``rows`` (any order, repeats allowed; None for all) as float32."""
@@ -215,7 +222,7 @@ class FeatureFile:
 
     def rows_of(self, cutout_ids: np.ndarray) -> np.ndarray:
         """Row numbers of ``cutout_ids``; an error naming the missing ones if any is absent."""
-        return _rows_of(self.cutout_ids, cutout_ids, self.path)
+        return positions(self.cutout_ids, cutout_ids, self.path, _SAME_MERGE)
 
     def read(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Features of ``rows`` (any order, repeats allowed; None for all) as float32."""

@@ -15,10 +15,10 @@ from radio_curation.evaluation.curation_report import CurationFigures, curation_
 from radio_curation.evaluation.enrichment import Enrichment, enrichment, rare_classes
 from radio_curation.evaluation.evals.base import Evaluation, Inputs
 from radio_curation.evaluation.html import Section, Table, render_html
-from radio_curation.evaluation.inputs import positions
 from radio_curation.evaluation.labels import WindowLabels
 from radio_curation.evaluation.outputs import Outputs
 from radio_curation.evaluation.pool import WindowFeatures, clustering_of
+from radio_curation.features.matrix import positions
 
 
 class CurationReport(Evaluation):
