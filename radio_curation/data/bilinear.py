@@ -113,7 +113,7 @@ def upsample_bilinear(x: Tensor, size: tuple[int, int], out: Tensor | None = Non
         and x.dtype == torch.float32
         and x.shape[1] == 1
         and not (x.requires_grad and torch.is_grad_enabled())
-        and (out is None or out.is_contiguous())
+        and (out is None or (out.dtype == torch.float32 and out.device.type == "cpu" and out.is_contiguous()))
         and torch.get_num_threads() == 1
         and _bitwise_torch(x.shape[-2], x.shape[-1], out_height, out_width)
     )

@@ -97,6 +97,9 @@ def test_sizes_torch_sends_elsewhere_and_many_threads_take_torchs_kernel(kernel_
         torch.set_num_threads(1)
         x64 = x.double()
         assert torch.equal(upsample_bilinear(x64, (224, 224)), torch_resize(x64, (224, 224)))
+        into64 = torch.empty((5, 1, 224, 224), dtype=torch.float64)
+        upsample_bilinear(x64, (224, 224), out=into64)
+        assert torch.equal(into64, torch_resize(x64, (224, 224)))
         grad = x.clone().requires_grad_()
         upsample_bilinear(grad, (224, 224)).sum().backward()
         assert grad.grad is not None
