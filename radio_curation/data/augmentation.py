@@ -239,7 +239,7 @@ def gaussian_blur(x: Tensor, sigma: Tensor, max_sigma: float) -> Tensor:
 #: ``exp(-d² / 4σ²)``, below 1e-6 beyond ``d = 2 * NOISE_REACH * σ``; its noise has a fraction
 #: ``2 erfc(NOISE_BAND)`` < 1e-6 of its power beyond the frequency ``NOISE_BAND / (2πσ)`` (cycles/px).
 NOISE_REACH = 3.72
-NOISE_BAND = 3.54
+NOISE_BAND = 3.57
 
 
 def noise_grids(size: int, sigma_range: Sequence[float]) -> tuple[int, int]:
