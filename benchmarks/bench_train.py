@@ -23,11 +23,13 @@ Usage::
 Prints ``RESULT train ours=<r> naive=<r> ratio=<x>`` (training images/s), and before it
 ``RESULT train_data ...``: the rate at which each data path alone delivers view pairs (no model), which is
 what decides training throughput once the model is fast (on a GPU), and
-``RESULT datapath windows_per_s=<r> gb_per_s=<r> memcpy_gb_per_s=<r> fraction=<f> workers=<n>``: our data
-path's view pairs per second (both views on the training device: the GPU, or the main process on CPUs)
-over ``--datapath-batches`` batches, for 1 … cores loader workers and then the train stage's default count,
-against a plain one-core ``memcpy`` of the same bytes (two float32 views of ``--window``² per window) in
-the same run; then ``RESULT datapath_before ...`` likewise for the data path before resident windows
+``RESULT datapath windows_per_s=<r> gb_per_s=<r> memcpy_gb_per_s=<r> fraction=<f> workers=<n>
+cpu_us_per_pair=<t>``: our data path's view pairs per second (both views on the training device: the GPU,
+or the main process on CPUs) over ``--datapath-batches`` batches, for 1 … cores loader workers and then
+the train stage's default count, against a plain one-core ``memcpy`` of the same bytes (two float32 views
+of ``--window``² per window) in the same run, and the CPU time all its processes spend per pair (which
+other work on the machine inflates far less than the rate: ``cores / cpu_us_per_pair`` is about the rate
+on idle cores); then ``RESULT datapath_before ...`` likewise for the data path before resident windows
 (``data.resident_gb=0``), and ``RESULT datapath_views_before ...`` for the views as they were made before
 (:class:`GroupedConvViews`). First ``RESULT views ours_us=<t> before_us=<t> ratio=<x>``: CPU time of one
 thread per view pair of the augmentation alone, ours against :class:`GroupedConvViews`, on one batch.
@@ -46,6 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -296,8 +299,21 @@ def train_rate(
     return timer.rate, timer.gpu.mean
 
 
-def data_rate(loader: DataLoader, augmentation: nn.Module, device: torch.device) -> float:
-    """Images/s at which a loader delivers view pairs on ``device`` (views made there if not in workers)."""
+def cpu_seconds() -> dict[int, float]:
+    """CPU time (user + system) so far of this process and each of its children (loader workers), by pid."""
+    times = {}
+    for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            cpu = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        times[process.pid] = cpu.user + cpu.system
+    return times
+
+
+def data_rate(loader: DataLoader, augmentation: nn.Module, device: torch.device) -> tuple[float, float]:
+    """View pairs/s a loader delivers on ``device`` (views made there if not in workers), and the CPU time
+    all its processes spend per pair (seconds; what the other work on a loaded machine inflates far less)."""
     augmentation.to(device)
 
     def views(batch: Tensor | dict[str, list[Tensor]]) -> list[Tensor]:
@@ -307,12 +323,15 @@ def data_rate(loader: DataLoader, augmentation: nn.Module, device: torch.device)
 
     batches = iter(loader)
     views(next(batches))  # warm-up: workers started, first batch made
+    cpu_start = cpu_seconds()
     start, images = time.perf_counter(), 0
     for batch in batches:
         images += views(batch)[0].shape[0]
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return images / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    cpu = sum(t - cpu_start.get(pid, 0.0) for pid, t in cpu_seconds().items())
+    return images / elapsed, cpu / images
 
 
 def memcpy_rate(nbytes: int) -> float:
@@ -350,11 +369,12 @@ def datapath_figures(
         in_workers, windows.augmentation = windows.augmentation, views if windows.augmentation else None
         for workers in [*args.datapath_workers, int(config("train", []).data.num_workers)]:
             windows.num_workers = workers
-            rate = max(data_rate(windows.train_dataloader(), views, device) for _ in range(args.repeats))
+            runs = [data_rate(windows.train_dataloader(), views, device) for _ in range(args.repeats)]
+            rate, cpu = max(r for r, _ in runs), min(c for _, c in runs)
             print(
                 f"RESULT {name} windows_per_s={rate:.1f} gb_per_s={rate * pair_bytes / 1e9:.3f} "
                 f"memcpy_gb_per_s={memcpy / 1e9:.3f} fraction={rate * pair_bytes / memcpy:.3f} "
-                f"workers={workers}",
+                f"workers={workers} cpu_us_per_pair={cpu * 1e6:.0f}",
                 flush=True,
             )
         windows.num_workers, windows.augmentation = args.num_workers, in_workers
@@ -384,7 +404,7 @@ def main() -> None:
         help="loader worker counts of the data path figures (default: 1 … cores)",
     )
     parser.add_argument(
-        "--datapath-batches", type=int, default=40, help="batches per data path figure (after one warm-up)"
+        "--datapath-batches", type=int, default=64, help="batches per data path figure (after one warm-up)"
     )
     parser.add_argument(
         "--only-datapath", action="store_true", help="only the data path figures, not the comparisons"
@@ -464,8 +484,8 @@ def main() -> None:
         ours_views = naive_views = ours = naive = 0.0
         ours_gpu = naive_gpu = None
         for _ in range(args.repeats):
-            ours_views = max(ours_views, data_rate(ours_data.train_dataloader(), ours_aug, device))
-            naive_views = max(naive_views, data_rate(naive_data, SplitViews(), device))
+            ours_views = max(ours_views, data_rate(ours_data.train_dataloader(), ours_aug, device)[0])
+            naive_views = max(naive_views, data_rate(naive_data, SplitViews(), device)[0])
         ratio = ours_views / naive_views
         print(f"RESULT train_data ours={ours_views:.1f} naive={naive_views:.1f} ratio={ratio:.2f}")
         for _ in range(args.repeats):
