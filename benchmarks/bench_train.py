@@ -412,6 +412,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workdir", type=Path, default=None, help="run store and sky (default: a temp dir)")
     args = parser.parse_args()
+    most = max([*args.datapath_workers, int(config("train", []).data.num_workers)])
+    if args.datapath_batches < 16 * most:
+        # Each worker has batches in flight when the clock starts: they must be a small part of the count.
+        parser.error(
+            f"--datapath-batches={args.datapath_batches} is too few to time {most} loader workers: "
+            f"give at least {16 * most}."
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
