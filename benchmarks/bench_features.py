@@ -21,9 +21,12 @@ On a synthetic sky cut into windows (cutouts + merge stages, in a temporary run 
 (c) data path: the rate at which the features stage's data path delivers model-ready batches (cut from the
     resident mosaics, normalised, resized; on the device with ``--device cuda``, else by ``gather_on=workers``
     loader processes into shared memory) with no model, against a plain one-core ``memcpy`` of the same
-    bytes (one float32 channel of ``--resize``² per window) in the same run, for 1 … cores loader workers;
-    and the same for the data path before resident mosaics (``WindowReader.read`` per batch in the
-    workers, normalisation and resizing in the main process).
+    bytes (one float32 channel of ``--resize``² per window), timed next to every pass and the best of the
+    whole run taken, for 1 … cores loader workers; and the same for the data path before resident mosaics
+    (``WindowReader.read`` per batch in the workers, normalisation and resizing in the main process).
+    Each line also gives the CPU time per window of all the data path's processes (the main one and its
+    loader workers; the least of a pass), which a machine loaded by other work inflates far less than
+    the rate: ``c`` idle cores could deliver about ``c / cpu_us_per_window`` windows per µs.
 
 Usage::
 
@@ -33,8 +36,9 @@ Usage::
 
 Prints ``RESULT loader ours=<r> naive=<r> ratio=<x>`` (with the decomposition line after it),
 ``RESULT extraction pipeline=<r> model_only=<r> ratio=<x>``,
-``RESULT datapath windows_per_s=<r> gb_per_s=<r> memcpy_gb_per_s=<r> fraction=<f> workers=<n>`` (one per
-worker count, then the stage's default count again) and ``RESULT datapath_before ...`` likewise.
+``RESULT datapath windows_per_s=<r> gb_per_s=<r> memcpy_gb_per_s=<r> fraction=<f> workers=<n>
+cpu_us_per_window=<t>`` (one per worker count, then the stage's default count again; all printed after the
+last pass, against the run's best memcpy) and ``RESULT datapath_before ...`` likewise.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 import torchvision.transforms as T
 from hydra import compose, initialize_config_dir
@@ -188,17 +193,37 @@ class ReaderBatches(Dataset):
         return torch.from_numpy(self.reader.read(self.items[index][1]))
 
 
-def memcpy_rate(nbytes: int, repeats: int) -> float:
-    """Bytes/s of a plain one-core copy of ``nbytes`` (best of ``repeats``)."""
-    source = np.ones(nbytes // 4, np.float32)
-    target = np.empty_like(source)
-    np.copyto(target, source)
-    best = math.inf
-    for _ in range(max(3, repeats)):
-        start = time.perf_counter()
-        np.copyto(target, source)
-        best = min(best, time.perf_counter() - start)
-    return nbytes / best
+class Memcpy:
+    """A plain one-core copy of ``nbytes``: :meth:`measure` times it, :attr:`bytes_per_s` is the best seen.
+
+    Timed next to every data-path pass, so the baseline of every line is the best of the whole run, not of
+    one moment of a shared machine.
+    """
+
+    def __init__(self, nbytes: int) -> None:
+        self.source = np.ones(nbytes // 4, np.float32)
+        self.target = np.empty_like(self.source)
+        np.copyto(self.target, self.source)
+        self.bytes_per_s = 0.0
+
+    def measure(self, repeats: int = 3) -> None:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            np.copyto(self.target, self.source)
+            self.bytes_per_s = max(self.bytes_per_s, self.source.nbytes / (time.perf_counter() - start))
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its live children (the loader workers) so far."""
+    processes = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def as_is(item: dict) -> dict:
@@ -247,25 +272,32 @@ def datapath_benchmark(args: argparse.Namespace, merged: Path, cfg: DictConfig) 
     device = torch.device(args.device)
     preprocess = Preprocess(instantiate_user(cfg.normalization), 3, args.resize).to(device)
     window_bytes = args.resize * args.resize * 4
-    memcpy = memcpy_rate(args.batch_size * window_bytes, args.repeats)
+    memcpy = Memcpy(args.batch_size * window_bytes)
     # The worker counts asked for, then the features stage's default (configs/extract.yaml) again.
     counts = [*args.datapath_workers, int(config([]).num_workers)]
+    lines: list[tuple[str, float, float, int]] = []
 
-    def best_rate(deliver, *inputs) -> float:
+    def best_rate(deliver, *inputs) -> tuple[float, float]:
+        """Best windows/s of ``--repeats`` passes and the least CPU time per window (µs) of a pass."""
         deliver(*inputs)  # warm-up: workers started, mosaics loaded, first batches made
-        best = 0.0
+        best, least_cpu = 0.0, math.inf
         for _ in range(args.repeats):
+            memcpy.measure()
+            cpu = cpu_seconds()
             start = time.perf_counter()
             count = deliver(*inputs)
+            seconds = time.perf_counter() - start
             assert count == n, (count, n)
-            best = max(best, count / (time.perf_counter() - start))
-        return best
+            best = max(best, count / seconds)
+            least_cpu = min(least_cpu, (cpu_seconds() - cpu) / count * 1e6)
+        return best, least_cpu
 
-    def report(name: str, rate: float, workers: int) -> None:
+    def report(name: str, rate: float, cpu_us: float, workers: int) -> None:
         gb = rate * window_bytes / 1e9
+        copy = memcpy.bytes_per_s
         print(
-            f"RESULT {name} windows_per_s={rate:.1f} gb_per_s={gb:.3f} memcpy_gb_per_s={memcpy / 1e9:.3f} "
-            f"fraction={rate * window_bytes / memcpy:.3f} workers={workers}",
+            f"RESULT {name} windows_per_s={rate:.1f} gb_per_s={gb:.3f} memcpy_gb_per_s={copy / 1e9:.3f} "
+            f"fraction={rate * window_bytes / copy:.3f} workers={workers} cpu_us_per_window={cpu_us:.1f}",
             flush=True,
         )
 
@@ -276,14 +308,14 @@ def datapath_benchmark(args: argparse.Namespace, merged: Path, cfg: DictConfig) 
             mosaics = ResidentMosaics(
                 reader.mosaic_paths, reader.nan_fill, device, positions.mosaic_order(), ahead=workers
             )
-            rate = best_rate(deliver_on_device, positions, mosaics, preprocess.to(device))
+            figures = best_rate(deliver_on_device, positions, mosaics, preprocess.to(device))
             mosaics.close()
         else:
             loader = DataLoader(
                 ready, batch_size=None, collate_fn=as_is, **loader_settings(workers, LOADER_PREFETCH)
             )
-            rate = best_rate(deliver_from_workers, loader)
-        report("datapath", rate, workers)
+            figures = best_rate(deliver_from_workers, loader)
+        lines.append(("datapath", *figures, workers))
 
     preprocess.to(device)
     threads = torch.get_num_threads()
@@ -296,8 +328,11 @@ def datapath_benchmark(args: argparse.Namespace, merged: Path, cfg: DictConfig) 
         )
         # As the features stage did on CPUs: compute threads = cores not taken by loader processes.
         torch.set_num_threads(cpu_threads(workers) if device.type == "cpu" else threads)
-        report("datapath_before", best_rate(deliver_before, before, preprocess, device), workers)
+        lines.append(("datapath_before", *best_rate(deliver_before, before, preprocess, device), workers))
     torch.set_num_threads(threads)
+    # Every line against the best memcpy of the run.
+    for line in lines:
+        report(*line)
 
 
 def model_only_rate(cfg: DictConfig, args: argparse.Namespace, n: int) -> float:

@@ -8,9 +8,11 @@ same SSL recipe on each, several seeds) in a run store, then prints:
   classes (windows labelled by the brightest visible truth source within half a window side; empty windows
   left out), 5-fold cross-validated with all windows of a source in one fold, for the bootstrap model's
   features, the same network with random weights, and a hand-made radio-statistics vector;
-- ``RESULT enrichment rare_subsample=<share> rare_random=<share> ratio=<x> empty_ratio=<x>``: share of the
-  rare classes (pool share < 1 % each) in the balanced subsample and in the random one, their ratio, and
-  the ratio of their shares of empty windows;
+- ``RESULT enrichment rare_subsample=<share> rare_random=<share> ratio=<x> empty_ratio=<x> rare_pool=<share>
+  ratio_pool=<x>``: share of the rare classes (pool share < 1 % each) in the balanced subsample and in the
+  random one (the one the random arm pretrains on), their ratio, the ratio of their shares of empty windows,
+  and the rare classes' share of the whole pool with the balanced subsample's ratio to it: the random
+  subsample's expected share (its one draw holds only a dozen or so rare windows, so ``ratio`` spreads);
 - ``RESULT pretraining curated=<m> random=<m> diff=<d> ci_low=<l> ci_high=<h> seeds=<n> probe=<name>``, per
   probe (``synthetic``: the truth-class kNN above; ``mirabest_confident``: the MiraBest Confident linear
   probe): means over seeds, the mean paired difference (same seed) and its 95 % t interval.

@@ -23,11 +23,16 @@ Usage::
 Prints ``RESULT train ours=<r> naive=<r> ratio=<x>`` (training images/s), and before it
 ``RESULT train_data ...``: the rate at which each data path alone delivers view pairs (no model), which is
 what decides training throughput once the model is fast (on a GPU), and
-``RESULT datapath windows_per_s=<r> gb_per_s=<r> memcpy_gb_per_s=<r> fraction=<f> workers=<n>``: our data
-path's view pairs per second (both views on the training device: the GPU, or the main process on CPUs)
-for 1 … cores loader workers and then the train stage's default count, against a plain one-core
-``memcpy`` of the same bytes (two float32 views of ``--window``² per window) in the same run; then
-``RESULT datapath_before ...`` likewise for the data path before resident windows (``data.resident_gb=0``).
+``RESULT datapath windows_per_s=<r> gb_per_s=<r> memcpy_gb_per_s=<r> fraction=<f> workers=<n>
+cpu_us_per_pair=<t>``: our data path's view pairs per second (both views on the training device: the GPU,
+or the main process on CPUs) over ``--datapath-batches`` batches, for 1 … cores loader workers and then
+the train stage's default count, against a plain one-core ``memcpy`` of the same bytes (two float32 views
+of ``--window``² per window) in the same run, and the CPU time all its processes spend per pair (which
+other work on the machine inflates far less than the rate: ``cores / cpu_us_per_pair`` is about the rate
+on idle cores); then ``RESULT datapath_before ...`` likewise for the data path before resident windows
+(``data.resident_gb=0``), and ``RESULT datapath_views_before ...`` for the views as they were made before
+(:class:`GroupedConvViews`). First ``RESULT views ours_us=<t> before_us=<t> ratio=<x>``: CPU time of one
+thread per view pair of the augmentation alone, ours against :class:`GroupedConvViews`, on one batch.
 """
 
 from __future__ import annotations
@@ -43,8 +48,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 import torchvision.transforms as T
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -54,7 +61,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from radio_curation.backbones import build_backbone, instantiate_user
 from radio_curation.cutouts.reader import WindowReader
-from radio_curation.data.augmentation import RadioAugmentation
+from radio_curation.data.augmentation import (
+    RadioAugmentation,
+    robust_rms,
+    sample_crop_params,
+    views_generator,
+)
 from radio_curation.data.datamodule import TrainingWindows
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import cutouts as cutouts_task
@@ -114,6 +126,71 @@ class SplitViews(nn.Module):
     def forward(self, views: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
         # The views are already drawn: the training step's per-batch generator has nothing left to seed.
         return [views[:, 0], views[:, 1]]
+
+
+class GroupedConvViews(RadioAugmentation):
+    """The views as made before the CPU work on them, the named baseline of ``RESULT views``: the same
+    draws and steps, with ``F.affine_grid``, blur as a reflection-padded grouped convolution (one group per
+    image), and beam noise as white noise of the view's size blurred likewise (edges reflected), rescaled by
+    ``torch.std``."""
+
+    @staticmethod
+    def blur(x: Tensor, sigma: Tensor, max_sigma: float) -> Tensor:
+        b, c, h, w = x.shape
+        radius = max(1, math.ceil(3 * max_sigma))
+        offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+        kernel = torch.exp(-0.5 * (offsets[None, :] / sigma.to(x.dtype).clamp_min(1e-3)[:, None]) ** 2)
+        kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
+        flat = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="reflect")
+        flat = F.conv2d(flat, kernel[:, None, None, :], groups=b * c)
+        return F.conv2d(flat, kernel[:, None, :, None], groups=b * c).reshape(b, c, h, w)
+
+    def view(self, x: Tensor, size: int, scale, generator: torch.Generator | None = None) -> Tensor:
+        b, device, g = x.shape[0], x.device, generator
+        p = sample_crop_params(b, scale, self.rotate, self.flip, device, g)
+        cos, sin = p.angle.cos(), p.angle.sin()
+        theta = torch.stack(
+            [
+                torch.stack([p.side * cos * p.flip, -p.side * sin, p.cx], dim=-1),
+                torch.stack([p.side * sin * p.flip, p.side * cos, p.cy], dim=-1),
+            ],
+            dim=1,
+        )
+        grid = F.affine_grid(theta, [b, 1, size, size], align_corners=False)
+        v = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+        sigma = torch.rand(b, device=device, generator=g) * (self.blur_sigma[1] - self.blur_sigma[0])
+        sigma = (sigma + self.blur_sigma[0]) * (torch.rand(b, device=device, generator=g) < self.blur_prob)
+        rows = torch.nonzero(sigma > 0).flatten()
+        if len(rows):
+            v[rows] = self.blur(v[rows], sigma[rows], self.blur_sigma[1])
+        level = torch.rand(b, device=device, generator=g) * (self.noise_level[1] - self.noise_level[0])
+        level = (level + self.noise_level[0]) * (torch.rand(b, device=device, generator=g) < self.noise_prob)
+        beam = self.noise_correlation * size / (p.side * x.shape[-1])
+        rows = torch.nonzero(level > 0).flatten()
+        white = torch.randn(b, 1, size, size, device=device, generator=g)[rows]
+        if len(rows):
+            noise = self.blur(white, beam[rows], float(beam.max()))
+            noise = noise / noise.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+            v[rows] = v[rows] + noise * (level[rows] * robust_rms(v[rows]))[:, None, None, None]
+        v = self.normalization(v)
+        factor = torch.rand(b, device=device, generator=g) * 2 * self.contrast + 1 - self.contrast
+        factor = torch.where(torch.rand(b, device=device, generator=g) < self.contrast_prob, factor, 1.0)
+        mean = v.mean(dim=(1, 2, 3), keepdim=True)
+        return (v - mean) * factor[:, None, None, None] + mean
+
+
+def views_cpu_time(augmentation: nn.Module, windows: Tensor, repeats: int) -> float:
+    """Seconds of CPU time per view pair of ``augmentation`` on one thread (best of ``repeats``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    augmentation(windows, generator=views_generator(0))  # warm-up
+    best = math.inf
+    for i in range(repeats):
+        start = time.process_time()
+        augmentation(windows, generator=views_generator(i + 1))
+        best = min(best, time.process_time() - start)
+    torch.set_num_threads(threads)
+    return best / len(windows)
 
 
 class StepTimer(pl.Callback):
@@ -222,8 +299,21 @@ def train_rate(
     return timer.rate, timer.gpu.mean
 
 
-def data_rate(loader: DataLoader, augmentation: nn.Module, device: torch.device) -> float:
-    """Images/s at which a loader delivers view pairs on ``device`` (views made there if not in workers)."""
+def cpu_seconds() -> dict[int, float]:
+    """CPU time (user + system) so far of this process and each of its children (loader workers), by pid."""
+    times = {}
+    for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            cpu = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        times[process.pid] = cpu.user + cpu.system
+    return times
+
+
+def data_rate(loader: DataLoader, augmentation: nn.Module, device: torch.device) -> tuple[float, float]:
+    """View pairs/s a loader delivers on ``device`` (views made there if not in workers), and the CPU time
+    all its processes spend per pair (seconds; what the other work on a loaded machine inflates far less)."""
     augmentation.to(device)
 
     def views(batch: Tensor | dict[str, list[Tensor]]) -> list[Tensor]:
@@ -233,12 +323,15 @@ def data_rate(loader: DataLoader, augmentation: nn.Module, device: torch.device)
 
     batches = iter(loader)
     views(next(batches))  # warm-up: workers started, first batch made
+    cpu_start = cpu_seconds()
     start, images = time.perf_counter(), 0
     for batch in batches:
         images += views(batch)[0].shape[0]
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return images / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    cpu = sum(t - cpu_start.get(pid, 0.0) for pid, t in cpu_seconds().items())
+    return images / elapsed, cpu / images
 
 
 def memcpy_rate(nbytes: int) -> float:
@@ -254,29 +347,37 @@ def memcpy_rate(nbytes: int) -> float:
 
 
 def datapath_figures(
-    args: argparse.Namespace, data: TrainingWindows, before: TrainingWindows, augmentation: nn.Module
+    args: argparse.Namespace,
+    data: TrainingWindows,
+    before: TrainingWindows,
+    augmentation: nn.Module,
+    views_before: nn.Module,
 ) -> None:
     """``RESULT datapath`` lines: view pairs/s of our data path for each worker count, against memcpy.
 
     ``RESULT datapath_before`` lines: the same for the data path before resident windows (``before``: one
-    reader gather per batch in the workers).
+    reader gather per batch in the workers); ``RESULT datapath_views_before``: ours with the views made as
+    before (``views_before``, on CPUs).
     """
     pair_bytes = 2 * args.window * args.window * 4
     memcpy = memcpy_rate(args.batch_size * pair_bytes)
     device = torch.device(args.device)
-    for name, windows in (("datapath", data), ("datapath_before", before)):
+    runs = [("datapath", data, augmentation), ("datapath_before", before, augmentation)]
+    if data.augmentation is not None:
+        runs.append(("datapath_views_before", data, views_before))
+    for name, windows, views in runs:
+        in_workers, windows.augmentation = windows.augmentation, views if windows.augmentation else None
         for workers in [*args.datapath_workers, int(config("train", []).data.num_workers)]:
             windows.num_workers = workers
-            rate = max(
-                data_rate(windows.train_dataloader(), augmentation, device) for _ in range(args.repeats)
-            )
+            runs = [data_rate(windows.train_dataloader(), views, device) for _ in range(args.repeats)]
+            rate, cpu = max(r for r, _ in runs), min(c for _, c in runs)
             print(
                 f"RESULT {name} windows_per_s={rate:.1f} gb_per_s={rate * pair_bytes / 1e9:.3f} "
                 f"memcpy_gb_per_s={memcpy / 1e9:.3f} fraction={rate * pair_bytes / memcpy:.3f} "
-                f"workers={workers}",
+                f"workers={workers} cpu_us_per_pair={cpu * 1e6:.0f}",
                 flush=True,
             )
-        windows.num_workers = args.num_workers
+        windows.num_workers, windows.augmentation = args.num_workers, in_workers
 
 
 def main() -> None:
@@ -303,11 +404,21 @@ def main() -> None:
         help="loader worker counts of the data path figures (default: 1 … cores)",
     )
     parser.add_argument(
+        "--datapath-batches", type=int, default=64, help="batches per data path figure (after one warm-up)"
+    )
+    parser.add_argument(
         "--only-datapath", action="store_true", help="only the data path figures, not the comparisons"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workdir", type=Path, default=None, help="run store and sky (default: a temp dir)")
     args = parser.parse_args()
+    most = max([*args.datapath_workers, int(config("train", []).data.num_workers)])
+    if args.datapath_batches < 16 * most:
+        # Each worker has batches in flight when the clock starts: they must be a small part of the count.
+        parser.error(
+            f"--datapath-batches={args.datapath_batches} is too few to time {most} loader workers: "
+            f"give at least {16 * most}."
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
@@ -330,6 +441,32 @@ def main() -> None:
         normalization = instantiate_user(cfg.normalization)
         ours_aug = RadioAugmentation(normalization, 1, global_size=args.window)
         on_cpu = not args.device.startswith("cuda")
+        views_before = GroupedConvViews(normalization, 1, global_size=args.window)
+        sample = torch.from_numpy(reader.read(ids[: args.batch_size]))
+        ours_us = views_cpu_time(ours_aug, sample, args.repeats) * 1e6
+        before_us = views_cpu_time(views_before, sample, args.repeats) * 1e6
+        print(f"RESULT views ours_us={ours_us:.1f} before_us={before_us:.1f} ratio={before_us / ours_us:.2f}")
+        datapath_ids = np.sort(
+            np.random.default_rng(1).choice(
+                reader.cutout_ids, min(len(reader.cutout_ids), args.datapath_batches * args.batch_size), False
+            )
+        )
+        datapath = [
+            TrainingWindows(
+                merged,
+                datapath_ids,
+                args.batch_size,
+                num_workers=args.num_workers,
+                augmentation=ours_aug if on_cpu else None,  # as train.py's data.augment_on=auto
+                resident_gb=resident_gb,
+            )
+            for resident_gb in (cfg.data.resident_gb, 0)
+        ]
+        datapath[0].setup("fit")
+        datapath_figures(args, *datapath, ours_aug, views_before)
+        if args.only_datapath:
+            return
+
         ours_data = TrainingWindows(
             merged,
             ids,
@@ -339,19 +476,6 @@ def main() -> None:
             augmentation=ours_aug if on_cpu else None,  # as train.py's data.augment_on=auto
             resident_gb=cfg.data.resident_gb,
         )
-        ours_data.setup("fit")
-        before_data = TrainingWindows(
-            merged,
-            ids,
-            args.batch_size,
-            num_workers=args.num_workers,
-            augmentation=ours_aug if on_cpu else None,
-            resident_gb=0,
-        )
-        datapath_figures(args, ours_data, before_data, ours_aug)
-        if args.only_datapath:
-            return
-
         files = write_npy(reader, ids, work / "npy")
         naive_data = DataLoader(
             NpyViews(files, instantiate_user(cfg.normalization), naive_view(args.window)),
@@ -367,8 +491,8 @@ def main() -> None:
         ours_views = naive_views = ours = naive = 0.0
         ours_gpu = naive_gpu = None
         for _ in range(args.repeats):
-            ours_views = max(ours_views, data_rate(ours_data.train_dataloader(), ours_aug, device))
-            naive_views = max(naive_views, data_rate(naive_data, SplitViews(), device))
+            ours_views = max(ours_views, data_rate(ours_data.train_dataloader(), ours_aug, device)[0])
+            naive_views = max(naive_views, data_rate(naive_data, SplitViews(), device)[0])
         ratio = ours_views / naive_views
         print(f"RESULT train_data ours={ours_views:.1f} naive={naive_views:.1f} ratio={ratio:.2f}")
         for _ in range(args.repeats):

@@ -257,7 +257,8 @@ def result_lines(measurement: Measurement) -> list[str]:
         f"RESULT features knn_ssl={f['knn_ssl']:.4f} knn_random_init={f['knn_random_init']:.4f} "
         f"knn_stats={f['knn_stats']:.4f}",
         f"RESULT enrichment rare_subsample={e.rare_subsample:.4f} rare_random={e.rare_random:.4f} "
-        f"ratio={e.ratio:.3f} empty_ratio={e.empty_ratio:.3f}",
+        f"ratio={e.ratio:.3f} empty_ratio={e.empty_ratio:.3f} rare_pool={e.rare_pool:.4f} "
+        f"ratio_pool={e.ratio_pool:.3f}",
     ]
     for probe, d in measurement.pretraining.items():
         scores = measurement.per_seed[probe]

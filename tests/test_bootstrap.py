@@ -106,6 +106,8 @@ def test_bench_science_quick_prints_the_three_result_lines(tmp_path, shared_data
         "rare_random",
         "ratio",
         "empty_ratio",
+        "rare_pool",
+        "ratio_pool",
     }
     assert set(pretraining) == {"synthetic", "mirabest_confident"}
     for row in pretraining.values():

@@ -1,9 +1,9 @@
 """Batched, on-device view generation for self-supervised training on radio cutouts.
 
 Every random choice is drawn per image, but the work is done on whole batches with a handful of tensor
-operations (one ``grid_sample`` per view for crop + rotation + flip, a grouped separable convolution for
-blur), so the augmentation runs on the accelerator next to the model instead of per sample in DataLoader
-workers.
+operations (one ``grid_sample`` per view for crop + rotation + flip, two batched matrix products with
+per-image banded matrices for blur, FFTs for the beam-correlated noise), so the augmentation runs on the
+accelerator next to the model, or in the DataLoader workers on CPUs, never per sample.
 
 The order of operations for each view is::
 
@@ -168,20 +168,50 @@ def crop_rotate_flip(x: Tensor, params: CropParams, size: int, mode: str = "bili
     cos, sin = params.angle.cos().to(x.dtype), params.angle.sin().to(x.dtype)
     f = params.flip.to(x.dtype)
     # Output coordinates (u, v) in [-1, 1] map to input coordinates side * R(angle) @ (f * u, v) + centre.
-    theta = torch.stack(
-        [
-            torch.stack([side * cos * f, -side * sin, params.cx.to(x.dtype)], dim=-1),
-            torch.stack([side * sin * f, side * cos, params.cy.to(x.dtype)], dim=-1),
-        ],
-        dim=1,
-    )
-    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
+    # The sampling grid holds (x, y) pairs, so it is built as complex numbers x + iy: the image of u (a
+    # column's pixel centre) plus that of v (a row's) plus the centre, one broadcast sum, as F.affine_grid
+    # gives it (to rounding) without its [B, H*W, 3] @ [B, 3, 2] product.
+    centres = (torch.arange(size, device=x.device, dtype=x.dtype) * 2 + 1) / size - 1
+    along_u = torch.complex(side * cos * f, side * sin * f)
+    along_v = torch.complex(-side * sin, side * cos)
+    centre = torch.complex(params.cx.to(x.dtype), params.cy.to(x.dtype))
+    columns = along_u[:, None, None] * centres[None, None, :]
+    rows = centre[:, None, None] + along_v[:, None, None] * centres[None, :, None]
+    grid = torch.view_as_real(columns + rows)  # [B, size, size, 2]
     # Crops from sample_crop_params stay inside the window; "border" only guards against rounding there.
     return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
 
 
+def blur_matrices(sigma: Tensor, n: int, radius: int) -> Tensor:
+    """``[B, n, n]`` matrices applying a 1-D Gaussian of ``sigma`` ``[B]`` px over ``n`` samples, edges reflected.
+
+    Row ``i`` holds the kernel (``2 * radius + 1`` taps, normalised to sum 1) centred on ``i``, with the taps
+    that fall outside folded back as reflection padding (``F.pad(mode="reflect")``) would place them.
+    """
+    if radius >= n:
+        raise RadioCurationError(
+            f"a blur of radius {radius} px needs images larger than {radius} px; they have {n} px."
+        )
+    offsets = torch.arange(-radius, radius + 1, device=sigma.device)
+    s = sigma.clamp_min(1e-3)[:, None]
+    kernel = torch.exp(-0.5 * (offsets[None, :].to(s.dtype) / s) ** 2)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # [B, K]
+    # Taps below 1e-15 change no float32 sum of the ~1e-4 Jy/beam pixels they weigh, but can be (or make)
+    # subnormal numbers, which CPUs multiply tens of times slower.
+    kernel = kernel.masked_fill(kernel < 1e-15, 0.0)
+    taps = torch.arange(n, device=sigma.device)[:, None] + offsets[None, :]  # [n, K]
+    taps = torch.where(taps < 0, -taps, torch.where(taps >= n, 2 * (n - 1) - taps, taps))
+    b, k = kernel.shape
+    matrices = kernel.new_zeros(b, n, n)
+    return matrices.scatter_add_(2, taps.expand(b, n, k), kernel[:, None, :].expand(b, n, k))
+
+
 def gaussian_blur(x: Tensor, sigma: Tensor, max_sigma: float) -> Tensor:
-    """Blur each image of a batch with its own Gaussian width (separable, grouped convolution).
+    """Blur each image of a batch with its own Gaussian width (separable, edges reflected).
+
+    The two 1-D passes are products with per-image banded matrices (:func:`blur_matrices`): the same linear
+    map as a reflection-padded grouped convolution, done as two batched matrix products, which CPUs run
+    several times faster than a convolution with one group per image.
 
     Parameters
     ----------
@@ -197,47 +227,84 @@ def gaussian_blur(x: Tensor, sigma: Tensor, max_sigma: float) -> Tensor:
     Tensor
         The blurred images, same shape; edges are reflected.
     """
-    b, c, h, w = x.shape
+    h, w = x.shape[-2:]
     radius = max(1, math.ceil(3 * max_sigma))
-    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    s = sigma.to(x.dtype).clamp_min(1e-3)[:, None]
-    kernel = torch.exp(-0.5 * (offsets[None, :] / s) ** 2)
-    kernel = kernel / kernel.sum(dim=1, keepdim=True)
-    kernel = kernel.repeat_interleave(c, dim=0)  # [B*C, K]
-    flat = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="reflect")
-    flat = F.conv2d(flat, kernel[:, None, None, :], groups=b * c)
-    flat = F.conv2d(flat, kernel[:, None, :, None], groups=b * c)
-    return flat.reshape(b, c, h, w)
+    sigma = sigma.to(x.dtype)
+    down = blur_matrices(sigma, h, radius)[:, None]  # [B, 1, H, H]: mixes rows
+    across = down if w == h else blur_matrices(sigma, w, radius)[:, None]
+    return down @ x @ across.transpose(-1, -2)
 
 
-def beam_noise(
-    n: int,
-    size: int,
-    sigma: Tensor,
-    device: torch.device | str = "cpu",
-    generator: torch.Generator | None = None,
+#: The FFT noise fields' bounds, for a tolerance of 1e-6: a Gaussian beam of sigma σ px correlates noise by
+#: ``exp(-d² / 4σ²)``, below 1e-6 beyond ``d = 2 * NOISE_REACH * σ``; its noise has a fraction
+#: ``2 erfc(NOISE_BAND)`` < 1e-6 of its power beyond the frequency ``NOISE_BAND / (2πσ)`` (cycles/px).
+NOISE_REACH = 3.72
+NOISE_BAND = 3.57
+
+
+def noise_grids(size: int, sigma_range: Sequence[float]) -> tuple[int, int]:
+    """Sides ``(period, white)`` of the FFT grids of :func:`correlate_noise` for beams in ``sigma_range`` px.
+
+    The field is periodic over ``period`` px, so it is made larger than the ``size`` px it is cropped to by
+    the widest beam's reach (:data:`NOISE_REACH`): no two pixels of the crop are correlated through the
+    period. Its spectrum is drawn as the Fourier transform of white noise on a ``white`` × ``white`` grid,
+    which holds the frequencies where the narrowest beam leaves power (:data:`NOISE_BAND`); ``white ==
+    period`` is the full grid. Sides are multiples of 16, which FFTs like.
+    """
+    lo, hi = (float(v) for v in sigma_range)
+    period = 16 * math.ceil((size + 2 * NOISE_REACH * hi) / 16)
+    half = math.ceil(NOISE_BAND / (2 * math.pi * lo) * period) + 1 if lo > 0 else period
+    return period, min(period, 16 * math.ceil(2 * half / 16))
+
+
+def periodic_beam_spectrum(sigma: Tensor, period: int) -> Tensor:
+    """``[B, period]`` discrete Fourier transforms of Gaussians of ``sigma`` ``[B]`` px sampled on a ring."""
+    n = torch.arange(period, device=sigma.device, dtype=sigma.dtype)
+    distance = torch.minimum(n, period - n)
+    kernel = torch.exp(-0.5 * (distance[None, :] / sigma.clamp_min(1e-3)[:, None]) ** 2)
+    return torch.fft.fft(kernel / kernel.sum(dim=1, keepdim=True)).real
+
+
+def correlate_noise(
+    white: Tensor, sigma: Tensor, size: int, period: int, rms: Tensor | None = None
 ) -> Tensor:
-    """Unit-rms Gaussian noise ``[n, 1, size, size]`` correlated over a Gaussian beam of ``sigma`` px each.
+    """Fields ``[n, 1, size, size]`` of rms ``rms`` ``[n]`` (None: 1), correlated over beams of ``sigma`` ``[n]`` px.
 
-    White noise convolved with the beam, as a radio image's noise is; each image is rescaled to unit rms
-    (a discrete kernel's variance reduction is only approximately ``1 / (4πσ²)``). ``sigma`` 0 gives white
-    noise.
+    Each is white noise convolved with its beam (as a radio image's noise is), made by FFT: the spectrum of
+    ``white`` (``[n, 1, m, m]`` standard normal draws, :func:`noise_grids`' ``white`` side) times the beam's
+    transfer function is the low-frequency part of that of white noise on the ``period`` grid (the rest
+    carries no power above the tolerance), whose inverse transform is cropped to ``size``. The result is a
+    stationary Gaussian field with the beam's correlation, without edge effects: the same for every pixel
+    of the view. Each field is then rescaled to its rms (the standard deviation of its pixels).
     """
-    noise = torch.randn(n, 1, size, size, device=device, generator=generator)
-    sigma = sigma.to(device=device, dtype=noise.dtype)
-    return correlate_noise(noise, sigma, float(sigma.max()))
+    m = white.shape[-1]
+    beam = periodic_beam_spectrum(sigma.to(white.dtype), period)[:, None]  # [n, 1, period]
+    spectrum = torch.fft.rfft2(white)
+    if m == period:
+        spectrum = spectrum * beam[..., :, None] * beam[..., None, : period // 2 + 1]
+        field = torch.fft.irfft2(spectrum, s=(period, period))[..., :size, :size]
+    else:
+        # White noise's spectrum on the m grid is, to a constant, the |k| < m/2 part of that on the period
+        # grid (its Nyquist row and column, which the period grid has no counterpart of, are left out).
+        half = m // 2
+        rows = torch.cat([beam[..., :half], beam[..., period - half + 1 :]], dim=-1)
+        low = spectrum.new_zeros(*spectrum.shape[:-2], period, half)
+        low[..., :half, :] = spectrum[..., :half, :half] * rows[..., :half, None] * beam[..., None, :half]
+        low[..., period - half + 1 :, :] = (
+            spectrum[..., half + 1 :, :half] * rows[..., half:, None] * beam[..., None, :half]
+        )
+        field = torch.fft.irfft(torch.fft.ifft(low, dim=-2)[..., :size, :], n=period, dim=-1)[..., :size]
+    factor = pixel_std(field).clamp_min(1e-12).reciprocal()
+    return field * (factor if rms is None else factor * rms.to(field.dtype))[:, None, None, None]
 
 
-def correlate_noise(noise: Tensor, sigma: Tensor, max_sigma: float) -> Tensor:
-    """White noise ``[n, 1, s, s]`` convolved with Gaussian beams of ``sigma`` px ``[n]``, rescaled to unit rms.
-
-    ``max_sigma`` (at least ``sigma.max()``) sets the kernel size, as in :func:`gaussian_blur`; 0 keeps the
-    noise white.
-    """
-    if max_sigma > 0:
-        noise = gaussian_blur(noise, sigma, max_sigma)
-        noise = noise / noise.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
-    return noise
+def pixel_std(x: Tensor) -> Tensor:
+    """Per-image standard deviation ``[B]`` of ``[B, 1, H, W]`` images (``torch.std`` is several times slower
+    on CPUs, and this reads a cropped view in place)."""
+    n = x.shape[-2] * x.shape[-1]
+    mean = x.mean(dim=(1, 2, 3))
+    power = torch.linalg.vector_norm(x, dim=(1, 2, 3)) ** 2
+    return ((power - n * mean**2).clamp_min(0) / max(n - 1, 1)).sqrt()
 
 
 def selected_rows(mask: Tensor) -> Tensor | None:
@@ -262,8 +329,9 @@ def robust_rms(x: Tensor, samples: int = 32) -> Tensor:
 
 def contrast_jitter(x: Tensor, factor: Tensor) -> Tensor:
     """Scale each image's deviation from its own mean by ``factor`` ``[B]`` (mean is preserved)."""
+    factor = factor.to(x.dtype)[:, None, None, None]
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - mean) * factor.to(x.dtype)[:, None, None, None] + mean
+    return torch.addcmul(mean * (1 - factor), x, factor)  # (x - mean) * factor + mean in one pass
 
 
 class RadioAugmentation(nn.Module):
@@ -358,6 +426,18 @@ class RadioAugmentation(nn.Module):
         self.contrast_prob = float(contrast_prob)
         self.contrast = float(contrast)
 
+    def _noise(self, white: Tensor, sigma: Tensor, size: int, period: int, rms: Tensor) -> Tensor:
+        """The added noise of rms ``rms`` from the ``white`` draws: beam-correlated, or white without a beam."""
+        if self.noise_correlation > 0:
+            return correlate_noise(white, sigma, size, period, rms)
+        return white * rms.to(white.dtype)[:, None, None, None]
+
+    def beam_sigma_range(self, size: int, scale: Sequence[float], window: int) -> tuple[float, float]:
+        """Smallest and largest sigma, in view pixels, of the added noise's beam in ``size`` px views of crops
+        in ``scale`` of ``window`` px windows (the crop's side sets how many view pixels the beam spans)."""
+        sides = [math.sqrt(float(a) / 2) if self.rotate else math.sqrt(float(a)) for a in scale]
+        return tuple(self.noise_correlation * size / (side * window) for side in sides[::-1])
+
     @property
     def n_views(self) -> int:
         """Total number of views per image (global first, then local)."""
@@ -379,25 +459,26 @@ class RadioAugmentation(nn.Module):
             if rows is None:
                 v = gaussian_blur(v, sigma, self.blur_sigma[1])
             elif len(rows):
-                v[rows] = gaussian_blur(v[rows], sigma[rows], self.blur_sigma[1])
+                v.index_copy_(0, rows, gaussian_blur(v[rows], sigma[rows], self.blur_sigma[1]))
         if self.noise_prob > 0 and self.noise_level[1] > 0:
             level = _uniform(b, *self.noise_level, device, g)
             level = level * (torch.rand(b, device=device, generator=g) < self.noise_prob)
             # The beam's sigma in view pixels: the crop spans side * S window pixels over `size` view pixels.
             sigma = self.noise_correlation * size / (params.side * x.shape[-1])
+            correlated = self.noise_correlation > 0
+            period, m = (
+                noise_grids(size, self.beam_sigma_range(size, scale, x.shape[-1]))
+                if correlated
+                else (size, size)
+            )
+            # Drawn for the whole batch even when no image takes it: the generator moves as on a GPU.
+            white = torch.randn(b, 1, m, m, device=device, generator=g)
             rows = selected_rows(level > 0)
             if rows is None:
-                noise = beam_noise(b, size, sigma, device, g)
-                v = v + noise * (level * robust_rms(v)).to(v.dtype)[:, None, None, None]
-            else:
-                # Drawn for the whole batch even when no image takes it: the generator moves as on a GPU.
-                white = torch.randn(b, 1, size, size, device=device, generator=g)[rows]
-                if len(rows):
-                    sigma = sigma.to(white.dtype)
-                    # The kernel size of the whole batch's widest beam, as beam_noise gives it.
-                    noise = correlate_noise(white, sigma[rows], float(sigma.max()))
-                    scale = (level[rows] * robust_rms(v[rows])).to(v.dtype)[:, None, None, None]
-                    v[rows] = v[rows] + noise * scale
+                v = v + self._noise(white, sigma, size, period, level * robust_rms(v))
+            elif len(rows):
+                rms = level[rows] * robust_rms(v[rows])
+                v.index_add_(0, rows, self._noise(white[rows], sigma[rows], size, period, rms))
         v = self.normalization(v)
         if self.contrast_prob > 0 and self.contrast > 0:
             factor = _uniform(b, 1 - self.contrast, 1 + self.contrast, device, g)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from radio_curation.data.bilinear import upsample_bilinear
 from radio_curation.errors import RadioCurationError
 
 aten = torch.ops.aten
@@ -52,12 +53,13 @@ class Preprocess(nn.Module):
             # Antialiasing only changes a downsampling; upsampling takes the faster plain bilinear kernel.
             shrinking = self.resize < min(x.shape[-2:])
             size = [self.resize, self.resize]
-            if out is None:
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+            if not shrinking:
+                x = upsample_bilinear(x, size, out=out)
+            elif out is None:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
             else:
-                # The kernels F.interpolate calls (bitwise its result), in their form that writes into `out`.
-                resize = aten._upsample_bilinear2d_aa if shrinking else aten.upsample_bilinear2d
-                x = resize.out(x, size, False, None, None, out=out)
+                # The kernel F.interpolate calls (bitwise its result), in its form that writes into `out`.
+                x = aten._upsample_bilinear2d_aa.out(x, size, False, None, None, out=out)
         elif out is not None:
             x = out.copy_(x)
         if self.in_chans == 3:

@@ -47,22 +47,30 @@ class Enrichment:
     ----------
     rare : tuple of str
         The rare classes.
-    rare_subsample, rare_random : float
-        Share of windows of any rare class in the subsample and in the random subsample.
-    empty_subsample, empty_random : float
+    rare_subsample, rare_random, rare_pool : float
+        Share of windows of any rare class in the subsample, in the random subsample and in the pool (what
+        a random subsample holds on average: one random draw of a few rare windows spreads widely).
+    empty_subsample, empty_random, empty_pool : float
         Share of empty windows in each.
     """
 
     rare: tuple[str, ...]
     rare_subsample: float
     rare_random: float
+    rare_pool: float
     empty_subsample: float
     empty_random: float
+    empty_pool: float
 
     @property
     def ratio(self) -> float:
         """``rare_subsample / rare_random`` (inf when the random subsample holds none and the subsample some)."""
         return _ratio(self.rare_subsample, self.rare_random)
+
+    @property
+    def ratio_pool(self) -> float:
+        """``rare_subsample / rare_pool``: the enrichment over a random subsample's expected share."""
+        return _ratio(self.rare_subsample, self.rare_pool)
 
     @property
     def empty_ratio(self) -> float:
@@ -75,9 +83,12 @@ class Enrichment:
             f"{prefix}/rare_subsample": self.rare_subsample,
             f"{prefix}/rare_random": self.rare_random,
             f"{prefix}/ratio": self.ratio,
+            f"{prefix}/rare_pool": self.rare_pool,
+            f"{prefix}/ratio_pool": self.ratio_pool,
             f"{prefix}/empty_subsample": self.empty_subsample,
             f"{prefix}/empty_random": self.empty_random,
             f"{prefix}/empty_ratio": self.empty_ratio,
+            f"{prefix}/empty_pool": self.empty_pool,
         }
 
 
@@ -120,13 +131,15 @@ def enrichment(
         raise RadioCurationError("enrichment needs a non-empty subsample and random subsample")
     rare = tuple(rare_classes(labels, threshold, (empty_label,)) if rare is None else rare)
 
-    def share(rows: np.ndarray, classes: Sequence[str]) -> float:
+    def share(rows: np.ndarray | slice, classes: Sequence[str]) -> float:
         return float(np.isin(labels[rows], list(classes)).mean())
 
     return Enrichment(
         rare=rare,
         rare_subsample=share(subsample, rare),
         rare_random=share(random, rare),
+        rare_pool=share(slice(None), rare),
         empty_subsample=share(subsample, [empty_label]),
         empty_random=share(random, [empty_label]),
+        empty_pool=share(slice(None), [empty_label]),
     )

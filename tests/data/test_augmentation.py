@@ -6,15 +6,21 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from radio_curation.data.augmentation import (
+    NOISE_BAND,
+    NOISE_REACH,
     CropParams,
     RadioAugmentation,
-    beam_noise,
+    blur_matrices,
     contrast_jitter,
+    correlate_noise,
     crop_rotate_flip,
     gaussian_blur,
+    noise_grids,
+    periodic_beam_spectrum,
     robust_rms,
     sample_crop_params,
     views_generator,
@@ -152,8 +158,6 @@ def test_added_noise_is_correlated_over_the_beam_like_the_sky():
     # A Gaussian beam of sigma 1.7 px correlates noise by exp(-d^2 / (4 sigma^2)): 0.92 at 1 px, 0.71 at 2 px.
     assert autocorrelation(1) > 0.85 and autocorrelation(2) > 0.6
     assert robust_rms(added).mean().item() == pytest.approx(3e-3, rel=0.15)
-    white = beam_noise(16, 64, torch.zeros(16))
-    assert abs(float((white[..., 1:] * white[..., :-1]).mean())) < 0.02
 
 
 def test_channels_are_identical_so_there_is_no_hue_or_saturation_jitter():
@@ -287,3 +291,150 @@ def test_cpu_views_of_a_batch_no_image_of_which_is_blurred_or_noised_are_the_who
     monkeypatch.setattr(module, "selected_rows", lambda mask: None)
     whole = aug(windows, generator=views_generator(5))
     assert all(torch.equal(a, b) for a, b in zip(skipping, whole, strict=True))
+
+
+def test_sampling_grid_is_affine_grids():
+    # The geometry of a view is that of F.affine_grid with the crop's matrix (built without its product).
+    torch.manual_seed(8)
+    x = torch.randn(16, 1, 40, 40)
+    p = sample_crop_params(16, (0.3, 1.0), rotate=True, flip=True)
+    cos, sin = p.angle.cos(), p.angle.sin()
+    theta = torch.stack(
+        [
+            torch.stack([p.side * cos * p.flip, -p.side * sin, p.cx], dim=-1),
+            torch.stack([p.side * sin * p.flip, p.side * cos, p.cy], dim=-1),
+        ],
+        dim=1,
+    )
+    for size in (24, 40):
+        grid = F.affine_grid(theta, [16, 1, size, size], align_corners=False)
+        expected = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+        assert torch.allclose(crop_rotate_flip(x, p, size), expected, atol=2e-4)  # grids agree to ~1e-6
+
+
+def _reference_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
+    """Reflection padding, then a separable grouped convolution with one kernel per image."""
+    b, c, h, w = x.shape
+    radius = max(1, math.ceil(3 * max_sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (offsets[None, :] / sigma.clamp_min(1e-3)[:, None]) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
+    flat = F.pad(x.reshape(1, b * c, h, w), (radius,) * 4, mode="reflect")
+    flat = F.conv2d(flat, kernel[:, None, None, :], groups=b * c)
+    return F.conv2d(flat, kernel[:, None, :, None], groups=b * c).reshape(b, c, h, w)
+
+
+@pytest.mark.parametrize("shape", [(6, 1, 32, 32), (6, 2, 20, 28)])
+def test_blur_is_the_reflection_padded_separable_convolution(shape):
+    torch.manual_seed(9)
+    x = torch.randn(shape) * 1e-4
+    x[0, 0, 0, :4] = 1.0  # a bright source on the edge: the reflection shows
+    sigma = torch.tensor([0.0, 0.1, 0.4, 0.8, 1.2, 1.5])
+    y = gaussian_blur(x, sigma, max_sigma=1.5)
+    assert torch.allclose(y, _reference_blur(x, sigma, 1.5), rtol=1e-5, atol=1e-9)
+    assert torch.equal(y[0], x[0])  # sigma 0: the identity, exactly
+
+
+def test_blur_matrices_are_normalised_reflected_bands_and_too_wide_a_blur_is_refused():
+    m = blur_matrices(torch.tensor([0.7, 1.5]), 16, 5)
+    assert torch.allclose(m.sum(dim=2), torch.ones(2, 16))  # each output pixel a weighted mean
+    assert (m[:, 8, :3] == 0).all() and (m[:, 8, 14:] == 0).all()  # band of radius 5 in the interior
+    assert m[1, 0, 3] == m[1, 0, 3] and m[1, 0, 2] > m[1, 2, 0] > 0  # pixel 0 gets pixel 2 twice (reflected)
+    with pytest.raises(RadioCurationError, match="radius"):
+        blur_matrices(torch.tensor([1.0]), 4, 5)
+
+
+def test_noise_grids_bound_the_power_left_out_and_the_correlation_through_the_period():
+    assert math.exp(-(NOISE_REACH**2)) < 1e-6 and 2 * math.erfc(NOISE_BAND) < 1e-6
+    # The default global views: beams of 1.7 window px in 128 px views of crops of 0.65 to 1 of the inscribed
+    # square of a 128 px window, 2.4 to 3 view px.
+    aug = RadioAugmentation(nn.Identity(), 1, global_size=128)
+    lo, hi = aug.beam_sigma_range(128, (0.65, 1.0), 128)
+    assert (lo, hi) == pytest.approx((1.7 / math.sqrt(0.5), 1.7 / math.sqrt(0.325)))
+    period, white = noise_grids(128, (lo, hi))
+    assert period >= 128 + 2 * NOISE_REACH * hi and white < period
+    # The beam's noise power outside the frequencies drawn, on the period grid, for the narrowest beam.
+    beam = periodic_beam_spectrum(torch.tensor([lo], dtype=torch.float64), period)[0] ** 2
+    power = beam[:, None] * beam[None, :]
+    k = torch.minimum(torch.arange(period), period - torch.arange(period))
+    inside = (k[:, None] < white // 2) & (k[None, :] < white // 2)
+    assert float(power[~inside].sum() / power.sum()) < 1e-6
+    # A beam narrower than a pixel or two needs the whole grid.
+    assert noise_grids(64, (0.3, 0.5))[1] == noise_grids(64, (0.3, 0.5))[0]
+
+
+@pytest.mark.parametrize("sigma", [1.5, 2.7])
+def test_noise_from_the_coarse_grid_is_the_full_grids_field(sigma):
+    # Drawn on the full period grid, or as the low frequencies of the same draws on the coarse grid: the
+    # same field up to the power left out (< 1e-6, so ~1e-3 of the rms).
+    torch.manual_seed(10)
+    period, white = noise_grids(64, (sigma, sigma))
+    full = torch.randn(8, 1, period, period, dtype=torch.float64)
+    sigmas = torch.full((8,), sigma, dtype=torch.float64)
+    assert white < period
+    spectrum = torch.fft.rfft2(full)
+    half = white // 2
+    coarse = spectrum.new_zeros(8, 1, white, half + 1)
+    coarse[..., :half, :half] = spectrum[..., :half, :half]
+    coarse[..., half + 1 :, :half] = spectrum[..., period - half + 1 :, :half]
+    low = torch.fft.irfft2(coarse, s=(white, white))
+    expected = correlate_noise(full, sigmas, 64, period)
+    got = correlate_noise(low, sigmas, 64, period)
+    assert (got - expected).abs().max() < 1e-2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sigma", [0.6, 1.7, 3.0])
+def test_noise_is_a_stationary_field_with_the_beams_gaussian_correlation(device, sigma):
+    size, n = 64, 96
+    period, m = noise_grids(size, (sigma, sigma))
+    assert (m == period) == (sigma < 1)  # narrow beams take the full grid, wider ones the coarse one
+    white = torch.randn(n, 1, m, m, device=device, generator=views_generator(11, device))
+    rms = torch.linspace(1e-4, 3e-4, n, device=device)
+    noise = correlate_noise(white, torch.full((n,), sigma, device=device), size, period, rms).cpu().double()
+    assert noise.shape == (n, 1, size, size)
+    assert torch.allclose(noise.std(dim=(1, 2, 3)), rms.cpu().double(), rtol=1e-4)
+    a = noise / rms.cpu().double()[:, None, None, None]
+    a = a - a.mean(dim=(2, 3), keepdim=True)
+
+    def correlation(lag: int, dim: int) -> float:
+        lead, lagged = a.narrow(dim, lag, size - lag), a.narrow(dim, 0, size - lag)
+        return float((lead * lagged).mean() / (a * a).mean())
+
+    # White noise convolved with a beam of sigma s sampled on the pixels: correlated by the beam's own
+    # autocorrelation, exp(-d² / 4s²) for beams of a pixel or more, along both axes.
+    g = torch.exp(-0.5 * (torch.arange(-30, 31, dtype=torch.float64) / sigma) ** 2)
+    for lag in (1, 2, 3):
+        expected = float((g[lag:] * g[:-lag]).sum() / (g * g).sum())
+        if sigma > 1:
+            assert expected == pytest.approx(math.exp(-(lag**2) / (4 * sigma**2)), abs=1e-3)
+        assert correlation(lag, 3) == pytest.approx(expected, abs=0.03)
+        assert correlation(lag, 2) == pytest.approx(expected, abs=0.03)
+    # Stationary: the edges are like the middle, and opposite edges are not correlated (no wrap-around).
+    border = torch.ones(size, size, dtype=torch.bool)
+    border[1:-1, 1:-1] = False
+    assert float(a[..., border].pow(2).mean() / a.pow(2).mean()) == pytest.approx(1.0, abs=0.1)
+    across = (a[..., :, 0] * a[..., :, -1]).mean() / (a * a).mean()
+    assert abs(float(across)) < 0.05
+
+
+def test_white_noise_without_a_beam_is_uncorrelated():
+    sky = torch.randn(16, 1, 64, 64) * 3e-3
+    aug = RadioAugmentation(
+        nn.Identity(), 1, global_size=64, global_scale=(1, 1), rotate=False, flip=False,
+        blur_prob=0, contrast_prob=0, noise_prob=1.0, noise_level=(1.0, 1.0), noise_correlation=0.0,
+    )  # fmt: skip
+    added = aug.view(sky, 64, (1.0, 1.0), generator=views_generator(12)) - sky
+    a = added / added.std()
+    assert abs(float((a[..., 1:] * a[..., :-1]).mean())) < 0.02
+    assert robust_rms(added).mean().item() == pytest.approx(3e-3, rel=0.1)
+
+
+def test_views_are_a_function_of_the_batch_seed():
+    windows = torch.randn(8, 1, 48, 48) * 1e-4
+    aug = RadioAugmentation(IntervalStretch(MinMaxInterval()), 1, global_size=32, local_size=16, n_local=2)
+    first = aug(windows, generator=views_generator(21))
+    again = aug(windows, generator=views_generator(21))
+    other = aug(windows, generator=views_generator(22))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not any(torch.equal(a, b) for a, b in zip(first, other, strict=True))

@@ -95,6 +95,7 @@ def _as_before(norm: torch.nn.Module, x: torch.Tensor, resize: int) -> torch.Ten
     return x
 
 
+@pytest.mark.parametrize("threads", [1, 2], ids=["one-thread", "two-threads"])
 @pytest.mark.parametrize("resize", [224, 40, 64])
 @pytest.mark.parametrize(
     "norm",
@@ -106,7 +107,17 @@ def _as_before(norm: torch.nn.Module, x: torch.Tensor, resize: int) -> torch.Ten
     ],
     ids=["minmax", "percentile", "imagenet", "per-cutout"],
 )
-def test_bitwise_the_preprocessing_before_and_in_place_into_out(norm, resize):
+def test_bitwise_the_preprocessing_before_and_in_place_into_out(norm, resize, threads):
+    # One thread as in a loader worker (the separable upsampling), two as in the model's process (torch's).
+    default = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_bitwise_before_and_into_out(norm, resize)
+    finally:
+        torch.set_num_threads(default)
+
+
+def _check_bitwise_before_and_into_out(norm: torch.nn.Module, resize: int) -> None:
     x = windows(n=6)
     x[1] = 2e-4  # a constant window: no interval, zeros
     x[2, 0, :60] = 1e-4  # a percentile interval of zero width over a window that is not constant

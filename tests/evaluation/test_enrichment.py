@@ -59,6 +59,10 @@ def test_balanced_sampling_of_a_hand_made_hierarchy_gives_the_known_enrichment(h
     assert result.empty_subsample == pytest.approx(8 / 32)
     assert result.empty_ratio == pytest.approx((8 / 32) / (19 / 32))
     assert result.metrics()["enrichment/ratio"] == pytest.approx(16.0)
+    # Against the pool's shares (a random subsample's expectation): 16 of 1,000 rare, 600 empty.
+    assert result.rare_pool == pytest.approx(0.016)
+    assert result.ratio_pool == pytest.approx(0.5 / 0.016)
+    assert result.empty_pool == pytest.approx(0.6)
 
 
 def test_enrichment_edge_cases(hand_made):

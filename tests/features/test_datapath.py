@@ -38,7 +38,14 @@ def _reader_fed(cfg, reader: WindowReader, plan: Plan) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "place",
-    [["gather_on=workers", "num_workers=0"], ["gather_on=workers", "num_workers=1"], ["gather_on=device"]],
+    [
+        ["gather_on=workers", "num_workers=0"],
+        ["gather_on=workers", "num_workers=1"],
+        # Upsampled in the loader worker by the separable kernel (one thread), in the reference by torch's.
+        ["gather_on=workers", "num_workers=1", "resize=80"],
+        ["gather_on=device"],
+    ],
+    ids=["in-process", "worker", "worker-upsampled", "device"],
 )
 def test_resident_windows_give_bitwise_the_reader_fed_features(
     compose, features_overrides, runs_dir, merge_id, place

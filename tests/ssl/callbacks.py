@@ -9,9 +9,13 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
 #: Modules captured by :class:`KeepModel`, by key.
 KEPT: dict[str, pl.LightningModule] = {}
+
+#: ``(loss before, loss after)`` of :class:`FirstBatchLoss`, by key.
+LOSSES: dict[str, tuple[float, float]] = {}
 
 
 class CrashAt(pl.Callback):
@@ -57,6 +61,39 @@ class KeepModel(pl.Callback):
 
     def on_train_end(self, trainer, pl_module):
         KEPT[self.key] = pl_module
+
+
+class FirstBatchLoss(pl.Callback):
+    """The method's loss on the first batch's views, before the first step and after the fit, in
+    :data:`LOSSES` under ``key``: the same views for both, so the difference is the training's alone."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.views: list[torch.Tensor] | None = None
+        self.before: float | None = None
+
+    def _loss(self, pl_module: pl.LightningModule) -> float:
+        # Batch-norm layers in training mode update their running statistics: put them back after.
+        kept = [(b, b.clone()) for b in pl_module.buffers()]
+        with torch.no_grad():
+            loss = float(pl_module.step([v.to(pl_module.device) for v in self.views])[0])
+            for buffer, value in kept:
+                buffer.copy_(value)
+        return loss
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.views is not None:
+            return
+        if isinstance(batch, dict):
+            self.views = [v.clone() for v in batch["views"]]
+        else:
+            windows = batch[0] if isinstance(batch, list | tuple) else batch
+            generator = torch.Generator(device=windows.device).manual_seed(0)
+            self.views = [v.clone() for v in pl_module.augmentation(windows, generator=generator)]
+        self.before = self._loss(pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        LOSSES[self.key] = (self.before, self._loss(pl_module))
 
 
 class TimeOutOnce(pl.Callback):

@@ -21,7 +21,7 @@ from radio_curation.tasks import curate as curate_task
 from radio_curation.tasks import features as features_task
 from radio_curation.tasks import train as train_task
 from radio_curation.tasks.stage import resolve_inputs
-from tests.ssl.callbacks import KEPT
+from tests.ssl.callbacks import KEPT, LOSSES
 from tests.ssl.conftest import tiny
 
 
@@ -79,12 +79,16 @@ def test_loss_decreases_over_a_few_dozen_steps_on_the_synthetic_sky(compose, mer
             "monitor.every_n_epochs=2",
             "+callbacks.keep._target_=tests.ssl.callbacks.KeepModel",
             "+callbacks.keep.key=knn",
+            "+callbacks.first_batch._target_=tests.ssl.callbacks.FirstBatchLoss",
+            "+callbacks.first_batch.key=simclr",
         ),
     )
     result = train_task.run(cfg)
-    losses = _losses(Path(result["run_dir"]))
-    assert len(losses) >= 24
-    assert np.mean(losses[-6:]) < np.mean(losses[:6]) - 0.1
+    assert len(_losses(Path(result["run_dir"]))) >= 24
+    # The same views before the first step and after the fit: per-step losses are of different random
+    # views, too noisy over a few dozen steps to show the decrease at every seed.
+    before, after = LOSSES.pop("simclr")
+    assert after < before - 0.1
     metrics = result["metrics"]
     assert {"loss", "rankme", "embedding_std", "images_per_sec"} <= set(metrics)
     # Online kNN of the final model on MiraBest Confident: its official test batch queried against the

@@ -198,6 +198,7 @@ def _report_sections(
         rare_rows = [
             [f"rare classes ({rare}; < 1 % of the pool each)", *[enriched[n].rare_subsample for n in names]],
             ["rare-class share / the random subsample's", *[enriched[n].ratio for n in names]],
+            ["rare-class share / the pool's", *[enriched[n].ratio_pool for n in names]],
             ["empty windows", *[enriched[n].empty_subsample for n in names]],
             ["empty share / the random subsample's", *[enriched[n].empty_ratio for n in names]],
         ]
