@@ -24,8 +24,8 @@ Runs are kept in ``--runs-dir`` (default ``runs/bench_science``): a second invoc
 
 Usage::
 
-    python benchmarks/bench_science.py                    # the full experiment=bootstrap (≈ 45 min on 2 cores)
-    python benchmarks/bench_science.py --quick            # a small sky, short training (≈ 4 min)
+    python benchmarks/bench_science.py                    # the full experiment=bootstrap, 10 seeds (≈ 9 min on 2 idle cores)
+    python benchmarks/bench_science.py --quick            # a small sky, short training, 3 seeds (≈ 2 min)
     python benchmarks/bench_science.py --mirabest /data/mirabest --json science.json
 """
 
@@ -52,6 +52,7 @@ QUICK = [
     "bootstrap.pretrain_subset=600",
     "target_size=280",
     "trainer.max_epochs=2",
+    "bootstrap.seeds=[0,1,2]",
     "ssl.warmup_epochs=0",
     "eval.folds=3",
     "eval.cs=[1.0e-2,1.0]",
