@@ -25,7 +25,7 @@ Runs are kept in ``--runs-dir`` (default ``runs/bench_science``): a second invoc
 Usage::
 
     python benchmarks/bench_science.py                    # the full experiment=bootstrap, 10 seeds (≈ 9 min on 2 idle cores)
-    python benchmarks/bench_science.py --quick            # a small sky, short training, 3 seeds (≈ 2 min)
+    python benchmarks/bench_science.py --quick            # a small sky, short training, 3 seeds (≈ 1 min)
     python benchmarks/bench_science.py --mirabest /data/mirabest --json science.json
 """
 
