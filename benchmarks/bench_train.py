@@ -369,8 +369,8 @@ def datapath_figures(
         in_workers, windows.augmentation = windows.augmentation, views if windows.augmentation else None
         for workers in [*args.datapath_workers, int(config("train", []).data.num_workers)]:
             windows.num_workers = workers
-            runs = [data_rate(windows.train_dataloader(), views, device) for _ in range(args.repeats)]
-            rate, cpu = max(r for r, _ in runs), min(c for _, c in runs)
+            passes = [data_rate(windows.train_dataloader(), views, device) for _ in range(args.repeats)]
+            rate, cpu = max(r for r, _ in passes), min(c for _, c in passes)
             print(
                 f"RESULT {name} windows_per_s={rate:.1f} gb_per_s={rate * pair_bytes / 1e9:.3f} "
                 f"memcpy_gb_per_s={memcpy / 1e9:.3f} fraction={rate * pair_bytes / memcpy:.3f} "
