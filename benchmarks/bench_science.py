@@ -26,7 +26,7 @@ Usage::
 
     python benchmarks/bench_science.py                    # the full experiment=bootstrap, 10 seeds (≈ 9 min on 2 idle cores)
     python benchmarks/bench_science.py --quick            # a small sky, short training, 3 seeds (≈ 1 min)
-    python benchmarks/bench_science.py --mirabest /data/mirabest --json science.json
+    python benchmarks/bench_science.py --mirabest /data/mirabest --json science.json --plot recall.png
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from radio_curation.bootstrap import BootstrapLoop, result_lines, summary
+from radio_curation.evaluation.plots import bar_plot
 from radio_curation.tasks.resolvers import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         help="MiraBest folder (FITS + labels.csv); the MiraBest probe is skipped when it is not there",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write every figure (per seed) here")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="also write a PNG of each representation's kNN recall per truth class here",
+    )
     parser.add_argument("overrides", nargs="*", help="further config overrides for every step")
     args = parser.parse_args(argv)
 
@@ -103,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
     if args.json is not None:
         args.json.write_text(json.dumps({"runs": vars(runs), **summary(measurement)}, indent=2))
+    if args.plot is not None:
+        bar_plot(
+            measurement.recall,
+            args.plot,
+            "truth-class kNN recall (balanced accuracy = mean over classes)",
+            "recall",
+        )
     for line in result_lines(measurement):
         print(line)
     return 0

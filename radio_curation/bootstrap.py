@@ -36,7 +36,11 @@ from radio_curation.evaluation.seeds import (
     paired_difference,
     seed_spread,
 )
-from radio_curation.evaluation.truth_probe import grouped_knn_balanced_accuracy
+from radio_curation.evaluation.truth_probe import (
+    balanced_accuracy,
+    grouped_knn_balanced_accuracy,
+    grouped_knn_recall,
+)
 from radio_curation.features.matrix import FeatureFile, positions
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import curate as curate_task
@@ -76,6 +80,9 @@ class Measurement:
     ----------
     features : dict
         ``knn_ssl``, ``knn_random_init``, ``knn_stats``: balanced kNN accuracy on the truth classes.
+    recall : dict
+        The same three keys → class → the kNN's recall of that class (``features`` is their mean): where
+        each representation wins or loses.
     enrichment : Enrichment
         The balanced subsample against the random one.
     pretraining : dict
@@ -85,6 +92,7 @@ class Measurement:
     """
 
     features: dict[str, float]
+    recall: dict[str, dict[str, float]]
     enrichment: Enrichment
     pretraining: dict[str, PairedDifference]
     per_seed: dict[str, dict[str, list[float]]]
@@ -224,11 +232,15 @@ class BootstrapLoop:
         bootstrap_features = features_file.read(
             positions(features_file.cutout_ids, ids[labelled], runs.features)
         )
-        features = {
-            "knn_ssl": knn(bootstrap_features),
-            "knn_random_init": knn(self.embed(windows, None)),
-            "knn_stats": knn(radio_statistics(windows)),
+        recall = {
+            name: grouped_knn_recall(x, labels[labelled], groups[labelled], seed=0)
+            for name, x in (
+                ("knn_ssl", bootstrap_features),
+                ("knn_random_init", self.embed(windows, None)),
+                ("knn_stats", radio_statistics(windows)),
+            )
         }
+        features = {name: balanced_accuracy(per_class) for name, per_class in recall.items()}
         curated_ids, _ = read_subsample(store.resolve(runs.curated, stage="sample").artifact("subsample.h5"))
         random_ids, _ = read_subsample(store.resolve(runs.random, stage="sample").artifact("subsample.h5"))
         where = f"merge run {runs.merge}"
@@ -247,7 +259,7 @@ class BootstrapLoop:
             probe: paired_difference(scores["curated"], scores["random"])
             for probe, scores in per_seed.items()
         }
-        return Measurement(features, enriched, pretraining, per_seed)
+        return Measurement(features, recall, enriched, pretraining, per_seed)
 
 
 def result_lines(measurement: Measurement) -> list[str]:
@@ -275,6 +287,7 @@ def summary(measurement: Measurement) -> dict[str, Any]:
     e = measurement.enrichment
     return {
         "features": measurement.features,
+        "recall": measurement.recall,
         "enrichment": {**e.metrics(), "rare_classes": list(e.rare)},
         "pretraining": {
             probe: {**vars(d), "per_seed": measurement.per_seed[probe]}

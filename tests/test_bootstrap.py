@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from radio_curation.bootstrap import BootstrapLoop
@@ -87,6 +89,10 @@ def test_bench_science_quick_prints_the_three_result_lines(tmp_path, shared_data
             str(tmp_path / "data"),
             "--mirabest",
             str(shared_data / "mirabest"),
+            "--json",
+            str(tmp_path / "science.json"),
+            "--plot",
+            str(tmp_path / "recall.png"),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -114,3 +120,10 @@ def test_bench_science_quick_prints_the_three_result_lines(tmp_path, shared_data
         assert row["seeds"] == "3"
         assert float(row["ci_low"]) <= float(row["diff"]) <= float(row["ci_high"])
         assert float(row["diff"]) == pytest.approx(float(row["curated"]) - float(row["random"]), abs=2e-4)
+    written = json.loads((tmp_path / "science.json").read_text())
+    assert set(written["recall"]) == set(features[0])
+    for name, per_class in written["recall"].items():  # the per-class recalls behind each balanced accuracy
+        assert "compact" in per_class and all(0.0 <= r <= 1.0 for r in per_class.values())
+        assert np.mean(list(per_class.values())) == pytest.approx(written["features"][name], abs=1e-9)
+        assert float(features[0][name]) == pytest.approx(written["features"][name], abs=1e-4)
+    assert (tmp_path / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

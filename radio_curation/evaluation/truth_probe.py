@@ -9,14 +9,14 @@ ones.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score
+from sklearn.metrics import recall_score
 from sklearn.model_selection import StratifiedGroupKFold
 
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.probes import knn_classifier
 
 
-def grouped_knn_balanced_accuracy(
+def grouped_knn_recall(
     features: np.ndarray,
     labels: np.ndarray,
     groups: np.ndarray,
@@ -24,11 +24,12 @@ def grouped_knn_balanced_accuracy(
     k: int = 20,
     temperature: float = 0.07,
     seed: int = 0,
-) -> float:
-    """Out-of-fold balanced accuracy of a cosine kNN on standardised features, folds grouped by source.
+) -> dict[str, float]:
+    """Out-of-fold recall of each class of a cosine kNN on standardised features, folds grouped by source.
 
-    Classes with windows of fewer than ``folds`` sources cannot be in every fold and are left out. Each feature is standardised with the training folds' mean and std (so that the cosine compares
-    deviations from the typical window, the same conditioning for every representation).
+    Classes with windows of fewer than ``folds`` sources cannot be in every fold and are left out. Each
+    feature is standardised with the training folds' mean and std (so that the cosine compares deviations
+    from the typical window, the same conditioning for every representation).
 
     Parameters
     ----------
@@ -47,8 +48,8 @@ def grouped_knn_balanced_accuracy(
 
     Returns
     -------
-    float
-        Balanced accuracy of the out-of-fold predictions.
+    dict
+        Class → share of its windows predicted as that class, for every class scored.
     """
     labels, groups = np.asarray(labels).astype(str), np.asarray(groups)
     names = np.unique(labels)
@@ -60,12 +61,30 @@ def grouped_knn_balanced_accuracy(
             f"only {enough} of {names.tolist()} have them"
         )
     x = np.asarray(features, dtype=np.float32)[keep]
-    _, y = np.unique(labels[keep], return_inverse=True)
+    scored, y = np.unique(labels[keep], return_inverse=True)
     groups = groups[keep]
-    n_folds = folds
     classify = knn_classifier(k=k, temperature=temperature)
     predicted = np.empty_like(y)
-    for train, test in StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(x, y, groups):
+    for train, test in StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(x, y, groups):
         mean, std = x[train].mean(axis=0), x[train].std(axis=0) + 1e-6
         predicted[test] = classify((x[train] - mean) / std, y[train], (x[test] - mean) / std)
-    return float(balanced_accuracy_score(y, predicted))
+    recall = recall_score(y, predicted, labels=np.arange(len(scored)), average=None, zero_division=0)
+    return {str(name): float(r) for name, r in zip(scored, recall, strict=True)}
+
+
+def grouped_knn_balanced_accuracy(
+    features: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    folds: int = 5,
+    k: int = 20,
+    temperature: float = 0.07,
+    seed: int = 0,
+) -> float:
+    """Balanced accuracy (mean per-class recall) of :func:`grouped_knn_recall`, with the same arguments."""
+    return balanced_accuracy(grouped_knn_recall(features, labels, groups, folds, k, temperature, seed))
+
+
+def balanced_accuracy(recall: dict[str, float]) -> float:
+    """Mean of the per-class recalls of :func:`grouped_knn_recall`."""
+    return float(np.mean(list(recall.values())))

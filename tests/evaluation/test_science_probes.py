@@ -7,7 +7,7 @@ import pytest
 
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.radio_stats import STATISTICS, radio_statistics
-from radio_curation.evaluation.truth_probe import grouped_knn_balanced_accuracy
+from radio_curation.evaluation.truth_probe import grouped_knn_balanced_accuracy, grouped_knn_recall
 
 
 def test_grouped_folds_do_not_reward_recognising_a_source():
@@ -33,7 +33,15 @@ def test_separable_classes_score_high_and_rare_classes_weigh_as_much_as_common_o
     source = np.arange(420)
     assert grouped_knn_balanced_accuracy(x, label, source) > 0.95
     # Features that ignore the rare class: balanced accuracy ~ 0.5 although 95 % of windows are right.
-    assert grouped_knn_balanced_accuracy(rng.normal(size=(420, 4)), label, source) < 0.65
+    blind = rng.normal(size=(420, 4))
+    assert grouped_knn_balanced_accuracy(blind, label, source) < 0.65
+    # ... and the per-class recall says which class is lost, with the balanced accuracy as its mean.
+    recall = grouped_knn_recall(blind, label, source)
+    assert set(recall) == {"common", "rare"}
+    assert recall["common"] > 0.9 and recall["rare"] < 0.3
+    assert np.mean(list(recall.values())) == pytest.approx(
+        grouped_knn_balanced_accuracy(blind, label, source)
+    )
 
 
 def test_classes_with_too_few_sources_are_left_out_and_too_few_classes_is_an_error():
