@@ -40,6 +40,11 @@ class WindowCatalogue:
     min_flux : float, optional
         Sources fainter than this (in the flux column's unit) label nothing, so a window holding only
         sources below the detection limit counts as ``empty_label``; None: every source labels.
+    peak_column : str, optional
+        The sources' peak brightness (e.g. Jy/beam), for ``min_peak``.
+    min_peak : float, optional
+        Sources whose peak is below this (in the peak column's unit) label nothing: a resolved source of
+        ample total flux can still be too faint per beam to be seen. None: no cut on the peak.
     """
 
     def __init__(
@@ -52,12 +57,14 @@ class WindowCatalogue:
         radius_arcsec: float | None = None,
         empty_label: str = "empty",
         min_flux: float | None = None,
+        peak_column: str | None = None,
+        min_peak: float | None = None,
     ) -> None:
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise RadioCurationError(f"catalogue {self.path} not found; set catalogue.path to the file")
         table = Table.read(self.path)
-        wanted = [c for c in (ra_column, dec_column, label_column, flux_column) if c]
+        wanted = [c for c in (ra_column, dec_column, label_column, flux_column, peak_column) if c]
         missing = [c for c in wanted if c not in table.colnames]
         if missing:
             raise RadioCurationError(
@@ -70,6 +77,12 @@ class WindowCatalogue:
                     f"catalogue min_flux={min_flux} needs a flux column: set catalogue.flux_column."
                 )
             table = table[np.asarray(table[flux_column], dtype=np.float64) >= float(min_flux)]
+        if min_peak is not None:
+            if not peak_column:
+                raise RadioCurationError(
+                    f"catalogue min_peak={min_peak} needs a peak brightness column: set catalogue.peak_column."
+                )
+            table = table[np.asarray(table[peak_column], dtype=np.float64) >= float(min_peak)]
         self.ra = np.asarray(table[ra_column], dtype=np.float64)
         self.dec = np.asarray(table[dec_column], dtype=np.float64)
         self.label = np.char.strip(np.asarray(table[label_column]).astype(str))

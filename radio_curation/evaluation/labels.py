@@ -9,6 +9,7 @@ import numpy as np
 from radio_curation.cutouts.index import read_index
 from radio_curation.data.catalogue import WindowCatalogue
 from radio_curation.errors import RadioCurationError
+from radio_curation.sky.synthetic import ensure_truth_peaks
 
 #: ``path`` value that takes the synthetic sky's own truth catalogue.
 AUTO = "auto"
@@ -17,8 +18,8 @@ AUTO = "auto"
 def synthetic_truth(merged: Path) -> Path | None:
     """The synthetic sky's ``truth.fits`` when every mosaic of ``merged`` comes from one synthetic sky."""
     roots = {Path(p).parent.parent.parent for p in read_index(merged, ["cutout_id"]).mosaics["path"]}
-    truths = {r / "truth.fits" for r in roots if (r / "truth.fits").is_file() and (r / "sky.json").is_file()}
-    return truths.pop() if len(truths) == 1 and len(roots) == 1 else None
+    skies = [r for r in roots if (r / "truth.fits").is_file() and (r / "sky.json").is_file()]
+    return ensure_truth_peaks(skies[0]) if len(skies) == 1 and len(roots) == 1 else None
 
 
 class WindowLabels:
@@ -29,7 +30,7 @@ class WindowLabels:
     path : str, optional
         The catalogue file (FITS, CSV, VOTable: anything astropy reads); ``auto``: the truth catalogue of
         the synthetic sky the windows come from, and no labels for windows of any other sky; None: no labels.
-    ra_column, dec_column, label_column, flux_column, radius_arcsec, empty_label, min_flux
+    ra_column, dec_column, label_column, flux_column, radius_arcsec, empty_label, min_flux, peak_column, min_peak
         As :class:`~radio_curation.data.catalogue.WindowCatalogue`; ``radius_arcsec=None`` matches each
         window within half its side.
     """
@@ -44,6 +45,8 @@ class WindowLabels:
         radius_arcsec: float | None,
         empty_label: str,
         min_flux: float | None,
+        peak_column: str | None,
+        min_peak: float | None,
     ) -> None:
         self.path = path
         self.empty_label = empty_label
@@ -55,6 +58,8 @@ class WindowLabels:
             "radius_arcsec": radius_arcsec,
             "empty_label": empty_label,
             "min_flux": min_flux,
+            "peak_column": peak_column,
+            "min_peak": min_peak,
         }
 
     def labels(self, merged: Path, table: dict[str, np.ndarray]) -> tuple[np.ndarray, str, np.ndarray]:

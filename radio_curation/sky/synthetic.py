@@ -33,9 +33,11 @@ __all__ = [
     "CLASS_FRACTIONS",
     "SkyParams",
     "ensure_sky",
+    "ensure_truth_peaks",
     "generate_sky",
     "mosaic_header",
     "sky_model",
+    "source_peaks",
 ]
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -382,7 +384,7 @@ def sky_model(params: SkyParams, centres: list[tuple[float, float]]) -> SkyModel
     Returns
     -------
     SkyModel
-        Source table (``source_id, ra, dec, class, flux, size, pa, has_artefact``) and components.
+        Source table (``source_id, ra, dec, class, flux, size, pa, has_artefact, peak``) and components.
     """
     rng = np.random.default_rng([params.seed, 0])
     half = params.size * params.pixel_scale / 3600.0 / 2.0 + 0.05
@@ -436,6 +438,7 @@ def sky_model(params: SkyParams, centres: list[tuple[float, float]]) -> SkyModel
     owner = np.concatenate(owners)
     cdec = dec[owner] + north / 3600.0
     cra = (ra[owner] + east / 3600.0 / np.cos(np.radians(cdec))) % 360.0
+    peak = source_peaks(n, owner, east, north, cflux, major, minor, cpa, params.beam_fwhm)
     sources = Table(
         {
             "source_id": np.arange(n, dtype=np.int64),
@@ -446,6 +449,7 @@ def sky_model(params: SkyParams, centres: list[tuple[float, float]]) -> SkyModel
             "size": size,
             "pa": pa,
             "has_artefact": flux > _ARTEFACT_FLUX,
+            "peak": peak,
         }
     )
     sources["ra"].unit = "deg"
@@ -453,7 +457,50 @@ def sky_model(params: SkyParams, centres: list[tuple[float, float]]) -> SkyModel
     sources["flux"].unit = "Jy"
     sources["size"].unit = "arcsec"
     sources["pa"].unit = "deg"
+    sources["peak"].unit = "Jy/beam"
     return SkyModel(sources, owner, cra, cdec, cflux, major, minor, cpa)
+
+
+def source_peaks(
+    n: int,
+    owner: np.ndarray,
+    east: np.ndarray,
+    north: np.ndarray,
+    flux: np.ndarray,
+    major: np.ndarray,
+    minor: np.ndarray,
+    pa: np.ndarray,
+    beam_fwhm: float,
+) -> np.ndarray:
+    """Peak brightness [Jy/beam] of each source on its own, after convolution with the beam.
+
+    Every component is an elliptical Gaussian (FWHM ``major``, ``minor`` [arcsec] at position angle ``pa``
+    [deg], offset ``east``, ``north`` [arcsec] from its source ``owner``); convolved with a circular beam
+    its FWHMs add in quadrature and its peak is ``flux × beam² / (major' × minor')``. A source's peak is the
+    largest sum of its convolved components at any of their centres. This is what says whether a source can
+    be seen above the noise: a faint resolved source spreads its flux over many beams. (Rendering deposits
+    point sources bilinearly on the pixel grid, so a rendered peak can be a few per cent lower.)
+    """
+    conv_major = np.hypot(major, beam_fwhm)
+    conv_minor = np.hypot(minor, beam_fwhm)
+    amplitude = flux * beam_fwhm**2 / (conv_major * conv_minor)
+    peaks = np.zeros(n)
+    counts = np.bincount(owner, minlength=n)
+    single = counts[owner] == 1
+    peaks[owner[single]] = amplitude[single]
+    order = np.argsort(owner, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    theta = np.radians(pa)
+    for i in np.flatnonzero(counts > 1):
+        c = order[bounds[i] : bounds[i + 1]]
+        de = east[c][:, None] - east[c][None, :]  # row: where it is evaluated, column: which component
+        dn = north[c][:, None] - north[c][None, :]
+        along = de * np.sin(theta[c]) + dn * np.cos(theta[c])
+        across = de * np.cos(theta[c]) - dn * np.sin(theta[c])
+        sx, sy = conv_major[c] * FWHM_TO_SIGMA, conv_minor[c] * FWHM_TO_SIGMA
+        brightness = amplitude[c] * np.exp(-0.5 * ((along / sx) ** 2 + (across / sy) ** 2))
+        peaks[i] = brightness.sum(axis=1).max()
+    return peaks
 
 
 def _deposit_points(model: np.ndarray, x: np.ndarray, y: np.ndarray, flux: np.ndarray) -> None:
@@ -644,14 +691,19 @@ def _write(out: Path, params: SkyParams, report: Callable[[str], None] | None = 
         )
         if report is not None:
             report(spec.name)
-    sky.sources.meta["SEED"] = params.seed
-    sky.sources.write(out / "truth.fits")
+    _write_truth(out / "truth.fits", sky, params)
     meta = {
         "params": asdict(params),
         "mosaics": [{"name": s.name, "ra": s.ra, "dec": s.dec, "rms": s.rms} for s in specs],
         "sources": len(sky.sources),
     }
     (out / "sky.json").write_text(json.dumps(meta, indent=2))
+
+
+def _write_truth(path: Path, sky: SkyModel, params: SkyParams) -> None:
+    sky.sources.meta["SEED"] = params.seed
+    with atomic_path(path) as tmp:
+        sky.sources.write(tmp, format="fits")
 
 
 def generate_sky(out: str | Path, params: SkyParams, report: Callable[[str], None] | None = None) -> Path:
@@ -703,4 +755,21 @@ def ensure_sky(out: str | Path, params: SkyParams, report: Callable[[str], None]
         except RadioCurationError:
             if not (out / "sky.json").is_file():
                 raise
+    else:
+        ensure_truth_peaks(out)
     return out
+
+
+def ensure_truth_peaks(out: str | Path) -> Path:
+    """The truth catalogue of the sky in ``out``, given its ``peak`` column first if it lacks one.
+
+    Skies written before truth catalogues had a peak column get it here: the parameters in ``sky.json``
+    give the same sources again, so only ``truth.fits`` is rewritten (atomically) and the mosaics, and the
+    runs made from them, stay valid.
+    """
+    out = Path(out)
+    truth = out / "truth.fits"
+    if "peak" not in Table.read(truth).colnames:
+        params = SkyParams(**json.loads((out / "sky.json").read_text())["params"])
+        _write_truth(truth, sky_model(params, [(s.ra, s.dec) for s in _mosaic_specs(params)]), params)
+    return truth

@@ -219,6 +219,7 @@ def test_catalogue_labels_windows_by_brightest_source_within_radius(tmp_path):
             "DEC": [5.0, 5.0, -3.0],
             "kind": ["faint", "bright", "far"],
             "S": [1.0, 9.0, 5.0],
+            "P": [0.8, 0.5, 4.0],  # peak brightness: the bright source is extended, faint per beam
         }
     )
     path = tmp_path / "cat.ecsv"
@@ -236,6 +237,13 @@ def test_catalogue_labels_windows_by_brightest_source_within_radius(tmp_path):
     assert detected.labels(ra, dec, np.array([10.0, 60.0, 1.0])).tolist() == ["empty", "far", "empty"]
     with pytest.raises(RadioCurationError, match="flux column"):
         WindowCatalogue(path, "RA", "DEC", "kind", None, min_flux=2.0)
+    # Sources below min_peak label nothing, however bright in total: the faint compact one labels instead.
+    seen = WindowCatalogue(path, "RA", "DEC", "kind", "S", radius_arcsec=30.0, peak_column="P", min_peak=0.6)
+    assert seen.labels(ra, dec).tolist() == ["faint", "empty", "empty"]
+    with pytest.raises(RadioCurationError, match="peak brightness column"):
+        WindowCatalogue(path, "RA", "DEC", "kind", "S", min_peak=0.6)
+    with pytest.raises(RadioCurationError, match="lacks column"):
+        WindowCatalogue(path, "RA", "DEC", "kind", "S", peak_column="Peak_flux", min_peak=0.6)
     with pytest.raises(RadioCurationError, match="match radius"):
         per_window.labels(ra, dec)
     with pytest.raises(RadioCurationError, match="lacks column"):

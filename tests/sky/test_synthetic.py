@@ -19,6 +19,7 @@ from radio_curation.sky.synthetic import (
     SkyParams,
     _layout,
     ensure_sky,
+    ensure_truth_peaks,
     generate_sky,
     sky_model,
 )
@@ -107,11 +108,61 @@ def test_neighbouring_mosaics_overlap_on_the_sky(small_sky):
 
 def test_truth_catalogue_columns_and_units(small_sky):
     truth = Table.read(small_sky / "truth.fits")
-    assert {"source_id", "ra", "dec", "class", "flux", "size", "pa", "has_artefact"} <= set(truth.colnames)
+    assert {"source_id", "ra", "dec", "class", "flux", "size", "pa", "has_artefact", "peak"} <= set(
+        truth.colnames
+    )
     assert str(truth["size"].unit) == "arcsec" and str(truth["flux"].unit) == "Jy"
     assert set(np.unique(np.asarray(truth["class"]).astype(str))) <= set(CLASS_FRACTIONS)
     meta = json.loads((small_sky / "sky.json").read_text())
     assert meta["sources"] == len(truth) and len(meta["mosaics"]) == 2
+
+
+def test_truth_peaks_are_the_rendered_peaks_of_isolated_sources(tmp_path):
+    # No noise to speak of: the image is the beam-convolved sources (and ripples around bright ones).
+    fractions = {"compact": 0.4, "resolved": 0.4, "fri": 0.2}
+    params = SkyParams(mosaics=1, size=600, seed=5, rms=1e-9, density=400, class_fractions=fractions)
+    sky = generate_sky(tmp_path / "sky", params)
+    truth = Table.read(sky / "truth.fits")
+    assert truth["peak"].unit == "Jy/beam"
+    (mosaic,) = _mosaic_dirs(sky)
+    image = np.squeeze(fits.getdata(mosaic / "mosaic-blanked.fits"))
+    wcs = WCS(fits.getheader(mosaic / "mosaic-blanked.fits")).celestial
+    x, y = wcs.world_to_pixel(SkyCoord(truth["ra"], truth["dec"], unit="deg"))
+    reach = (np.asarray(truth["size"]) / 2 + 3 * params.beam_fwhm) / params.pixel_scale  # px
+    apart = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :]) - reach[:, None] - reach[None, :]
+    np.fill_diagonal(apart, np.inf)
+    checked = 0
+    for i in np.flatnonzero((apart.min(axis=1) > 0) & ~np.asarray(truth["has_artefact"])):
+        r = int(np.ceil(reach[i]))
+        xi, yi = round(float(x[i])), round(float(y[i]))
+        box = image[max(yi - r, 0) : yi + r + 1, max(xi - r, 0) : xi + r + 1]
+        if box.shape != (2 * r + 1, 2 * r + 1) or not np.isfinite(box).all():
+            continue  # near the mosaic's edge or its blanked border
+        assert box.max() == pytest.approx(truth["peak"][i], rel=0.1), truth[i]
+        checked += 1
+    assert checked >= 8
+    # Resolved sources spread their flux over several beams: per beam they are much fainter than in total.
+    resolved = np.asarray(truth["class"]).astype(str) == "resolved"
+    ratio = np.asarray(truth["peak"])[resolved] / np.asarray(truth["flux"])[resolved]
+    assert ratio.max() < 0.7 and ratio.min() < 0.1
+
+
+def test_a_sky_cached_before_truth_peaks_gets_them_and_keeps_its_mosaics(tmp_path):
+    params = SkyParams(mosaics=1, size=256, seed=2)
+    out = ensure_sky(tmp_path / "sky", params)
+    fresh = Table.read(out / "truth.fits")
+    (mosaic,) = _mosaic_dirs(out)
+    before = (mosaic / "mosaic-blanked.fits").stat().st_mtime_ns
+    old = fresh.copy()
+    old.remove_column("peak")
+    # Both ways in: generating (or finding) the sky, and labelling windows with its truth catalogue.
+    for upgrade in (lambda: ensure_sky(out, params), lambda: ensure_truth_peaks(out)):
+        old.write(out / "truth.fits", overwrite=True)
+        upgrade()
+        upgraded = Table.read(out / "truth.fits")
+        np.testing.assert_array_equal(upgraded["peak"], fresh["peak"])
+        np.testing.assert_array_equal(upgraded["ra"], fresh["ra"])
+    assert (mosaic / "mosaic-blanked.fits").stat().st_mtime_ns == before
 
 
 def test_source_rates_are_realistic():
