@@ -18,8 +18,8 @@ AUTO = "auto"
 def synthetic_truth(merged: Path) -> Path | None:
     """The synthetic sky's ``truth.fits`` when every mosaic of ``merged`` comes from one synthetic sky."""
     roots = {Path(p).parent.parent.parent for p in read_index(merged, ["cutout_id"]).mosaics["path"]}
-    skies = [r for r in roots if (r / "truth.fits").is_file() and (r / "sky.json").is_file()]
-    return ensure_truth_peaks(skies[0]) if len(skies) == 1 and len(roots) == 1 else None
+    truths = {r / "truth.fits" for r in roots if (r / "truth.fits").is_file() and (r / "sky.json").is_file()}
+    return truths.pop() if len(truths) == 1 and len(roots) == 1 else None
 
 
 class WindowLabels:
@@ -92,6 +92,8 @@ class WindowLabels:
                     f"catalogue.path=auto finds a truth catalogue only for windows of one synthetic sky, "
                     f"and {merged} is not one; set catalogue.path to a source catalogue (FITS/CSV/VOTable)"
                 )
+            if self._options["peak_column"]:
+                path = ensure_truth_peaks(path.parent)  # a sky cached before truth catalogues had peaks
         catalogue = WindowCatalogue(path, **self._options)
         radius = 0.5 * table["size"] * table["pixel_scale"]
         labels, groups = catalogue.match(table["ra"], table["dec"], radius)

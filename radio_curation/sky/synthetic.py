@@ -755,17 +755,15 @@ def ensure_sky(out: str | Path, params: SkyParams, report: Callable[[str], None]
         except RadioCurationError:
             if not (out / "sky.json").is_file():
                 raise
-    else:
-        ensure_truth_peaks(out)
     return out
 
 
 def ensure_truth_peaks(out: str | Path) -> Path:
     """The truth catalogue of the sky in ``out``, given its ``peak`` column first if it lacks one.
 
-    Skies written before truth catalogues had a peak column get it here: the parameters in ``sky.json``
-    give the same sources again, so only ``truth.fits`` is rewritten (atomically) and the mosaics, and the
-    runs made from them, stay valid.
+    Skies written before truth catalogues had a peak column get it here, when a labelling asks for it: the
+    parameters in ``sky.json`` give the same sources again, so only ``truth.fits`` is rewritten
+    (atomically) and the mosaics, and the runs made from them, stay valid.
     """
     out = Path(out)
     truth = out / "truth.fits"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from astropy.table import Table
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from matplotlib.image import imread
@@ -254,6 +255,23 @@ def test_the_catalogue_group_decides_what_labels_the_windows(pipeline):
     assert all(r.manifest["status"] == "complete" for r in pipeline["runs"].runs("evaluate"))  # none left
 
 
+def test_labels_by_peak_give_an_older_cached_sky_its_peaks(pipeline, data_dir):
+    rare = "[fri,frii,resolved,wat,ht,halo,relic]"
+    probe = ["eval=knn", f"features_id={pipeline['features']}", "eval.folds=2", f"eval.exclude_labels={rare}"]
+    (truth,) = data_dir.glob("synthetic/sky-n2-px256-*/truth.fits")
+    fresh = Table.read(truth)
+    older = fresh.copy()
+    older.remove_column("peak")
+    older.write(truth, overwrite=True)  # as a sky cached before truth catalogues had a peak column
+    plain = read_manifest(_evaluate(pipeline, probe)[1])["counts"]["n_images"]
+    assert "peak" not in Table.read(truth).colnames  # labels by total flux do not need it
+    by_peak = _evaluate(pipeline, [*probe, "catalogue.peak_column=peak", "catalogue.min_peak=2.0e-3"])[1]
+    np.testing.assert_array_equal(Table.read(truth)["peak"], fresh["peak"])
+    # Other windows are scored: sources faint per beam no longer label them (some fall empty, others now
+    # take the class of a compact source instead of an excluded extended one).
+    assert read_manifest(by_peak)["counts"]["n_images"] != plain
+
+
 def test_settings_that_change_the_result_change_the_run_id(pipeline):
     rare = "[fri,frii,resolved,wat,ht,halo,relic]"
     base = ["eval=knn", f"features_id={pipeline['features']}", "eval.folds=2", f"eval.exclude_labels={rare}"]
@@ -264,9 +282,10 @@ def test_settings_that_change_the_result_change_the_run_id(pipeline):
     first = run([])
     again = run(["batch_size=7", "device=cpu"])  # execution-only: how fast and where it is computed
     assert again["reused"] and again["run_id"] == first["run_id"]
-    # Each of these changes the result (the catalogue's min_flux relabels faint windows as empty).
+    # Each of these changes the result (the catalogue's min_flux or min_peak relabels faint windows as empty).
     ids = {first["run_id"]}
-    for changed in (["eval.k=5"], ["seed=1"], ["catalogue.min_flux=1.0e-3"], ["eval.dpi=60"]):
+    by_peak = ["catalogue.peak_column=peak", "catalogue.min_peak=1.0e-3"]
+    for changed in (["eval.k=5"], ["seed=1"], ["catalogue.min_flux=1.0e-3"], by_peak, ["eval.dpi=60"]):
         other = run(changed)
         assert not other["reused"] and other["run_id"] not in ids, changed
         ids.add(other["run_id"])
