@@ -4,10 +4,12 @@ Runs :class:`radio_curation.bootstrap.BootstrapLoop` (pretrain a small SSL model
 pool → its features → hierarchical k-means → balanced and random subsamples of 10 % of the pool → the
 same SSL recipe on each, several seeds) in a run store, then prints:
 
-- ``RESULT features knn_ssl=<a> knn_random_init=<a> knn_stats=<a>``: balanced kNN accuracy over the truth
-  classes (windows labelled by the brightest visible truth source within half a window side; empty windows
-  left out), 5-fold cross-validated with all windows of a source in one fold, for the bootstrap model's
-  features, the same network with random weights, and a hand-made radio-statistics vector;
+- ``RESULT features knn_ssl=<a> knn_random_init=<a> knn_stats=<a> knn_random_bn=<a>``: balanced kNN accuracy
+  over the truth classes (windows labelled by the brightest visible truth source within half a window side;
+  empty windows left out), 5-fold cross-validated with all windows of a source in one fold, for the
+  bootstrap model's features, the same network with random weights, a hand-made radio-statistics vector,
+  and the random network again with its batch-norm statistics taken from the windows (no weight changes:
+  the stronger baseline, since a random network's initial statistics suit no real input);
 - ``RESULT enrichment rare_subsample=<share> rare_random=<share> ratio=<x> empty_ratio=<x> rare_pool=<share>
   ratio_pool=<x>``: share of the rare classes (pool share < 1 % each) in the balanced subsample and in the
   random one (the one the random arm pretrains on), their ratio, the ratio of their shares of empty windows,

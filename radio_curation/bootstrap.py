@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.optim.swa_utils import update_bn
 
 from radio_curation.curation.clusters import read_subsample
 from radio_curation.cutouts.reader import WindowReader
@@ -79,9 +80,11 @@ class Measurement:
     Attributes
     ----------
     features : dict
-        ``knn_ssl``, ``knn_random_init``, ``knn_stats``: balanced kNN accuracy on the truth classes.
+        ``knn_ssl``, ``knn_random_init``, ``knn_stats``: balanced kNN accuracy on the truth classes;
+        ``knn_random_bn``: the random-weights network with batch-norm statistics taken from the windows it
+        embeds, the stronger baseline: what the SSL model learns beyond its inputs' statistics.
     recall : dict
-        The same three keys → class → the kNN's recall of that class (``features`` is their mean): where
+        The same keys → class → the kNN's recall of that class (``features`` is their mean): where
         each representation wins or loses.
     enrichment : Enrichment
         The balanced subsample against the random one.
@@ -182,13 +185,32 @@ class BootstrapLoop:
             )
         )["run_id"]
 
-    def embed(self, windows: np.ndarray, model: str | None, batch: int = 512) -> np.ndarray:
-        """Features of raw ``windows`` as the features stage computes them: with train run ``model``'s
-        backbone, or (None) the loop's backbone with random weights drawn from ``seed``."""
+    def extractor(
+        self, model: str | None, size: int, batch_norm_from: np.ndarray | None = None, batch: int = 512
+    ) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+        """The backbone and preprocessing the features stage uses for ``size``-px windows (in eval mode):
+        train run ``model``'s, or (None) the loop's backbone with random weights drawn from ``seed``.
+
+        ``batch_norm_from`` (raw windows) first replaces its batch-norm statistics by theirs, weights
+        untouched: a random network otherwise keeps its initial statistics (mean 0, variance 1), which
+        suit no real input, so its activations sit off the ReLUs' knees.
+        """
         run = [] if model is None else ["backbone=run", f"backbone.model_id={model}"]
-        cfg = self.cfg("extract", "stage=features", *run)
-        inputs = resolve_inputs(cfg, features_task.FEATURES_STAGE)
-        extractor, preprocess = features_task._models(inputs, np.array([windows.shape[-1]]))
+        inputs = resolve_inputs(self.cfg("extract", "stage=features", *run), features_task.FEATURES_STAGE)
+        extractor, preprocess = features_task._models(inputs, np.array([size]))
+        if batch_norm_from is not None:
+            x = torch.from_numpy(np.asarray(batch_norm_from, dtype=np.float32))
+            update_bn((preprocess(x[i : i + batch]) for i in range(0, len(x), batch)), extractor)
+        return extractor, preprocess
+
+    def embed(
+        self, windows: np.ndarray, model: str | None, batch: int = 512, batch_norm_from_windows: bool = False
+    ) -> np.ndarray:
+        """Features of raw ``windows`` as the features stage computes them, with :meth:`extractor`'s
+        network (``batch_norm_from_windows``: its batch-norm statistics from ``windows``)."""
+        extractor, preprocess = self.extractor(
+            model, windows.shape[-1], windows if batch_norm_from_windows else None, batch
+        )
         x = torch.from_numpy(np.asarray(windows, dtype=np.float32))
         with torch.no_grad():
             return torch.cat(
@@ -237,6 +259,7 @@ class BootstrapLoop:
             for name, x in (
                 ("knn_ssl", bootstrap_features),
                 ("knn_random_init", self.embed(windows, None)),
+                ("knn_random_bn", self.embed(windows, None, batch_norm_from_windows=True)),
                 ("knn_stats", radio_statistics(windows)),
             )
         }
@@ -267,7 +290,7 @@ def result_lines(measurement: Measurement) -> list[str]:
     f, e = measurement.features, measurement.enrichment
     lines = [
         f"RESULT features knn_ssl={f['knn_ssl']:.4f} knn_random_init={f['knn_random_init']:.4f} "
-        f"knn_stats={f['knn_stats']:.4f}",
+        f"knn_stats={f['knn_stats']:.4f} knn_random_bn={f['knn_random_bn']:.4f}",
         f"RESULT enrichment rare_subsample={e.rare_subsample:.4f} rare_random={e.rare_random:.4f} "
         f"ratio={e.ratio:.3f} empty_ratio={e.empty_ratio:.3f} rare_pool={e.rare_pool:.4f} "
         f"ratio_pool={e.ratio_pool:.3f}",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from radio_curation.bootstrap import BootstrapLoop
 from radio_curation.cutouts.reader import WindowReader
@@ -76,6 +77,32 @@ def test_the_loop_needs_its_settings(compose):
         BootstrapLoop(compose, ["experiment=bootstrap", "bootstrap.seeds=[0]"])
 
 
+def test_batch_norm_from_windows_normalises_them_and_keeps_the_random_weights(compose):
+    loop = BootstrapLoop(compose, TINY)
+    rng = np.random.default_rng(0)
+    windows = (1e-4 * rng.standard_normal((96, 1, 32, 32))).astype(np.float32)
+    windows[::3, :, 12:20, 12:20] += 5e-3  # a bright source in a third of them
+    plain, _ = loop.extractor(None, 32)
+    fitted, preprocess = loop.extractor(None, 32, batch_norm_from=windows, batch=32)
+    assert not fitted.training
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), fitted.parameters(), strict=True))
+    first = next(m for m in fitted.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    first.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        fitted(preprocess(torch.from_numpy(windows)))
+    # The first batch-norm layer's statistics are now its input's over these windows (3 equal batches).
+    inputs = seen[0].transpose(0, 1).flatten(1)
+    assert torch.allclose(first.running_mean, inputs.mean(1), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(first.running_var, inputs.var(1), rtol=0.05)
+    plain_first = next(m for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert torch.equal(plain_first.running_mean, torch.zeros_like(plain_first.running_mean))
+    features = loop.embed(windows, None, batch=32, batch_norm_from_windows=True)
+    with torch.no_grad():
+        assert np.allclose(features, fitted(preprocess(torch.from_numpy(windows))).numpy(), atol=1e-5)
+    assert not np.allclose(features, loop.embed(windows, None), atol=1e-3)
+
+
 @pytest.mark.slow
 def test_bench_science_quick_prints_the_three_result_lines(tmp_path, shared_data):
     done = subprocess.run(
@@ -105,7 +132,12 @@ def test_bench_science_quick_prints_the_three_result_lines(tmp_path, shared_data
     features = [v for k, v in kinds if k == "features"]
     enrichment = [v for k, v in kinds if k == "enrichment"]
     pretraining = {v["probe"]: v for k, v in kinds if k == "pretraining"}
-    assert len(features) == 1 and set(features[0]) == {"knn_ssl", "knn_random_init", "knn_stats"}
+    assert len(features) == 1 and set(features[0]) == {
+        "knn_ssl",
+        "knn_random_init",
+        "knn_stats",
+        "knn_random_bn",
+    }
     assert all(0.0 <= float(v) <= 1.0 for v in features[0].values())
     assert len(enrichment) == 1 and set(enrichment[0]) == {
         "rare_subsample",

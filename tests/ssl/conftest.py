@@ -17,6 +17,7 @@ SKY = ["survey.mosaics=2", "survey.size=256"]
 TINY_HEADS = {
     "byol": ["ssl.projection_hidden_dim=64", "ssl.projection_dim=32", "ssl.prediction_hidden_dim=64"],
     "simclr": ["ssl.projection_hidden_dim=64", "ssl.projection_dim=32"],
+    "vicreg": ["ssl.projection_hidden_dim=64", "ssl.projection_dim=64"],
     "dino": ["ssl.hidden_dim=64", "ssl.bottleneck_dim=16", "ssl.output_dim=128", "ssl.n_local_views=2"],
 }
 

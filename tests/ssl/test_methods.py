@@ -18,9 +18,10 @@ from radio_curation.ssl import momentum as momentum_module
 from radio_curation.ssl.byol import BYOL
 from radio_curation.ssl.dino import DINO
 from radio_curation.ssl.simclr import SimCLR
+from radio_curation.ssl.vicreg import VICReg
 from tests.ssl.tiny import HEADS, TinyBackbone, augmentation, lars
 
-METHODS = {"byol": BYOL, "simclr": SimCLR, "dino": DINO}
+METHODS = {"byol": BYOL, "simclr": SimCLR, "dino": DINO, "vicreg": VICReg}
 
 
 @pytest.fixture(autouse=True)
@@ -233,7 +234,7 @@ def test_unbounded_training_is_a_clear_error():
 
 @pytest.mark.parametrize(
     ("name", "n_local"),
-    [("byol", 2), ("simclr", 1), ("dino", 0)],
+    [("byol", 2), ("simclr", 1), ("dino", 0), ("vicreg", 2)],
 )
 def test_view_count_must_match_the_method(name, n_local):
     kwargs = {k: v for k, v in HEADS[name].items()}

@@ -33,7 +33,7 @@ def _manifest(runs_dir: Path, run_id: str) -> dict:
     return RunStore(runs_dir).resolve(run_id, stage="train").manifest
 
 
-@pytest.mark.parametrize("method", ["byol", "simclr", "dino"])
+@pytest.mark.parametrize("method", ["byol", "simclr", "dino", "vicreg"])
 def test_fast_dev_run_exports_a_backbone_that_matches_the_trained_one(method, compose, merge_id, runs_dir):
     cfg = compose(
         "train",

@@ -42,5 +42,6 @@ def augmentation(n_local: int = 0, size: int = 16) -> RadioAugmentation:
 HEADS = {
     "byol": {"projection_hidden_dim": 32, "projection_dim": 16, "prediction_hidden_dim": 32},
     "simclr": {"projection_hidden_dim": 32, "projection_dim": 16},
+    "vicreg": {"projection_hidden_dim": 32, "projection_dim": 32},
     "dino": {"hidden_dim": 32, "bottleneck_dim": 8, "output_dim": 64, "n_local_views": 2},
 }
