@@ -1,8 +1,10 @@
 """The self-bootstrapping curation loop (``experiment=bootstrap``) and its measurement.
 
-Without downloaded weights the loop makes its own features: it pretrains a small SSL model on a random
-subset of the pool's windows that hold a detected source (peak S/N at least ``bootstrap.min_peak_snr``), extracts the pool's features with it, clusters them, draws a balanced and a random
-subsample of the same size, and pretrains the same recipe on each with several seeds. Every step is an
+Without downloaded weights the loop makes its own features: it pretrains a small SSL model on the pool's
+windows that hold a detected source (peak S/N at least ``bootstrap.min_peak_snr``; a random
+``bootstrap.pretrain_subset`` of them, for ``bootstrap.max_epochs``), extracts the pool's features with it,
+clusters them, draws a balanced and a random subsample of the same size, and pretrains the same recipe on
+each with several seeds. Every step is an
 ordinary run of the store, chained by run IDs, so running the loop again reuses every finished run and
 resumes an interrupted one.
 
@@ -121,7 +123,8 @@ class BootstrapLoop:
                 "the bootstrap loop reads its settings from `bootstrap:` (pretrain_subset, seeds); "
                 "use experiment=bootstrap or an experiment that defines them"
             )
-        self.pretrain_subset = int(settings.pretrain_subset)
+        self.pretrain_subset = None if settings.pretrain_subset is None else int(settings.pretrain_subset)
+        self.max_epochs = None if settings.max_epochs is None else int(settings.max_epochs)
         self.min_peak_snr = settings.min_peak_snr
         self.seeds = [int(s) for s in settings.seeds]
         if len(self.seeds) < 2:
@@ -150,7 +153,12 @@ class BootstrapLoop:
             )
         )["run_id"]
         bootstrap_model = train_task.run(
-            self.cfg("train", f"source_id={detections}", f"random_subset={self.pretrain_subset}")
+            self.cfg(
+                "train",
+                f"source_id={detections}",
+                f"random_subset={'null' if self.pretrain_subset is None else self.pretrain_subset}",
+                *([] if self.max_epochs is None else [f"trainer.max_epochs={self.max_epochs}"]),
+            )
         )["run_id"]
         features = self.features_of(merge, bootstrap_model)
         curated = curate_task.run(self.cfg("curate", f"features_id={features}"))

@@ -24,6 +24,7 @@ TINY = [
     "survey.size=256",
     "cutouts.window_size=32",
     "bootstrap.pretrain_subset=48",
+    "bootstrap.max_epochs=2",
     "bootstrap.min_peak_snr=4",
     "bootstrap.seeds=[0,1]",
     "target_size=24",
@@ -58,11 +59,14 @@ def test_bootstrap_loop_chains_its_runs_by_id_and_a_rerun_reuses_them(compose, r
     assert parents[runs.clusters] == [runs.features]
     assert parents[runs.curated] == parents[runs.random] == [runs.clusters]
     assert store.resolve(runs.bootstrap_model).manifest["counts"]["images"] == 48
+    # The bootstrap model trains for its own bootstrap.max_epochs, the subsamples' models for trainer.max_epochs.
+    assert store.resolve(runs.bootstrap_model).manifest["counts"]["epochs"] == 2
     for subsample, models in ((runs.curated, runs.curated_models), (runs.random, runs.random_models)):
         assert sorted(models) == [0, 1] and len(set(models.values())) == 2
         for model in models.values():
             assert parents[model] == [subsample]
             assert store.resolve(model).manifest["counts"]["images"] == 24
+            assert store.resolve(model).manifest["counts"]["epochs"] == 1
     before = {r.run_id: r.manifest["attempts"] for r in store.runs()}
 
     again = BootstrapLoop(compose, TINY).run()
