@@ -53,6 +53,7 @@ QUICK = [
     "survey.mosaics=2",
     "survey.size=1536",
     "bootstrap.pretrain_subset=600",
+    "bootstrap.max_epochs=2",
     "target_size=280",
     "trainer.max_epochs=2",
     "bootstrap.seeds=[0,1,2]",
