@@ -19,14 +19,15 @@ same SSL recipe on each, several seeds) in a run store, then prints:
   probe (``synthetic``: the truth-class kNN above; ``mirabest_confident``: the MiraBest Confident linear
   probe): means over seeds, the mean paired difference (same seed) and its 95 % t interval.
 
-The recipe (normalisation, batch size, epochs, the detection cut of the bootstrap model's windows) was
-chosen on another sky (``survey.seed=1``, 3 mosaics) than the one scored here (``survey.seed=0``).
+The recipe (normalisation, batch size, epochs, the detection cut of the bootstrap model's windows, the
+clustering) was chosen on another sky (``survey.seed=1``, 3 or 6 mosaics) than the one scored here
+(``survey.seed=0``).
 
 Runs are kept in ``--runs-dir`` (default ``runs/bench_science``): a second invocation reuses them.
 
 Usage::
 
-    python benchmarks/bench_science.py                    # the full experiment=bootstrap, 10 seeds (≈ 9 min on 2 idle cores)
+    python benchmarks/bench_science.py                    # the full experiment=bootstrap, 10 seeds (≈ 12 min on 2 cores)
     python benchmarks/bench_science.py --quick            # a small sky, short training, 3 seeds (≈ 1 min)
     python benchmarks/bench_science.py --mirabest /data/mirabest --json science.json --plot recall.png
 """
