@@ -4,9 +4,8 @@ Without downloaded weights the loop makes its own features: it pretrains a small
 windows that hold a detected source (peak S/N at least ``bootstrap.min_peak_snr``; a random
 ``bootstrap.pretrain_subset`` of them, for ``bootstrap.max_epochs``), extracts the pool's features with it,
 clusters them, draws a balanced and a random subsample of the same size, and pretrains the same recipe on
-each with several seeds. Every step is an
-ordinary run of the store, chained by run IDs, so running the loop again reuses every finished run and
-resumes an interrupted one.
+each with several seeds. Every step is an ordinary run of the store, chained by run IDs, so running the
+loop again reuses every finished run and resumes an interrupted one.
 
 :meth:`BootstrapLoop.measure` then scores what the issue of "does curation help?" asks: kNN on the truth
 classes for the bootstrap features, a random-weights network and hand-made radio statistics; rare-class

@@ -90,6 +90,15 @@ class SSLModule(pl.LightningModule, ABC):
         self._epoch_images = 0
         self._epoch_start = 0.0
 
+    def require_views(self, n_local: int = 0) -> None:
+        """Raise unless the augmentation makes the 2 global and ``n_local`` local views this method uses."""
+        made = (self.augmentation.n_global, self.augmentation.n_local)
+        if made != (2, n_local):
+            raise RadioCurationError(
+                f"{type(self).__name__} uses 2 global and {n_local} local views per image (local views: "
+                f"ssl.n_local_views); the augmentation makes {made[0]} global and {made[1]} local views."
+            )
+
     @property
     def feature_dim(self) -> int:
         """Dimension of the backbone's features."""

@@ -14,7 +14,6 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from radio_curation.data.augmentation import RadioAugmentation
-from radio_curation.errors import RadioCurationError
 from radio_curation.ssl.momentum import MomentumMethod
 
 
@@ -73,11 +72,7 @@ class DINO(MomentumMethod):
         **kwargs: float | int | None,
     ) -> None:
         super().__init__(backbone, augmentation, optimizer, **kwargs)
-        if augmentation.n_global != 2 or augmentation.n_local != n_local_views:
-            raise RadioCurationError(
-                f"DINO expects 2 global and ssl.n_local_views={n_local_views} local views; the augmentation "
-                f"makes {augmentation.n_global} global and {augmentation.n_local} local views."
-            )
+        self.require_views(n_local_views)
         self.head = DINOProjectionHead(
             self.feature_dim,
             hidden_dim,

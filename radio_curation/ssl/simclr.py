@@ -10,7 +10,6 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from radio_curation.data.augmentation import RadioAugmentation
-from radio_curation.errors import RadioCurationError
 from radio_curation.ssl.base import SSLModule
 
 
@@ -45,11 +44,7 @@ class SimCLR(SSLModule):
         **kwargs: float | int | None,
     ) -> None:
         super().__init__(backbone, augmentation, optimizer, **kwargs)
-        if augmentation.n_global != 2 or augmentation.n_local != 0:
-            raise RadioCurationError(
-                f"SimCLR uses exactly 2 global views and no local views; the augmentation makes "
-                f"{augmentation.n_global} global and {augmentation.n_local} local views."
-            )
+        self.require_views()
         self.projection_head = SimCLRProjectionHead(
             self.feature_dim, projection_hidden_dim, projection_dim, num_layers=projection_layers
         )
