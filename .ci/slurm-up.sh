@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A single-node SLURM on this machine: it is the controller and the only compute node (partition `debug`).
 # For Debian/Ubuntu, run as root (apt, /etc, daemons started by hand: no systemd needed). Idempotent: does
-# nothing when `sinfo` already answers. `.ci/run` calls it before the tests; the README's "Try it on one
+# nothing when `sinfo` already answers. `.ci/run` calls it before the tests; docs/slurm.md's "Try it on one
 # machine" uses it to rehearse the cluster commands.
 set -euo pipefail
 

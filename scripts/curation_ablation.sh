@@ -4,7 +4,7 @@
 # (SEEDS, default "0 1 2": the seed of the subsample and of the training); one table at the end with each
 # setting's mean ± std over seeds and its paired difference to random with a 95% interval.
 #   [SEEDS="0 1 2 3 4"] scripts/curation_ablation.sh FEATURES_ID MIRABEST_DIR [extra overrides for every stage...]
-# On a cluster, run the same three steps as sweeps instead (-m hydra/launcher=slurm_gpu, see README.md).
+# On a cluster, run the same three steps as sweeps instead (-m hydra/launcher=slurm_gpu, see docs/slurm.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 2 ]; then

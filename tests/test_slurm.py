@@ -1,5 +1,5 @@
-"""The cluster path against a running SLURM (``.ci/slurm-up.sh`` starts a single-node one): the README's
-"Try it on one machine", requeued and timed-out jobs, and a failing job, through the project's launchers.
+"""The cluster path against a running SLURM (``.ci/slurm-up.sh`` starts a single-node one): "Try it on one
+machine" of docs/slurm.md, requeued and timed-out jobs, and a failing job, through the project's launchers.
 
 Skipped where no SLURM answers, unless ``RC_REQUIRE_SLURM=1`` (``.ci/run`` sets it): then that is a failure.
 Jobs ask for one CPU and 2 GB (the site settings below), so two run side by side on a 2-core machine.
@@ -82,7 +82,7 @@ def cleanup(tmp_path: Path) -> Iterator[None]:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    """The README's configs/local/slurm.yaml for this machine, as an extra config dir."""
+    """The documented configs/local/slurm.yaml for this machine, as an extra config dir."""
     (tmp_path / "site" / "local").mkdir(parents=True)
     (tmp_path / "site" / "local" / "slurm.yaml").write_text(SITE)
     return tmp_path / "site"
@@ -293,23 +293,23 @@ def test_a_job_reaching_its_time_limit_is_requeued_by_submitit_and_resumes(
     assert re.search(r"Caught signal SIGUSR2 .*: this job is timed-out", job_log), job_log[-3000:]
 
 
-def _readme_block(heading: str) -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index(heading) :]
+def _docs_block(page: str, heading: str) -> str:
+    text = (ROOT / "docs" / page).read_text()
+    section = text[text.index(heading) :]
     return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_the_readme_try_it_on_one_machine_runs_the_whole_loop_on_slurm(tmp_path, cleanup):
-    """The README's commands, verbatim, in a scratch checkout (configs, entry points, .ci/slurm-up.sh)."""
+def test_the_documented_try_it_on_one_machine_runs_the_whole_loop_on_slurm(tmp_path, cleanup):
+    """The commands of docs/slurm.md, verbatim, in a scratch checkout (configs, entry points, .ci/slurm-up.sh)."""
     checkout = tmp_path / "checkout"
     shutil.copytree(CONFIG_DIR, checkout / "configs", ignore=shutil.ignore_patterns("local"))
     for entry in ("extract.py", "curate.py", "train.py", "evaluate.py"):
         shutil.copy(ROOT / entry, checkout)
     (checkout / ".ci").mkdir()
     shutil.copy(ROOT / ".ci" / "slurm-up.sh", checkout / ".ci")
-    block = _readme_block("### Try it on one machine")
+    block = _docs_block("slurm.md", "## Try it on one machine")
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", block],
         cwd=checkout, env=_env(), capture_output=True, text=True, timeout=1500,
