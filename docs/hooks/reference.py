@@ -18,6 +18,7 @@ import html
 import importlib
 import posixpath
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,12 @@ def _split_comment(line: str) -> tuple[str, str | None, int]:
     return line.rstrip(), None, -1
 
 
+def _brackets(text: str) -> int:
+    """Brackets ``text`` opens and does not close (a flow value continued on the next line)."""
+    code = _split_comment(text)[0]
+    return sum(code.count(c) for c in "[{") - sum(code.count(c) for c in "]}")
+
+
 def _is_comment(line: str) -> bool:
     return line.lstrip().startswith("#")
 
@@ -104,6 +111,12 @@ def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_leaves(child, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: value} if prefix else {}
+
+
+def _at(loaded: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        loaded = loaded[part]
+    return loaded
 
 
 def _prefixes(path: str) -> list[str]:
@@ -138,7 +151,11 @@ def read_option(file: Path, group: str) -> Option:
     last: tuple[str, int] | None = (
         None  # (path, column of its trailing comment) that later lines may continue
     )
+    depth = 0  # open brackets of a flow value that continues on the next lines
     for line in lines[start:]:
+        if depth:
+            depth += _brackets(line)
+            continue
         if not line.strip():
             above, last = [], None
             continue
@@ -161,9 +178,11 @@ def read_option(file: Path, group: str) -> Option:
         path = ".".join([*(k for _, k in stack), match["key"]])
         value, comment, column = _split_comment(line[match.end() :])
         stack.append((indent, match["key"]))
+        depth = _brackets(value)
         if value.strip() or path in leaves:  # a value on the line (a flow mapping too), or a leaf
             docs = [*above, *([comment] if comment else [])]
-            keys[path] = Key(path, value.strip() or _flow(leaves.get(path)), " ".join(docs))
+            written = value.strip() if value.strip() and not depth else None
+            keys[path] = Key(path, written or _flow(_at(loaded, path)), " ".join(docs))
             last = (path, match.end() + column) if comment else None
         else:
             last = None
@@ -200,7 +219,7 @@ def _defaults(lines: list[str]) -> list[str]:
 
 
 def _flow(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).strip().removesuffix("...").strip()
 
 
 def read_configs(configs: Path = CONFIGS) -> tuple[list[Option], list[Group]]:
@@ -212,16 +231,31 @@ def read_configs(configs: Path = CONFIGS) -> tuple[list[Option], list[Group]]:
             continue
         name = file.parent.relative_to(configs).as_posix()
         groups.setdefault(name, Group(name)).options.append(read_option(file, name))
-    # A group's comment and default: the defaults-list entry that selects it, anywhere in configs/ (the
-    # root configs and pipeline/groups.yaml first).
+    # A group's comment and default: the defaults-list entry that selects it (the root configs and
+    # pipeline/groups.yaml first), else one that overrides Hydra's own default (hydra/launcher); an
+    # experiment's overrides are its recipe, not the group's default.
     first = [configs / f"{name}.yaml" for name in ROOT_CONFIGS] + [configs / "pipeline" / "groups.yaml"]
-    for file in [*first, *(f for f in sorted(configs.rglob("*.yaml")) if f not in first)]:
+    files = [*first, *(f for f in sorted(configs.rglob("*.yaml")) if f not in first)]
+    for overrides in (False, True):
+        for file, name, value, comment in _selections(configs, files):
+            group = groups.get(name)
+            if group is None or ("override" in comment[0]) != overrides or "experiment" in file.parts:
+                continue
+            if comment[1] and not group.doc:
+                group.doc = comment[1]
+            if value != "null" and group.default is None:
+                group.default = value
+    return roots, sorted(groups.values(), key=lambda g: g.name)
+
+
+def _selections(configs: Path, files: list[Path]) -> Iterator[tuple[Path, str, str, tuple[str, str | None]]]:
+    """Each group-selecting defaults-list entry of ``files``: the file, the group, the option and (the
+    entry's text, its comment)."""
+    for file in files:
         own = "" if file.parent == configs else file.parent.relative_to(configs).as_posix()
         for line in _defaults(file.read_text().splitlines()):
             match = _ENTRY.match(line)
-            if not match or "override" in line.split("#")[0]:
-                continue
-            name, value = match["name"], match["value"]
+            name, value = (match["name"], match["value"]) if match else ("@", None)
             if "@" in name:  # a group's option placed elsewhere (dataset@monitor.dataset) is not the group
                 continue
             if value is None:  # a config by path (pipeline/groups), or one of the file's own group
@@ -229,15 +263,8 @@ def read_configs(configs: Path = CONFIGS) -> tuple[list[Option], list[Group]]:
                     continue
                 name, value = name.rsplit("/", 1)
             name = name[1:] if name.startswith("/") else "/".join(p for p in (own, name) if p)
-            group = groups.get(name)
-            if group is None:
-                continue
-            comment = _split_comment(line)[1] or _comment_above(file, line)
-            if comment and not group.doc:
-                group.doc = comment
-            if value != "null" and group.default is None:
-                group.default = value
-    return roots, sorted(groups.values(), key=lambda g: g.name)
+            text, comment, _ = _split_comment(line)
+            yield file, name, value, (text, comment or _comment_above(file, line))
 
 
 def _comment_above(file: Path, line: str) -> str | None:
