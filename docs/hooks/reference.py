@@ -148,9 +148,8 @@ def read_option(file: Path, group: str) -> Option:
     keys: dict[str, Key] = {}
     stack: list[tuple[int, str]] = []  # (indent, key) of the enclosing mappings
     above: list[str] = []
-    last: tuple[str, int] | None = (
-        None  # (path, column of its trailing comment) that later lines may continue
-    )
+    # The key whose trailing comment later lines may continue, and the comment's column.
+    last: tuple[str, int] | None = None
     depth = 0  # open brackets of a flow value that continues on the next lines
     for line in lines[start:]:
         if depth:
@@ -219,7 +218,8 @@ def _defaults(lines: list[str]) -> list[str]:
 
 
 def _flow(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).strip().removesuffix("...").strip()
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000)
+    return text.removesuffix("...\n").strip()
 
 
 def read_configs(configs: Path = CONFIGS) -> tuple[list[Option], list[Group]]:
@@ -298,11 +298,10 @@ def _text(text: str) -> str:
     for i in range(0, len(parts), 2):
         part = html.escape(parts[i], quote=False)
         parts[i] = re.sub(r"([\\*_\[\]|])", r"\\\1", part)
-    return "".join(parts).replace("`|", "`\\|")
+    return "".join(parts)
 
 
 def _code(value: str) -> str:
-    value = value.replace("|", "\\|")
     return f"`` {value} ``" if "`" in value else f"`{value}`"
 
 
@@ -330,7 +329,7 @@ def _option_section(option: Option, level: str) -> list[str]:
         facts.append(f"class {_code(option.target)}")
     if option.extends:
         facts.append("defaults list: " + ", ".join(_code(e) for e in option.extends))
-    if option.package != option.group.replace("/", "."):
+    if option.group and option.package != option.group.replace("/", "."):
         facts.append(f"package {_code(option.package)}")
     if facts:
         out += ["; ".join(facts), ""]
