@@ -11,7 +11,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 # What faiss' loader, Lightning's rank-zero notices and torch's pytree deprecation would print.
-CHATTER = ("Could not load library", "Loading faiss", "litlogger", "💡", "GPU available", "LeafSpec", "_pytree")
+CHATTER = (
+    "Could not load library",
+    "Loading faiss",
+    "litlogger",
+    "💡",
+    "GPU available",
+    "LeafSpec",
+    "_pytree",
+)
 
 
 def _story(script: str, overrides: list[str], runs_dir: Path, data_dir: Path) -> list[str]:
