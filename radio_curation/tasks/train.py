@@ -234,7 +234,8 @@ def fit(run: Run, source: TrainingSource) -> tuple[pl.Trainer, SSLModule]:
             # Resuming writes into the checkpoint directory of the interrupted attempt on purpose.
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    trainer.save_checkpoint(last)
+    # The full state (optimizer, loops, callbacks): a rerun resumes from it.
+    trainer.save_checkpoint(last, weights_only=False)
     return trainer, model
 
 
