@@ -22,6 +22,8 @@ from hydra.errors import (
 from hydra.utils import instantiate
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from radio_curation.logs import quiet_third_party
+
 #: Exit status of a run stopped by a user-facing error (bad input, bad config, wrong run ID).
 USER_ERROR_EXIT = 2
 
@@ -148,6 +150,8 @@ def run_main(main: Callable[[], None]) -> None:
     message on stderr and exit status 2, like every other user error."""
     # Hydra then raises its errors here instead of printing them with a trimmed traceback and exit 1.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    # Before Hydra composes the config: resolving the run directory imports the stage (and faiss).
+    quiet_third_party()
     try:
         main()
     except Exception as err:

@@ -35,10 +35,12 @@ else
 fi
 probe=$(step "linear probe: curated model" python evaluate.py experiment=demo eval=linear_probe model_id="$model" "${labelled[@]}")
 random_probe=$(step "linear probe: random-subsample model" python evaluate.py experiment=demo eval=linear_probe model_id="$random_model" "${labelled[@]}")
-# The baseline every pretraining must beat: the same network with random weights, at the models' input size.
-init_probe=$(step "linear probe: random weights" python evaluate.py experiment=demo eval=linear_probe resize=48 "${labelled[@]}")
+# The baseline every pretraining must beat: the same network with random weights, at the same preprocessing
+# (experiment=demo's resize is the trained models' input size; the closing table checks it).
+init_probe=$(step "linear probe: random weights" python evaluate.py experiment=demo eval=linear_probe "${labelled[@]}")
 report=$(step "curation report" python evaluate.py experiment=demo eval=curation_report subsample_id="$subsample")
-radio-curation runs compare "$probe" "$random_probe" "$init_probe" >&2
+random_report=$(step "curation report of the random subsample" python evaluate.py experiment=demo eval=curation_report subsample_id="$random")
+radio-curation runs probes "curated=$probe" "random subsample=$random_probe" "random weights=$init_probe" >&2
 
 cat <<DONE
 
@@ -47,5 +49,6 @@ Demo finished in $(( $(date +%s) - start )) s. Runs: $runs (radio-curation runs 
   random subsample: $runs/evaluate/$random_probe/metrics.json
   random weights:   $runs/evaluate/$init_probe/metrics.json
   curation report:  $runs/evaluate/$report/report.html
+  random report:    $runs/evaluate/$random_report/report.html
   trained backbone: $runs/train/$model/backbone.pt  (extract.py stage=features backbone=run backbone.model_id=$model)
 DONE

@@ -52,6 +52,11 @@ def test_demo_runs_every_stage_and_reports_where_results_are(tmp_path, shared_da
     # its own random weights (by more than twice their spread over folds).
     for score in (trained, random_subsample):
         assert random_init - 2 * init_std <= score <= 1.0
+    # The closing table compares the three models at one preprocessing, next to each subsample's enrichment.
+    assert "every row probed at the same preprocessing: 48 px" in done.stderr
+    (curated_row,) = [line for line in done.stderr.splitlines() if line.startswith("│ curated ")]
+    assert " ± " in curated_row and "x (evaluate-" in curated_row
+    assert Path(lines["random report"].strip()).is_file()
     report = Path(lines["curation report"].strip())
     page = report.read_text()
     assert (

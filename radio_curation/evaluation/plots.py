@@ -128,17 +128,36 @@ def _tab20(i: int) -> tuple[float, float, float, float]:
 
 
 def bar_plot(
-    groups: Mapping[str, Mapping[str, float]], path: Path, title: str, ylabel: str, dpi: int = 120
+    groups: Mapping[str, Mapping[str, float]],
+    path: Path,
+    title: str,
+    ylabel: str,
+    dpi: int = 120,
+    log: bool = False,
 ) -> Path:
-    """Grouped bars: ``groups[set_name][category] = value`` (e.g. cluster coverage per level per set)."""
+    """Grouped bars: ``groups[set_name][category] = value`` (e.g. cluster coverage per level per set).
+
+    With ``log``, the value axis is logarithmic (shares of 0.78 and 0.003 side by side), and a value of 0,
+    which a log axis cannot draw, is written as "0" at the foot of its bar.
+    """
     set_names = list(groups)
     categories = sorted({c for g in groups.values() for c in g})
     fig = Figure(figsize=(max(5, 0.8 * len(categories) * len(set_names) / 2 + 2), 4))
     ax = fig.add_subplot()
     width = 0.8 / max(len(set_names), 1)
     x = np.arange(len(categories))
+    values = {name: np.array([groups[name].get(c, 0.0) for c in categories]) for name in set_names}
+    positive = np.concatenate([v[v > 0] for v in values.values()] + [np.ones(1)])
+    floor = 10 ** np.floor(np.log10(positive.min()) - 0.5)
     for i, name in enumerate(set_names):
-        ax.bar(x + i * width, [groups[name].get(c, 0.0) for c in categories], width, label=name)
+        heights = values[name]
+        ax.bar(x + i * width, np.where(heights > 0, heights, np.nan) if log else heights, width, label=name)
+        if log:
+            for xi in x[heights <= 0]:
+                ax.text(xi + i * width, floor, "0", ha="center", va="bottom", fontsize="small")
+    if log:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=floor)
     ax.set_xticks(x + width * (len(set_names) - 1) / 2, labels=categories, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

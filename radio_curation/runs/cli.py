@@ -1,5 +1,5 @@
-"""``radio-curation runs list|show|lineage|find|compare|verify``: find, inspect and check runs without a
-database."""
+"""``radio-curation runs list|show|lineage|find|compare|probes|verify``: find, inspect and check runs without
+a database."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from radio_curation.errors import RadioCurationError
+from radio_curation.evaluation.pretraining import preprocessing_note, probe_row
 from radio_curation.evaluation.seeds import SPREAD_OVER_SEEDS, paired_difference, seed_spread
 from radio_curation.runs.manifest import DamagedRunError
 from radio_curation.runs.store import RunRecord, RunStore, check_artifact, stage_of
@@ -71,6 +72,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     compare.add_argument("--out", help="also write the --group summary to this JSON file")
     compare.set_defaults(func=_with_store(cmd_compare))
+    probes = sub.add_parser(
+        "probes",
+        help="linear probes side by side: accuracy with its spread over folds, the preprocessing, and the "
+        "rare-class enrichment of each model's pretraining subsample (from its curation report)",
+    )
+    probes.add_argument("probes", nargs="+", metavar="[NAME=]ID", help="linear-probe runs, one row each")
+    probes.set_defaults(func=_with_store(cmd_probes))
     verify = sub.add_parser(
         "verify", help="check runs' manifests and artifacts (size and sha256); list what is damaged"
     )
@@ -278,6 +286,30 @@ def _compare_groups(store: RunStore, groups: list[str], out: str | None) -> int:
     console.print(table)
     if out:
         Path(out).write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def cmd_probes(store: RunStore, args: argparse.Namespace) -> int:
+    rows = []
+    for given in args.probes:
+        name, _, run_id = given.rpartition("=")
+        rows.append(probe_row(store, name or run_id, run_id))
+    folds = sorted({row.folds for row in rows})
+    table = Table(title=f"linear probes (mean ± std over {'/'.join(map(str, folds))} folds)")
+    for column in ("", "accuracy", "macro-F1", "pretrained on", "rare-class share / pool's", "probe"):
+        table.add_column(column)
+    for row in rows:
+        enrichment = "—" if row.enrichment is None else f"{row.enrichment:.2f}x ({row.report})"
+        table.add_row(
+            row.name,
+            f"{row.accuracy[0]:.3f} ± {row.accuracy[1]:.3f}",
+            f"{row.macro_f1[0]:.3f} ± {row.macro_f1[1]:.3f}",
+            row.subsample or ("—" if row.model is None else f"{row.model} (no subsample)"),
+            enrichment,
+            row.probe,
+        )
+    console.print(table)
+    console.print(preprocessing_note(rows))
     return 0
 
 

@@ -165,6 +165,12 @@ def _predict(
             inference_mode=True,
             plugins=cluster_plugins(),
         )
+        log.info(
+            "features on %s (%d process(es), precision %s)",
+            trainer.strategy.root_device,
+            trainer.world_size,
+            trainer.precision,
+        )
         trainer.predict(module, datamodule=datamodule, return_predictions=False)
     return writer, trainer.world_size
 

@@ -65,6 +65,7 @@ import radio_curation
 from radio_curation.atomic import TEMPORARY_GLOB, atomic_path, remove_path, write_atomic
 from radio_curation.distributed import launched_rank
 from radio_curation.errors import EmptyResultError, RadioCurationError
+from radio_curation.logs import quiet_third_party
 from radio_curation.runs.identity import StageIdentity, plain, select_keys, semantic_config
 from radio_curation.runs.manifest import (
     COMPLETE,
@@ -481,6 +482,7 @@ def run_stage(cfg: DictConfig, stage: Stage, parents: Mapping[str, Any] | None =
         (the float ``stage.headline`` names). The last line printed on stdout is ``run_id=<ID>``. On a DDP
         rank above 0: ``run_id``, ``run_dir``, ``stage``, ``reused``, ``rank`` and what the rank counted.
     """
+    quiet_third_party()
     store = RunStore.of(cfg)
     inputs = resolve_inputs(cfg, stage, parents, store)
     if stage.check is not None:
@@ -586,6 +588,11 @@ def _execute(
             remove_path(partial)
     else:
         log.info("starting run %s in %s", run_id, run_dir)
+    for key, records in inputs.by_key.items():
+        if not records:
+            continue
+        described = (f"{r.run_id} ({_counted(r.manifest.get('counts') or {})})" for r in records)
+        log.info("reading %s: %s", key, ", ".join(described))
     manifest = {
         "run_id": run_id,
         "stage": identity.stage,
@@ -626,7 +633,40 @@ def _execute(
         _after_failure(run, run_dir, err, stage.resumable)
         raise
     run.tracker.finish(COMPLETE)
-    return _result(stage, run_id, run_dir, run.manifest, reused=False)
+    result = _result(stage, run_id, run_dir, run.manifest, reused=False)
+    log.info(
+        "run %s complete in %s: %s; %s = %.4g",
+        run_id,
+        _duration(run.timings["total"]),
+        _counted(run.counts) or "no counts",
+        stage.headline,
+        result["headline"],
+    )
+    log.info(
+        "wrote %s", ", ".join(f"{n} ({_size(a['bytes'])})" for n, a in run.artifacts.items()) or "nothing"
+    )
+    return result
+
+
+def _counted(counts: Mapping[str, Any]) -> str:
+    """``"2420 windows, 4 mosaics"``: a run's whole-number counts, for the log."""
+    return ", ".join(f"{v} {k}" for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool))
+
+
+def _duration(seconds: float) -> str:
+    """``"12.3 s"`` under a minute, else ``"h:mm:ss"``."""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{seconds:.1f} s" if seconds < 60 else f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def _size(n: float) -> str:
+    """``"1.2 MB"``: a file size in decimal units."""
+    unit = "B"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            break
+        n /= 1000
+    return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
 
 
 def _after_failure(run: Run | None, run_dir: Path, err: BaseException, resumable: Sequence[str]) -> None:

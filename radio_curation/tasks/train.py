@@ -211,6 +211,14 @@ def fit(run: Run, source: TrainingSource) -> tuple[pl.Trainer, SSLModule]:
             default_root_dir=str(run_dir),
         )
     on_cpu = trainer.strategy.root_device.type == "cpu"
+    log.info(
+        "training on %d windows for up to %d epochs on %s (%d process(es), precision %s)",
+        len(source.cutout_ids),
+        trainer.max_epochs,
+        trainer.strategy.root_device,
+        trainer.world_size,
+        trainer.precision,
+    )
     if on_cpu and cfg.trainer.sync_batchnorm:
         raise RadioCurationError(
             "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm has no CPU implementation); "
@@ -226,7 +234,8 @@ def fit(run: Run, source: TrainingSource) -> tuple[pl.Trainer, SSLModule]:
             # Resuming writes into the checkpoint directory of the interrupted attempt on purpose.
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    trainer.save_checkpoint(last)
+    # The full state (optimizer, loops, callbacks): a rerun resumes from it.
+    trainer.save_checkpoint(last, weights_only=False)
     return trainer, model
 
 

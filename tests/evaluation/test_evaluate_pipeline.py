@@ -26,6 +26,7 @@ from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.manifest import read_manifest
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import curate, evaluate, extract
+from tests.browser import rendered
 from tests.conftest import CONFIG_DIR
 from tests.kill_after import run_killed
 
@@ -336,3 +337,16 @@ def test_evaluation_killed_mid_way_resumes_to_the_uninterrupted_metrics(pipeline
     assert {**resumed, "run_id": reference["run_id"]} == reference
     assert imread(run_dir / "spectrum.png").shape == imread(reference_dir / "spectrum.png").shape
     assert not list(run_dir.glob(".*.tmp-*"))
+
+
+def test_the_curation_report_reads_as_a_page_in_a_browser(pipeline, tmp_path):
+    _, run_dir = _evaluate(pipeline, ["eval=curation_report", f"subsample_id={pipeline['sample']}"])
+    seen = rendered(run_dir / "report.html")
+    assert len(seen["images"]) >= 3 and all(image["width"] > 0 for image in seen["images"])
+    assert "the subsample vs the whole pool vs a random subsample of the same size" in seen["tables"]
+    # The check sees a broken image: the same page with one image's data cut short.
+    page = (run_dir / "report.html").read_text()
+    broken = tmp_path / "report.html"
+    start = page.index("data:image/png;base64,") + len("data:image/png;base64,")
+    broken.write_text(page[:start] + page[start + 100 :])
+    assert [image["width"] for image in rendered(broken)["images"]].count(0) == 1

@@ -79,6 +79,12 @@ def test_plots_draw_their_data(tmp_path):
     path = bar_plot({"pool": {"l1": 1.0, "l2": 1.0}, "sub": {"l1": 0.5}}, tmp_path / "b.png", "b", "y")
     pool_area, sub_area = _pixels_of(path, blue), _pixels_of(path, orange)
     assert pool_area == pytest.approx(4 * sub_area, rel=0.1)
+    # On a log axis a share of 0.001 next to one of 0.99 is a bar a quarter as tall (one decade of four
+    # above the axis' foot at 1e-4), not an invisible one.
+    shares = {"pool": {"common": 0.99}, "sub": {"rare": 0.001}}
+    for log, low, high in ((False, 0.0, 0.02), (True, 0.15, 0.4)):  # (the legend has one patch of each)
+        path = bar_plot(shares, tmp_path / f"log_{log}.png", "b", "y", log=log)
+        assert low <= _pixels_of(path, orange) / _pixels_of(path, blue) <= high
     # Each image in its own asinh stretch: the brightest pixel of every image reaches the top colour.
     path = image_grid(
         [("q", [np.eye(16)] * 3), ("r", [np.eye(8), np.zeros((16, 16))])], tmp_path / "g.png", "g", dpi=50

@@ -114,8 +114,10 @@ class CurationReport(Evaluation):
                 "class_shares.png",
                 plots.bar_plot,
                 figures.shares,
-                title="class shares",
+                # On a linear axis the rare classes (< 1 % each) would be invisible next to the common ones.
+                title="class shares (log axis)",
                 ylabel="share of the set",
+                log=True,
             )
         with out.timer("exemplars"):
             exemplars = top_level_exemplars(
