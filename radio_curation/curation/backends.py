@@ -31,6 +31,7 @@ import faiss
 import numpy as np
 from scipy.sparse import csr_matrix
 
+from radio_curation.curation.sharded import LOCAL, Collective, farthest_rows
 from radio_curation.errors import RadioCurationError
 from radio_curation.progress import progress
 
@@ -64,10 +65,21 @@ class KMeansFit:
 
 
 class KMeansBackend(ABC):
-    """Nearest-centroid assignment, and k-means training through it."""
+    """Nearest-centroid assignment, and k-means training through it.
+
+    The points may be one rank's shard of rows sharded over processes (:attr:`comm`); the shared Lloyd
+    iteration then sums objectives and centroids over all ranks.
+    """
 
     name: str = ""
     device: str = "cpu"
+    #: The processes the rows are sharded over (this one alone by default).
+    comm: Collective = LOCAL
+
+    @property
+    def replicated(self) -> KMeansBackend:
+        """The backend for inputs every rank holds whole (the upper levels' centroids): itself by default."""
+        return self
 
     @property
     def init_device(self) -> str:
@@ -90,13 +102,13 @@ class KMeansBackend(ABC):
                 start = time.perf_counter()
                 labels, dist = self.assign(x, centroids, spherical)
                 search += time.perf_counter() - start
-                objective.append(float(dist.sum(dtype=np.float64)))
+                objective.append(self.comm.total(dist))
                 bar.advance(1)
                 bar.describe(f"objective {objective[-1]:.6g}")
                 if len(objective) > 1 and objective[-1] == objective[-2]:
                     break
-                centroids = update_centroids(x, labels, dist, centroids.shape[0], spherical)
-        return KMeansFit(centroids, np.asarray(objective), search, x.shape[0])
+                centroids = update_centroids(x, labels, dist, centroids.shape[0], spherical, comm=self.comm)
+        return KMeansFit(centroids, np.asarray(objective), search, self.comm.layout(x.shape[0])[1])
 
     def describe(self) -> dict[str, Any]:
         """Backend name and device, for the run's manifest."""
@@ -113,22 +125,34 @@ def _normalize_rows(c: np.ndarray) -> np.ndarray:
 
 
 def update_centroids(
-    x: np.ndarray, labels: np.ndarray, dist: np.ndarray, k: int, spherical: bool, block: int = 65536
+    x: np.ndarray,
+    labels: np.ndarray,
+    dist: np.ndarray,
+    k: int,
+    spherical: bool,
+    block: int = 16384,
+    comm: Collective = LOCAL,
 ) -> np.ndarray:
-    """Mean of each cluster's points (float64 sums, blockwise); empty clusters take the farthest points."""
+    """Mean of each cluster's points (float64 sums, blockwise); empty clusters take the farthest points.
+
+    With ``comm``, ``x`` is this rank's shard: sums, counts and the farthest points are over all ranks.
+    Every addition is in float64, so how the rows are split into blocks or ranks changes the sums only
+    at float64 rounding, far below the float32 centroids' precision.
+    """
     n, d = x.shape
     sums = np.zeros((k, d), dtype=np.float64)
     for start in range(0, n, block):
         lab = labels[start : start + block]
         onehot = csr_matrix(
-            (np.ones(len(lab), dtype=np.float32), (lab, np.arange(len(lab)))), shape=(k, len(lab))
+            (np.ones(len(lab), dtype=np.float64), (lab, np.arange(len(lab)))), shape=(k, len(lab))
         )
-        sums += onehot @ x[start : start + block]
-    counts = np.bincount(labels, minlength=k)
+        sums += onehot @ np.asarray(x[start : start + block], dtype=np.float64)
+    sums = comm.sum(sums)
+    counts = comm.sum(np.bincount(labels, minlength=k))
     centroids = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
     empty = np.flatnonzero(counts == 0)
     if len(empty):
-        centroids[empty] = x[np.argsort(-dist, kind="stable")[: len(empty)]]
+        centroids[empty] = farthest_rows(x, dist, len(empty), comm)
     return _normalize_rows(centroids) if spherical else centroids
 
 
