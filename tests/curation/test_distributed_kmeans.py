@@ -1,0 +1,137 @@
+"""clustering/backend=distributed: rows sharded over gloo ranks give the single-process clustering."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from radio_curation.curation.backends import FaissBackend
+from radio_curation.curation.distributed import DistributedBackend
+from radio_curation.curation.kmeans import select_per_cluster
+from radio_curation.curation.sharded import (
+    Collective,
+    farthest_rows,
+    gather_rows,
+    random_keys,
+    smallest_per_cluster,
+)
+from tests.curation import distributed_worker as worker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(n_ranks: int, *args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node n_ranks`` of ``args`` (a script and its arguments), one thread a rank."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n_ranks}",
+        f"--master_port={free_port()}", *args,
+    ]  # fmt: skip
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        env={**__import__("os").environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class Threads(Collective):
+    """Ranks as threads of this process, for the sharded steps without a process group."""
+
+    def __init__(self, rank: int, shared: dict, barrier: threading.Barrier) -> None:
+        self.rank, self.world_size = rank, barrier.parties
+        self.shared, self.barrier = shared, barrier
+
+    def gather(self, a: np.ndarray) -> list[np.ndarray]:
+        self.barrier.wait()
+        self.shared[self.rank] = a
+        self.barrier.wait()
+        out = [self.shared[r] for r in range(self.world_size)]
+        self.barrier.wait()
+        return out
+
+    def sum(self, a: np.ndarray) -> np.ndarray:
+        return np.concatenate(self.gather(np.asarray(a)[None])).sum(0)
+
+    def gather_all(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate(self.gather(x))
+
+
+def on_ranks(n_ranks: int, work) -> list:
+    """``work(comm, lo, hi)`` on ``n_ranks`` thread ranks, each holding rows ``lo:hi`` of 1000."""
+    barrier, shared, results = threading.Barrier(n_ranks), {}, [None] * n_ranks
+
+    def run(rank: int) -> None:
+        lo, hi = 1000 * rank // n_ranks, 1000 * (rank + 1) // n_ranks
+        results[rank] = work(Threads(rank, shared, barrier), lo, hi)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(n_ranks)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+@pytest.mark.parametrize("n_ranks", [1, 3])
+def test_sharded_steps_pick_the_single_process_rows(n_ranks):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, 4)).astype(np.float32)
+    assignment = rng.integers(0, 9, 1000)
+    # Few distinct keys: many ties, which go to the lower global row as in select_per_cluster.
+    key = np.floor(rng.random(1000) * 5) - 2.0
+    dist = np.floor(rng.random(1000) * 50).astype(np.float32)
+
+    def work(comm, lo, hi):
+        picked = smallest_per_cluster(assignment[lo:hi], key[lo:hi], 17, 9, comm) + lo
+        return (
+            np.concatenate(comm.gather(picked)),
+            farthest_rows(x[lo:hi], dist[lo:hi], 12, comm),
+            gather_rows(x[lo:hi], np.array([999, 3, 500]), comm),
+            np.concatenate(comm.gather(random_keys(hi - lo, lo, 4))),
+        )
+
+    for picked, farthest, rows, keys in on_ranks(n_ranks, work):
+        np.testing.assert_array_equal(picked, select_per_cluster(assignment, key, 17))
+        np.testing.assert_array_equal(farthest, x[np.argsort(-dist, kind="stable")[:12]])
+        np.testing.assert_array_equal(rows, x[[999, 3, 500]])
+        np.testing.assert_array_equal(keys, np.random.default_rng(4).random(1000))
+
+
+def test_two_gloo_ranks_give_the_single_process_hierarchy(tmp_path):
+    done = torchrun(2, str(Path(worker.__file__)), str(tmp_path / "two.npz"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = np.load(tmp_path / "two.npz")
+    assert int(got["world_size"]) == 2
+    np.testing.assert_array_equal(got["ties/picked"], got["ties/reference"])
+    for case in worker.CASES:
+        want = worker.fit(case, worker.points(case), FaissBackend("cpu"))
+        for name, value in want.items():
+            if name.endswith(("assignment", "sizes")):
+                np.testing.assert_array_equal(got[name], value, err_msg=name)
+            else:
+                np.testing.assert_allclose(got[name], value, rtol=1e-3, err_msg=name)
+    # The repair case really had empty clusters to fill: half the points are one row.
+    assert len(np.unique(got["empty_clusters/level_1/centroids"], axis=0)) == worker.COMMON["n_clusters"][0]
+
+
+def test_one_process_alone_is_a_single_rank_without_a_process_group(monkeypatch):
+    for key in ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    backend = DistributedBackend("cpu")
+    assert backend.comm.world_size == 1 and backend.describe()["process_group"] is None
+    assert backend.replicated is backend.local
