@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -21,7 +23,10 @@ from radio_curation.curation.sharded import (
     random_keys,
     smallest_per_cluster,
 )
+from radio_curation.runs.manifest import read_manifest
+from radio_curation.tasks import curate
 from tests.curation import distributed_worker as worker
+from tests.curation.planted import planted
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +47,7 @@ def torchrun(n_ranks: int, *args: str, cwd: Path = ROOT, timeout: int = 300) -> 
     return subprocess.run(
         command,
         cwd=cwd,
-        env={**__import__("os").environ, **env},
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -135,3 +140,52 @@ def test_one_process_alone_is_a_single_rank_without_a_process_group(monkeypatch)
     backend = DistributedBackend("cpu")
     assert backend.comm.world_size == 1 and backend.describe()["process_group"] is None
     assert backend.replicated is backend.local
+
+
+SMALL = [
+    "target_size=300",
+    "clustering.n_clusters=[30,8,3]",
+    "clustering.n_resampling_steps=[1,2,2]",
+    "clustering.sample_size=[5,2,2]",
+    "clustering.n_iters=10",
+]
+
+
+def _levels(clusters_h5: Path) -> dict[str, np.ndarray]:
+    with h5py.File(clusters_h5, "r") as f:
+        return {
+            f"{level}/{name}": f[level][name][()]
+            for level in ("level_1", "level_2", "level_3")
+            for name in ("assignment", "sizes", "resampling_objective")
+        } | {"cutout_id": f["cutout_id"][()]}
+
+
+@pytest.mark.slow
+def test_curate_on_two_ranks_killed_after_level_one_resumes_in_one_process_to_the_single_process_result(
+    compose, features_run, runs_dir, data_dir, tmp_path
+):
+    x, _ = planted([1200, 500, 100, 60, 40], dim=12, separation=20.0, seed=0)
+    features_id = features_run(x.astype(np.float16))
+    reference = curate.run(compose("curate", [f"features_id={features_id}", *SMALL]))
+    want = _levels(runs_dir / "cluster" / reference["clusters_id"] / "clusters.h5")
+    # The same clustering on the distributed backend: two ranks under torchrun; rank 0 dies (SIGKILL) once
+    # it has saved level 1, and torchrun stops rank 1.
+    overrides = [f"features_id={features_id}", *SMALL, "clustering/backend=distributed"]
+    store = [f"paths.runs_dir={runs_dir}", f"paths.data_dir={data_dir}", "logger=csv"]
+    killer = str(ROOT / "tests" / "kill_after.py")
+    target = "radio_curation.tasks.curate:save_level"
+    done = torchrun(2, killer, target, "1", str(ROOT / "curate.py"), *overrides, *store, cwd=tmp_path)
+    assert done.returncode != 0
+    (run_dir,) = (p for p in (runs_dir / "cluster").iterdir() if p.name != reference["clusters_id"])
+    assert sorted(p.name for p in (run_dir / "levels").iterdir()) == ["conditioning.h5", "level_1.h5"]
+    # One process resumes after level 1: the ranks' level 1, then levels 2 and 3 here.
+    resumed = curate.run(compose("curate", overrides))
+    manifest = read_manifest(run_dir)
+    assert resumed["clusters_id"] == run_dir.name and manifest["status"] == "complete"
+    assert manifest["info"]["resumed_after_level"] == 1 and manifest["attempts"] == 2
+    got = _levels(run_dir / "clusters.h5")
+    for name, value in want.items():
+        if "objective" in name:
+            np.testing.assert_allclose(got[name], value, rtol=1e-3, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got[name], value, err_msg=name)
