@@ -156,6 +156,32 @@ def update_centroids(
     return _normalize_rows(centroids) if spherical else centroids
 
 
+def nearest_candidate(
+    x: np.ndarray, centroids: np.ndarray, candidates: np.ndarray, spherical: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest of each row's candidate centroids (``[n, c]``, best first) and the distance to it, both
+    computed directly from the row and the centroid (ties: the lower centroid).
+
+    The matrix products that find the candidates round a row's distances differently depending on the
+    block it falls in, which can swap two nearly equidistant centroids; deciding between the best two by
+    this per-row computation depends on the row alone, so on no block or rank split (and it keeps the
+    small distances that ``|x|² + |c|² - 2 x·c`` loses to cancellation).
+    """
+    best = np.full(len(x), np.inf, dtype=np.float32)
+    labels = candidates[:, 0].astype(np.int64)
+    for j in range(candidates.shape[1]):
+        chosen = centroids[candidates[:, j]]
+        if spherical:
+            d = 1.0 - np.einsum("ij,ij->i", x, chosen)
+        else:
+            diff = x - chosen
+            d = np.einsum("ij,ij->i", diff, diff)
+        better = (d < best) | ((d == best) & (candidates[:, j] < labels))
+        best = np.where(better, d, best).astype(np.float32)
+        labels = np.where(better, candidates[:, j], labels)
+    return labels, best
+
+
 class FaissBackend(KMeansBackend):
     """Assignment by faiss flat indexes; on the GPU when faiss-gpu is installed and sees one.
 
@@ -209,9 +235,10 @@ class FaissBackend(KMeansBackend):
 
         def search(start: int) -> None:
             block = np.ascontiguousarray(x[start : start + rows], dtype=np.float32)
-            d_blk, i_blk = index.search(block, 1)
-            labels[start : start + len(block)] = i_blk[:, 0]
-            dist[start : start + len(block)] = 1.0 - d_blk[:, 0] if spherical else np.maximum(d_blk[:, 0], 0)
+            _, candidates = index.search(block, min(2, len(centroids)))
+            labels[start : start + len(block)], dist[start : start + len(block)] = nearest_candidate(
+                block, centroids, candidates, spherical
+            )
 
         if self.device == "cuda":
             rows = max(_block_rows(centroids.shape[0], n), 4096)
@@ -265,16 +292,25 @@ class TorchBackend(KMeansBackend):
         dist = torch.empty(n, dtype=torch.float32, device=x.device)
         c_sq = (c * c).sum(1)
         rows = _block_rows(k, n)
+        n_best = min(2, k)
         for start in range(0, n, rows):
             xb = x[start : start + rows]
             if spherical:
-                best, idx = (xb @ c.T).max(1)
-                d_blk = 1.0 - best
+                candidates = (xb @ c.T).topk(n_best, dim=1).indices
             else:
-                best, idx = torch.addmm(c_sq, xb, c.T, beta=1.0, alpha=-2.0).min(1)
-                d_blk = (best + (xb * xb).sum(1)).clamp_min_(0.0)
+                scores = torch.addmm(c_sq, xb, c.T, beta=1.0, alpha=-2.0)
+                candidates = scores.topk(n_best, dim=1, largest=False).indices
+            # As in nearest_candidate: the best two decided by per-row distances, independent of the block.
+            best = torch.full((len(xb),), torch.inf, device=x.device)
+            idx = candidates[:, 0].clone()
+            for j in range(n_best):
+                chosen = c[candidates[:, j]]
+                d = 1.0 - (xb * chosen).sum(1) if spherical else ((xb - chosen) ** 2).sum(1)
+                better = (d < best) | ((d == best) & (candidates[:, j] < idx))
+                best = torch.where(better, d, best)
+                idx = torch.where(better, candidates[:, j], idx)
             labels[start : start + len(xb)] = idx
-            dist[start : start + len(xb)] = d_blk
+            dist[start : start + len(xb)] = best
         return labels, dist
 
     def _update(
