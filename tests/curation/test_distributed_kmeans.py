@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from radio_curation.curation.backends import FaissBackend
+from radio_curation.curation.backends import FaissBackend, TorchBackend
 from radio_curation.curation.distributed import DistributedBackend
 from radio_curation.curation.kmeans import select_per_cluster
 from radio_curation.curation.sharded import (
@@ -189,3 +190,20 @@ def test_curate_on_two_ranks_killed_after_level_one_resumes_in_one_process_to_th
             np.testing.assert_allclose(got[name], value, rtol=1e-3, err_msg=name)
         else:
             np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+@pytest.mark.parametrize(
+    "backend", [FaissBackend("cpu", threads=1), TorchBackend("cpu")], ids=["faiss", "torch"]
+)
+def test_assignment_of_a_row_does_not_depend_on_the_rows_around_it(backend, spherical):
+    # What makes 2 ranks equal 1 process: the products round a row differently in different blocks.
+    x = np.random.default_rng(1).standard_normal((20000, 384)).astype(np.float32)
+    if spherical:
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    centroids = x[:: 20000 // 300][:300] + 0.01
+    labels, dist = backend.assign(x, centroids, spherical)
+    cuts = [0, 1237, 9001, 20000]
+    parts = [backend.assign(x[a:b], centroids, spherical) for a, b in itertools.pairwise(cuts)]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), labels)
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), dist)
