@@ -38,6 +38,14 @@ def launch_environment() -> ClusterEnvironment | None:
     return None
 
 
+def cpu_threads() -> int:
+    """This rank's share of the cores: a SLURM task's ``cpus_per_task``, else the cores this process may
+    use divided by the ranks on this machine (torchrun leaves every rank all of them)."""
+    if "SLURM_CPUS_PER_TASK" in os.environ and in_srun_task():
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 class DistributedBackend(KMeansBackend):
     """k-means over the ranks of a ``torch.distributed`` launch (see the module docstring).
 
@@ -69,9 +77,7 @@ class DistributedBackend(KMeansBackend):
             device = f"cuda:{local_rank % torch.cuda.device_count()}"
             self.local: KMeansBackend = TorchBackend(device)
         else:
-            # torchrun leaves every rank all the cores; srun gives each task its own.
-            ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-            self.local = FaissBackend("cpu", threads=max(1, len(os.sched_getaffinity(0)) // ranks_here))
+            self.local = FaissBackend("cpu", threads=cpu_threads())
         self.device = device
         self.timeout = timedelta(minutes=float(timeout_min))
         self.max_gather_bytes = float(max_gather_gb) * 1e9
