@@ -27,26 +27,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from benchmarks.bench_curation import RESAMPLING_STEPS, SAMPLE_SIZE, planted_features
-from radio_curation.curation.backends import FaissBackend, KMeansBackend
+from benchmarks.bench_curation import bench_hierarchy, planted_features
+from radio_curation.curation.backends import FaissBackend
 from radio_curation.curation.distributed import DistributedBackend
-from radio_curation.curation.kmeans import HierarchicalKMeans
 from radio_curation.curation.loading import load_features
 from radio_curation.features.matrix import FeatureFile
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def hierarchy(n_clusters: list[int], iters: int, backend: KMeansBackend) -> HierarchicalKMeans:
-    return HierarchicalKMeans(
-        n_clusters,
-        n_resampling_steps=RESAMPLING_STEPS,
-        sample_size=SAMPLE_SIZE,
-        n_iters=iters,
-        init="random",
-        metric="l2",
-        backend=backend,
-    )
 
 
 def worker(path: str, out: str, n_clusters: list[int], iters: int) -> None:
@@ -63,7 +50,7 @@ def worker(path: str, out: str, n_clusters: list[int], iters: int) -> None:
         x = load_features(source).x
     dist.barrier()
     read = time.perf_counter()
-    levels = hierarchy(n_clusters, iters, backend).fit(x, seed=0)
+    levels = bench_hierarchy(n_clusters, iters, backend).fit(x, seed=0)
     dist.barrier()
     end = time.perf_counter()
     if comm.rank == 0:
@@ -107,7 +94,9 @@ def main() -> None:
             x = load_features(source).x
         read_s = time.perf_counter() - start
         start = time.perf_counter()
-        want = hierarchy(args.n_clusters, args.iters, FaissBackend("cpu", threads=args.ranks)).fit(x, seed=0)
+        want = bench_hierarchy(args.n_clusters, args.iters, FaissBackend("cpu", threads=args.ranks)).fit(
+            x, seed=0
+        )
         base_s = time.perf_counter() - start
         del x
         out = Path(tmp) / "ranks.npz"
