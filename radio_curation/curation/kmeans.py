@@ -99,7 +99,8 @@ def kmeans(
     Parameters
     ----------
     x
-        ``[n, d]`` float32 points (L2-normalised when ``spherical``).
+        ``[n, d]`` float32 points (L2-normalised when ``spherical``), or this rank's rows of them when
+        ``backend.comm`` spans several processes (every choice below is then made over all ranks' rows).
     k
         Number of clusters, at most ``n``.
     n_iters
