@@ -196,6 +196,19 @@ RESAMPLING_STEPS = [1, 3, 3]
 SAMPLE_SIZE = [20, 5, 5]
 
 
+def bench_hierarchy(n_clusters: list[int], iters: int, backend: KMeansBackend) -> HierarchicalKMeans:
+    """The benchmarked hierarchy: random init, l2, :data:`RESAMPLING_STEPS` of :data:`SAMPLE_SIZE` points."""
+    return HierarchicalKMeans(
+        n_clusters,
+        n_resampling_steps=RESAMPLING_STEPS,
+        sample_size=SAMPLE_SIZE,
+        n_iters=iters,
+        init="random",
+        metric="l2",
+        backend=backend,
+    )
+
+
 def _hierarchical_child(
     path: str, n_clusters: list[int], iters: int, backend: str, device: str, threads: int, queue
 ) -> None:
@@ -207,15 +220,7 @@ def _hierarchical_child(
         start = time.perf_counter()
         with FeatureFile(path) as features:
             loaded = load_features(features)
-        algo = HierarchicalKMeans(
-            n_clusters,
-            n_resampling_steps=RESAMPLING_STEPS,
-            sample_size=SAMPLE_SIZE,
-            n_iters=iters,
-            init="random",
-            metric="l2",
-            backend=make_backend(backend, device, threads),
-        )
+        algo = bench_hierarchy(n_clusters, iters, make_backend(backend, device, threads))
         fit_start = time.perf_counter()
         levels = algo.fit(loaded.x, seed=0)
         end = time.perf_counter()

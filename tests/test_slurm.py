@@ -22,12 +22,16 @@ import timm
 import torch
 import yaml
 
+from radio_curation.curation.clusters import Hierarchy
 from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.store import RunStore
+from radio_curation.tasks import curate as curate_task
 from radio_curation.tasks import cutouts as cutouts_task
 from radio_curation.tasks import features as features_task
 from radio_curation.tasks import merge as merge_task
 from tests.conftest import CONFIG_DIR
+from tests.curation.conftest import write_features_run
+from tests.curation.planted import planted
 from tests.ssl.conftest import tiny
 
 pytestmark = pytest.mark.slurm
@@ -204,6 +208,33 @@ def test_features_job_requeued_after_its_first_block_finishes_as_an_uninterrupte
     ):
         np.testing.assert_array_equal(got.cutout_ids, want.cutout_ids)
         np.testing.assert_allclose(got.read(), want.read(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_distributed_clustering_on_two_slurm_tasks_gives_the_single_process_clustering(
+    compose, site, runs_dir, data_dir, tmp_path, cleanup
+):
+    x, _ = planted([1200, 500, 100, 60, 40], dim=12, separation=20.0, seed=0)
+    features_id = write_features_run(runs_dir, x.astype(np.float16))
+    small = ["clustering.n_clusters=[30,8,3]", "clustering.n_resampling_steps=[1,2,2]", "target_size=300"]
+    reference = curate_task.run(compose("curate", [f"features_id={features_id}", *small]))
+    # One job of two tasks (one CPU each): the tasks are the ranks of a gloo process group.
+    tasks = ["clustering/backend=distributed", "hydra.launcher.tasks_per_node=2", "hydra.launcher.mem_gb=4"]
+    command = _sweep("curate.py", [f"features_id={features_id}", *small, *tasks], site, runs_dir, data_dir)
+    done = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = (p for p in (runs_dir / "cluster").iterdir() if p.name != reference["clusters_id"])
+    manifest = yaml.safe_load((run_dir / "manifest.yaml").read_text())
+    assert manifest["status"] == "complete" and manifest["info"]["backend"]["ranks"] == 2
+    assert manifest["info"]["backend"]["process_group"] == "gloo"
+    want = Hierarchy.load(runs_dir / "cluster" / reference["clusters_id"] / "clusters.h5")
+    got = Hierarchy.load(run_dir / "clusters.h5")
+    np.testing.assert_array_equal(got.cutout_id, want.cutout_id)
+    for level_got, level_want in zip(got.levels, want.levels, strict=True):
+        np.testing.assert_array_equal(level_got.assignment, level_want.assignment)
+        np.testing.assert_allclose(level_got.resampling_objective, level_want.resampling_objective, rtol=1e-3)
+    # Only rank 0 sampled: one sample run.
+    assert len(list((runs_dir / "sample").iterdir())) == 2
 
 
 def _train_overrides(merge_id: str, *extra: str) -> list[str]:

@@ -31,6 +31,7 @@ import faiss
 import numpy as np
 from scipy.sparse import csr_matrix
 
+from radio_curation.curation.sharded import LOCAL, Collective, farthest_rows
 from radio_curation.errors import RadioCurationError
 from radio_curation.progress import progress
 
@@ -64,10 +65,21 @@ class KMeansFit:
 
 
 class KMeansBackend(ABC):
-    """Nearest-centroid assignment, and k-means training through it."""
+    """Nearest-centroid assignment, and k-means training through it.
+
+    The points may be one rank's shard of rows sharded over processes (:attr:`comm`); the shared Lloyd
+    iteration then sums objectives and centroids over all ranks.
+    """
 
     name: str = ""
     device: str = "cpu"
+    #: The processes the rows are sharded over (this one alone by default).
+    comm: Collective = LOCAL
+
+    @property
+    def replicated(self) -> KMeansBackend:
+        """The backend for inputs every rank holds whole (the upper levels' centroids): itself by default."""
+        return self
 
     @property
     def init_device(self) -> str:
@@ -90,13 +102,13 @@ class KMeansBackend(ABC):
                 start = time.perf_counter()
                 labels, dist = self.assign(x, centroids, spherical)
                 search += time.perf_counter() - start
-                objective.append(float(dist.sum(dtype=np.float64)))
+                objective.append(self.comm.total(dist))
                 bar.advance(1)
                 bar.describe(f"objective {objective[-1]:.6g}")
                 if len(objective) > 1 and objective[-1] == objective[-2]:
                     break
-                centroids = update_centroids(x, labels, dist, centroids.shape[0], spherical)
-        return KMeansFit(centroids, np.asarray(objective), search, x.shape[0])
+                centroids = update_centroids(x, labels, dist, centroids.shape[0], spherical, comm=self.comm)
+        return KMeansFit(centroids, np.asarray(objective), search, self.comm.layout(x.shape[0])[1])
 
     def describe(self) -> dict[str, Any]:
         """Backend name and device, for the run's manifest."""
@@ -113,23 +125,61 @@ def _normalize_rows(c: np.ndarray) -> np.ndarray:
 
 
 def update_centroids(
-    x: np.ndarray, labels: np.ndarray, dist: np.ndarray, k: int, spherical: bool, block: int = 65536
+    x: np.ndarray,
+    labels: np.ndarray,
+    dist: np.ndarray,
+    k: int,
+    spherical: bool,
+    block: int = 16384,
+    comm: Collective = LOCAL,
 ) -> np.ndarray:
-    """Mean of each cluster's points (float64 sums, blockwise); empty clusters take the farthest points."""
+    """Mean of each cluster's points (float64 sums, blockwise); empty clusters take the farthest points.
+
+    With ``comm``, ``x`` is this rank's shard: sums, counts and the farthest points are over all ranks.
+    Every addition is in float64, so how the rows are split into blocks or ranks changes the sums only
+    at float64 rounding, far below the float32 centroids' precision.
+    """
     n, d = x.shape
     sums = np.zeros((k, d), dtype=np.float64)
     for start in range(0, n, block):
         lab = labels[start : start + block]
         onehot = csr_matrix(
-            (np.ones(len(lab), dtype=np.float32), (lab, np.arange(len(lab)))), shape=(k, len(lab))
+            (np.ones(len(lab), dtype=np.float64), (lab, np.arange(len(lab)))), shape=(k, len(lab))
         )
-        sums += onehot @ x[start : start + block]
-    counts = np.bincount(labels, minlength=k)
+        sums += onehot @ np.asarray(x[start : start + block], dtype=np.float64)
+    sums = comm.sum(sums)
+    counts = comm.sum(np.bincount(labels, minlength=k))
     centroids = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
     empty = np.flatnonzero(counts == 0)
     if len(empty):
-        centroids[empty] = x[np.argsort(-dist, kind="stable")[: len(empty)]]
+        centroids[empty] = farthest_rows(x, dist, len(empty), comm)
     return _normalize_rows(centroids) if spherical else centroids
+
+
+def nearest_candidate(
+    x: np.ndarray, centroids: np.ndarray, candidates: np.ndarray, spherical: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest of each row's candidate centroids (``[n, c]``, best first) and the distance to it, both
+    computed directly from the row and the centroid (ties: the lower centroid).
+
+    The matrix products that find the candidates round a row's distances differently depending on the
+    block it falls in, which can swap two nearly equidistant centroids; deciding between the best two by
+    this per-row computation depends on the row alone, so on no block or rank split (and it keeps the
+    small distances that ``|x|² + |c|² - 2 x·c`` loses to cancellation).
+    """
+    best = np.full(len(x), np.inf, dtype=np.float32)
+    labels = candidates[:, 0].astype(np.int64)
+    for j in range(candidates.shape[1]):
+        chosen = centroids[candidates[:, j]]
+        if spherical:
+            d = 1.0 - np.einsum("ij,ij->i", x, chosen)
+        else:
+            diff = x - chosen
+            d = np.einsum("ij,ij->i", diff, diff)
+        better = (d < best) | ((d == best) & (candidates[:, j] < labels))
+        best = np.where(better, d, best).astype(np.float32)
+        labels = np.where(better, candidates[:, j], labels)
+    return labels, best
 
 
 class FaissBackend(KMeansBackend):
@@ -185,9 +235,10 @@ class FaissBackend(KMeansBackend):
 
         def search(start: int) -> None:
             block = np.ascontiguousarray(x[start : start + rows], dtype=np.float32)
-            d_blk, i_blk = index.search(block, 1)
-            labels[start : start + len(block)] = i_blk[:, 0]
-            dist[start : start + len(block)] = 1.0 - d_blk[:, 0] if spherical else np.maximum(d_blk[:, 0], 0)
+            _, candidates = index.search(block, min(2, len(centroids)))
+            labels[start : start + len(block)], dist[start : start + len(block)] = nearest_candidate(
+                block, centroids, candidates, spherical
+            )
 
         if self.device == "cuda":
             rows = max(_block_rows(centroids.shape[0], n), 4096)
@@ -241,16 +292,25 @@ class TorchBackend(KMeansBackend):
         dist = torch.empty(n, dtype=torch.float32, device=x.device)
         c_sq = (c * c).sum(1)
         rows = _block_rows(k, n)
+        n_best = min(2, k)
         for start in range(0, n, rows):
             xb = x[start : start + rows]
             if spherical:
-                best, idx = (xb @ c.T).max(1)
-                d_blk = 1.0 - best
+                candidates = (xb @ c.T).topk(n_best, dim=1).indices
             else:
-                best, idx = torch.addmm(c_sq, xb, c.T, beta=1.0, alpha=-2.0).min(1)
-                d_blk = (best + (xb * xb).sum(1)).clamp_min_(0.0)
+                scores = torch.addmm(c_sq, xb, c.T, beta=1.0, alpha=-2.0)
+                candidates = scores.topk(n_best, dim=1, largest=False).indices
+            # As in nearest_candidate: the best two decided by per-row distances, independent of the block.
+            best = torch.full((len(xb),), torch.inf, device=x.device)
+            idx = candidates[:, 0].clone()
+            for j in range(n_best):
+                chosen = c[candidates[:, j]]
+                d = 1.0 - (xb * chosen).sum(1) if spherical else ((xb - chosen) ** 2).sum(1)
+                better = (d < best) | ((d == best) & (candidates[:, j] < idx))
+                best = torch.where(better, d, best)
+                idx = torch.where(better, candidates[:, j], idx)
             labels[start : start + len(xb)] = idx
-            dist[start : start + len(xb)] = d_blk
+            dist[start : start + len(xb)] = best
         return labels, dist
 
     def _update(

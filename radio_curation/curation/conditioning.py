@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from radio_curation.atomic import atomic_path
+from radio_curation.curation.sharded import LOCAL, Collective
 from radio_curation.errors import RadioCurationError
 from radio_curation.features.matrix import FeatureMatrix
 
@@ -199,15 +200,19 @@ class FeatureConditioning:
         self.normalize = bool(normalize)
         self.eps = float(eps)
 
-    def fit(self, x: np.ndarray) -> ConditioningFit:
-        """Fit the mean and (with whitening) the principal axes of ``x`` ``[n, D]``, in float64."""
-        n, dim = x.shape
+    def fit(self, x: np.ndarray, comm: Collective = LOCAL) -> ConditioningFit:
+        """Fit the mean and (with whitening) the principal axes of ``x`` ``[n, D]``, in float64.
+
+        With ``comm``, ``x`` is this rank's shard of the rows and the fit is that of all ranks' rows.
+        """
+        dim = x.shape[1]
+        n = comm.layout(x.shape[0])[1]
         if not self.center:
             return ConditioningFit(normalize=self.normalize)
         mean = np.zeros(dim, dtype=np.float64)
-        for start in range(0, n, BLOCK_ROWS):
+        for start in range(0, x.shape[0], BLOCK_ROWS):
             mean += np.asarray(x[start : start + BLOCK_ROWS], dtype=np.float64).sum(0)
-        mean /= max(n, 1)
+        mean = comm.sum(mean) / max(n, 1)
         if self.whiten_dim is None:
             return ConditioningFit(mean=mean.astype(np.float32), normalize=self.normalize)
         if self.whiten_dim > min(dim, n - 1):
@@ -216,10 +221,10 @@ class FeatureConditioning:
                 f"{min(dim, n - 1)} directions of variance; lower conditioning.whiten_dim"
             )
         cov = np.zeros((dim, dim), dtype=np.float64)
-        for start in range(0, n, BLOCK_ROWS):
+        for start in range(0, x.shape[0], BLOCK_ROWS):
             block = np.asarray(x[start : start + BLOCK_ROWS], dtype=np.float64) - mean
             cov += block.T @ block
-        cov /= n - 1
+        cov = comm.sum(cov) / (n - 1)
         variance, axes = np.linalg.eigh(cov)
         variance, axes = variance[::-1], axes[:, ::-1]
         kept = np.clip(variance[: self.whiten_dim], 0.0, None)

@@ -19,6 +19,15 @@ import numpy as np
 from radio_curation.atomic import atomic_path
 from radio_curation.curation.backends import FaissBackend, KMeansBackend
 from radio_curation.curation.initialization import greedy_kmeans_plusplus
+from radio_curation.curation.sharded import (
+    LOCAL,
+    Collective,
+    gather_rows,
+    local_rows,
+    random_keys,
+    random_rows,
+    smallest_per_cluster,
+)
 from radio_curation.errors import RadioCurationError
 from radio_curation.progress import progress
 
@@ -34,7 +43,9 @@ def derive_seed(seed: int, *parts: int) -> int:
     return int(np.random.SeedSequence([int(seed), *map(int, parts)]).generate_state(1)[0] % (2**31 - 1))
 
 
-def init_centroids(x: np.ndarray, k: int, method: str, seed: int, device: str = "cpu") -> np.ndarray:
+def init_centroids(
+    x: np.ndarray, k: int, method: str, seed: int, device: str = "cpu", comm: Collective = LOCAL
+) -> np.ndarray:
     """Initial centroids: ``k`` distinct rows of ``x`` (``random``) or greedy k-means++ (``kmeans++``).
 
     Parameters
@@ -49,13 +60,14 @@ def init_centroids(x: np.ndarray, k: int, method: str, seed: int, device: str = 
         Seed of the random choices; the same seed gives the same centroids on every backend.
     device
         torch device of the k-means++ distance computations.
+    comm
+        The ranks ``x`` is sharded over (``x`` is then this rank's rows): every rank gets the centroids of
+        all the rows, the ones a single process would pick. k-means++ copies all rows onto every rank.
     """
-    n = x.shape[0]
     if method == "random":
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
-        return np.ascontiguousarray(x[rows], dtype=np.float32)
+        return gather_rows(x, random_rows(comm.layout(x.shape[0])[1], k, seed), comm)
     if method == "kmeans++":
-        return greedy_kmeans_plusplus(x, k, seed, device=device)
+        return greedy_kmeans_plusplus(comm.gather_all(x), k, seed, device=device)
     raise RadioCurationError(f"unknown k-means init {method!r}; use one of {', '.join(INITS)}")
 
 
@@ -87,7 +99,8 @@ def kmeans(
     Parameters
     ----------
     x
-        ``[n, d]`` float32 points (L2-normalised when ``spherical``).
+        ``[n, d]`` float32 points (L2-normalised when ``spherical``), or this rank's rows of them when
+        ``backend.comm`` spans several processes (every choice below is then made over all ranks' rows).
     k
         Number of clusters, at most ``n``.
     n_iters
@@ -109,7 +122,7 @@ def kmeans(
     KMeansResult
     """
     backend = backend or FaissBackend("cpu")
-    n = x.shape[0]
+    offset, n = backend.comm.layout(x.shape[0])
     if k < 1 or k > n:
         raise RadioCurationError(
             f"cannot make {k} clusters of {n} points: lower the number of clusters (clustering.n_clusters) "
@@ -117,17 +130,17 @@ def kmeans(
         )
     train = x
     if max_points_per_centroid is not None and n > k * max_points_per_centroid:
-        rows = np.random.default_rng(derive_seed(seed, 1)).choice(
-            n, size=k * max_points_per_centroid, replace=False
-        )
-        train = x[np.sort(rows)]
+        rows = random_rows(n, k * max_points_per_centroid, derive_seed(seed, 1))
+        train = x[local_rows(rows, offset, x.shape[0])]
         log.info(
             "training k-means on %d of %d points (max_points_per_centroid=%d)",
-            len(train),
+            len(rows),
             n,
             max_points_per_centroid,
         )
-    start = init_centroids(train, k, init, derive_seed(seed, 0), device=backend.init_device)
+    start = init_centroids(
+        train, k, init, derive_seed(seed, 0), device=backend.init_device, comm=backend.comm
+    )
     fit = backend.fit(train, start, n_iters, spherical)
     assignment, distance = backend.assign(x, fit.centroids, spherical)
     return KMeansResult(fit.centroids, assignment, distance, fit.objective, fit.n_train, fit.search_seconds)
@@ -338,14 +351,20 @@ class HierarchicalKMeans:
     def fit_level(self, x: np.ndarray, level: int, seed: int) -> ClusterLevel:
         """Cluster ``x`` (points or the previous level's centroids) as level ``level`` (1-based).
 
-        ``ClusterLevel.sizes`` counts ``x``'s rows; the caller weights upper levels by points.
+        ``ClusterLevel.sizes`` counts ``x``'s rows; the caller weights upper levels by points. At level 1
+        ``x`` may be this rank's shard of the points (the backend's ``comm``); the level's assignment and
+        distances are then this rank's. Upper levels cluster centroids every rank holds whole, on
+        :attr:`~radio_curation.curation.backends.KMeansBackend.replicated` (identically on every rank).
         """
         i = level - 1
         k = self.n_clusters[i]
-        if k > x.shape[0]:
+        backend = self.backend if level == 1 else self.backend.replicated
+        comm = backend.comm
+        offset, n = comm.layout(x.shape[0])
+        if k > n:
             what = "points" if level == 1 else f"level-{level - 1} centroids"
             raise RadioCurationError(
-                f"level {level} asks for {k} clusters but there are only {x.shape[0]} {what}: "
+                f"level {level} asks for {k} clusters but there are only {n} {what}: "
                 f"lower clustering.n_clusters[{i}]"
             )
         first = kmeans(
@@ -355,13 +374,13 @@ class HierarchicalKMeans:
             init=self.init[i],
             seed=derive_seed(seed, level, 0),
             spherical=self.spherical,
-            backend=self.backend,
+            backend=backend,
             max_points_per_centroid=self.max_points_per_centroid,
         )
         centroids, assignment, distance = first.centroids, first.assignment, first.distance
-        resampling_objective = [float(distance.sum(dtype=np.float64))]
+        resampling_objective = [comm.total(distance)]
         search = first.search_seconds
-        sample_size = self.level_sample_size(level, x.shape[0])
+        sample_size = self.level_sample_size(level, n)
         steps = self.n_resampling_steps[i] if sample_size > 1 else 0
         if self.n_resampling_steps[i] and not steps:
             log.info(
@@ -369,17 +388,18 @@ class HierarchicalKMeans:
             )
         for step in range(1, steps + 1):
             step_seed = derive_seed(seed, level, step)
-            if self.sampling_strategy == "closest":
-                key = distance
+            key = distance if self.sampling_strategy == "closest" else random_keys(len(x), offset, step_seed)
+            if comm.world_size == 1:
+                sample = x[select_per_cluster(assignment, key, sample_size)]
             else:
-                key = np.random.default_rng(step_seed).random(len(assignment))
-            sample = x[select_per_cluster(assignment, key, sample_size)]
-            if sample.shape[0] < k:
+                sample = x[smallest_per_cluster(assignment, key, sample_size, k, comm)]
+            n_sample = comm.layout(sample.shape[0])[1]
+            if n_sample < k:
                 # Only possible when many clusters are empty; the level keeps its k centroids.
                 log.warning(
                     "level %d: the resampling sample has %d points for %d clusters; stopping resampling",
                     level,
-                    sample.shape[0],
+                    n_sample,
                     k,
                 )
                 break
@@ -390,17 +410,17 @@ class HierarchicalKMeans:
                 init=self.init[i],
                 seed=step_seed,
                 spherical=self.spherical,
-                backend=self.backend,
+                backend=backend,
             )
             centroids = again.centroids
-            assignment, distance = self.backend.assign(x, centroids, self.spherical)
-            resampling_objective.append(float(distance.sum(dtype=np.float64)))
+            assignment, distance = backend.assign(x, centroids, self.spherical)
+            resampling_objective.append(comm.total(distance))
             search += again.search_seconds
         return ClusterLevel(
             centroids=centroids,
             assignment=assignment.astype(np.int64),
             distance=distance.astype(np.float32),
-            sizes=np.bincount(assignment, minlength=centroids.shape[0]).astype(np.int64),
+            sizes=comm.sum(np.bincount(assignment, minlength=centroids.shape[0]).astype(np.int64)),
             objective=first.objective,
             resampling_objective=np.asarray(resampling_objective),
             n_train=first.n_train,
@@ -419,7 +439,8 @@ class HierarchicalKMeans:
         Parameters
         ----------
         x
-            ``[n, d]`` float32 points; only read when level 1 is not in ``done`` (may then be ``None``).
+            ``[n, d]`` float32 points, or this rank's shard of them when the backend's ``comm`` spans
+            several processes; only read when level 1 is not in ``done`` (may then be ``None``).
         seed
             Seed of the whole hierarchy; each level and resampling step derives its own.
         done
@@ -430,7 +451,7 @@ class HierarchicalKMeans:
         Returns
         -------
         list of ClusterLevel
-            One per level; ``sizes`` count level-1 points at every level.
+            One per level, whole on every rank; ``sizes`` count level-1 points at every level.
         """
         levels = list(done)
         if not levels and x is None:
@@ -440,6 +461,11 @@ class HierarchicalKMeans:
             for level in range(len(levels) + 1, self.n_levels + 1):
                 inputs = x if level == 1 else levels[-1].centroids
                 result = self.fit_level(inputs, level, seed)
+                if level == 1 and self.backend.comm.world_size > 1:
+                    result.assignment, result.distance = (
+                        np.concatenate(self.backend.comm.gather(a))
+                        for a in (result.assignment, result.distance)
+                    )
                 if level > 1:
                     result.sizes = np.bincount(
                         result.assignment, weights=levels[-1].sizes, minlength=result.k

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from radio_curation.curation.kmeans import (
 from radio_curation.curation.loading import LoadedFeatures, load_features
 from radio_curation.curation.plots import plot_cluster_sizes, plot_objective, plot_sampling
 from radio_curation.curation.samplers import ClusteredPool, Compose, cluster_counts, share_of_largest
+from radio_curation.curation.sharded import Collective
 from radio_curation.errors import EmptyResultError, RadioCurationError
 from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.store import RunRecord
@@ -57,7 +59,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "curate.py needs features_id=<features run ID> (to cluster it) or clusters_id=<cluster run "
                 "ID>; list them with `radio-curation runs list --stage features`"
             )
-        made["clusters_id"] = run_stage(cfg, CLUSTER)["run_id"]
+        clustered = run_stage(cfg, CLUSTER)
+        if clustered.get("rank", 0) > 0:
+            # The other ranks of a distributed clustering; rank 0 samples.
+            return clustered
+        made["clusters_id"] = clustered["run_id"]
     result = run_stage(cfg, SAMPLE, parents=made)
     return {**result, "clusters_id": result["info"]["clusters_id"]}
 
@@ -87,6 +93,51 @@ def _read_features(record: RunRecord, **kwargs: Any) -> LoadedFeatures:
         return load_features(source, label=f"features run {record.run_id}", **kwargs)
 
 
+def _read_shard(record: RunRecord, comm: Collective, drop_nonfinite: bool) -> LoadedFeatures:
+    """This rank's contiguous share of the features' rows (all of them in one process).
+
+    Every rank drops its non-finite rows and they are counted over all ranks, so that without
+    ``drop_nonfinite`` all ranks stop with the same error rather than one leaving the others waiting.
+    """
+    if comm.world_size == 1:
+        return _read_features(record, drop_nonfinite=drop_nonfinite)
+    path = record.artifact("features.h5")
+    n = FeatureFile(path).n
+    rows = np.arange(n * comm.rank // comm.world_size, n * (comm.rank + 1) // comm.world_size)
+    with FeatureFile(path, rows=rows) as source:
+        mine = load_features(source, label=f"features run {record.run_id}", drop_nonfinite=True)
+    n_bad = int(comm.sum(np.array([mine.n_nonfinite]))[0])
+    bad_ids = np.concatenate(comm.gather(np.asarray(mine.nonfinite_ids, dtype=np.int64)))[:10].tolist()
+    if n_bad and not drop_nonfinite:
+        raise RadioCurationError(
+            f"features run {record.run_id} have {n_bad} rows with NaN or Inf values (cutout IDs {bad_ids}"
+            f"{' ...' if n_bad > len(bad_ids) else ''}); rerun with drop_nonfinite=true to leave them out"
+        )
+    return LoadedFeatures(mine.x, mine.cutout_id, n_bad, bad_ids)
+
+
+def _finished_levels(levels_dir: Path, n_levels: int, comm: Collective) -> tuple[list[ClusterLevel], Any]:
+    """The levels a previous attempt saved, as rank 0 sees them (every rank reads the same files), and
+    level 1's cutout IDs."""
+    done: list[ClusterLevel] = []
+    cutout_id = None
+    for level in range(1, n_levels + 1):
+        path = levels_dir / f"level_{level}.h5"
+        if not path.exists():
+            break
+        finished, ids = load_level(path)
+        done.append(finished)
+        if level == 1:
+            cutout_id = ids
+    agreed = int(comm.sum(np.array([len(done) if comm.rank == 0 else 0]))[0])
+    if len(done) < agreed:
+        raise RadioCurationError(
+            f"rank {comm.rank} sees {len(done)} finished levels in {levels_dir}, rank 0 sees {agreed}: "
+            "the ranks must share the run directory"
+        )
+    return done[:agreed], cutout_id if agreed else None
+
+
 def _log_plot(run: Run, name: str, draw: Callable[..., None], *args: Any) -> None:
     with run.artifact(name) as tmp, open(tmp, "wb") as fh:
         draw(*args, fh)
@@ -99,19 +150,16 @@ def cluster(run: Run) -> None:
     cfg = run.cfg
     conditioning: FeatureConditioning = instantiate(cfg.conditioning)
     algo: HierarchicalKMeans = instantiate(cfg.clustering)
+    comm = algo.backend.comm
+    if run.rank > 0 and comm.world_size == 1:
+        raise RadioCurationError(
+            f"clustering/backend={algo.backend.name} runs in one process, but this is rank {run.rank} of a "
+            "multi-process launch: use clustering/backend=distributed, or launch a single process"
+        )
     features_run = run.parent("features_id")
     levels_dir = run.dir / LEVELS_DIR
     levels_dir.mkdir(exist_ok=True)
-    done = []
-    cutout_id = None
-    for level in range(1, algo.n_levels + 1):
-        path = levels_dir / f"level_{level}.h5"
-        if not path.exists():
-            break
-        finished, ids = load_level(path)
-        done.append(finished)
-        if level == 1:
-            cutout_id = ids
+    done, cutout_id = _finished_levels(levels_dir, algo.n_levels, comm)
     if done:
         log.info("resuming clustering %s after level %d", run.run_id, len(done))
         run.info["resumed_after_level"] = len(done)
@@ -120,18 +168,21 @@ def cluster(run: Run) -> None:
         fit = load_conditioning(levels_dir / CONDITIONING_FILE)
     else:
         with run.timer("read_features"):
-            loaded = _read_features(features_run, drop_nonfinite=bool(cfg.drop_nonfinite))
-        cutout_id = loaded.cutout_id
+            loaded = _read_shard(features_run, comm, bool(cfg.drop_nonfinite))
+        cutout_id = (
+            loaded.cutout_id if comm.world_size == 1 else np.concatenate(comm.gather(loaded.cutout_id))
+        )
         run.counts["nonfinite_rows_dropped"] = loaded.n_nonfinite
         if loaded.n_nonfinite:
             run.info["nonfinite_cutout_ids"] = loaded.nonfinite_ids
         with run.timer("conditioning"):
-            fit = conditioning.fit(loaded.x)
+            fit = conditioning.fit(loaded.x, comm)
             x = fit.transform(loaded.x, inplace=True)
             del loaded
             if algo.spherical and not fit.normalize:
                 normalize_rows(x)
-        save_conditioning(levels_dir / CONDITIONING_FILE, fit)
+        if run.rank == 0:
+            save_conditioning(levels_dir / CONDITIONING_FILE, fit)
     run.info["conditioning"] = fit.describe()
     run.counts["points"] = len(cutout_id)
     run.info["backend"] = algo.backend.describe()
@@ -140,6 +191,8 @@ def cluster(run: Run) -> None:
 
     def on_level(level: int, result: ClusterLevel) -> None:
         nonlocal started
+        if run.rank > 0:
+            return
         save_level(levels_dir / f"level_{level}.h5", result, cutout_id if level == 1 else None)
         run.timings[f"level_{level}"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
@@ -147,6 +200,8 @@ def cluster(run: Run) -> None:
 
     levels = algo.fit(x, seed=int(cfg.seed), done=done, on_level=on_level)
     del x
+    if run.rank > 0:
+        return
     hierarchy = Hierarchy(cutout_id, levels, algo.metric, fit)
     with run.artifact("clusters.h5") as tmp:
         hierarchy.save(tmp, attrs={"features_id": features_run.run_id, "backend": algo.backend.name})
@@ -230,9 +285,15 @@ CLUSTER = Stage(
     work=cluster,
     parents={"features_id": "features"},
     settings=("conditioning", "clustering", "drop_nonfinite", "seed"),
-    execution=("clustering.backend.device",),
+    execution=(
+        "clustering.backend.device",
+        "clustering.backend.timeout_min",
+        "clustering.backend.max_gather_gb",
+    ),
     resumable=(f"{LEVELS_DIR}/level_*.h5",),
     headline="metrics.levels.level_1.imbalance_factor",
+    # clustering/backend=distributed shards the points over the ranks of torchrun or srun.
+    distributed=True,
 )
 
 SAMPLE = Stage(

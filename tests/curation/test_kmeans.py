@@ -106,16 +106,18 @@ def test_resampling_spreads_centroids_over_the_support():
     # One dense blob and four small ones. Plain k-means spends most centroids on the dense blob;
     # resampling (equal samples per cluster) moves them onto the small blobs, i.e. spreads the
     # centroids over the data's support rather than its density (Vo et al. 2024).
+    # Over several seeds: one run's count moves by a few with float rounding (k-means is chaotic).
     x, labels = planted([20000, 200, 200, 200, 200], dim=8, separation=25.0, seed=8)
-    plain = HierarchicalKMeans([20], n_iters=10).fit(x, seed=3)[0]
     resampled = HierarchicalKMeans([20], n_resampling_steps=[5], sample_size=[20], n_iters=10)
-    level = resampled.fit(x, seed=3)[0]
 
     def clusters_on_small_blobs(lv):
         return len(np.unique(lv.assignment[labels > 0]))
 
-    assert clusters_on_small_blobs(plain) <= 8
-    assert clusters_on_small_blobs(level) >= 15
+    seeds = range(5)
+    plain = [clusters_on_small_blobs(HierarchicalKMeans([20], n_iters=10).fit(x, seed=s)[0]) for s in seeds]
+    spread = [clusters_on_small_blobs(resampled.fit(x, seed=s)[0]) for s in seeds]
+    assert max(plain) <= 8
+    assert np.median(spread) >= 15 and min(spread) > max(plain)
 
 
 def test_too_many_clusters_is_a_clear_error():
