@@ -25,7 +25,14 @@ from radio_curation.curation.kmeans import (
     load_level,
     save_level,
 )
-from radio_curation.curation.loading import LoadedFeatures, load_features
+from radio_curation.curation.loading import (
+    LoadedFeatures,
+    available_memory,
+    check_memory,
+    clustering_memory,
+    load_features,
+    stored_dtype,
+)
 from radio_curation.curation.plots import plot_cluster_sizes, plot_objective, plot_sampling
 from radio_curation.curation.samplers import ClusteredPool, Compose, cluster_counts, share_of_largest
 from radio_curation.errors import EmptyResultError, RadioCurationError
@@ -119,6 +126,7 @@ def cluster(run: Run) -> None:
     if done:
         fit = load_conditioning(levels_dir / CONDITIONING_FILE)
     else:
+        _check_cluster_memory(run, features_run, conditioning, algo)
         with run.timer("read_features"):
             loaded = _read_features(features_run, drop_nonfinite=bool(cfg.drop_nonfinite))
         cutout_id = loaded.cutout_id
@@ -135,6 +143,7 @@ def cluster(run: Run) -> None:
     run.info["conditioning"] = fit.describe()
     run.counts["points"] = len(cutout_id)
     run.info["backend"] = algo.backend.describe()
+    run.info["init"] = [algo.level_init(level) for level in range(1, algo.n_levels + 1)]
     run.info["max_points_per_centroid"] = algo.max_points_per_centroid
     started = time.perf_counter()
 
@@ -172,6 +181,37 @@ def cluster(run: Run) -> None:
     _log_plot(run, "objective.png", plot_objective, levels)
 
 
+def _check_cluster_memory(
+    run: Run, features_run: RunRecord, conditioning: FeatureConditioning, algo: HierarchicalKMeans
+) -> None:
+    """Stop before reading the features when the clustering cannot fit in memory, naming what would."""
+    with FeatureFile(features_run.artifact("features.h5")) as source:
+        n, dim, dtype = source.n, source.dim, stored_dtype(source)
+    k, per_centroid = algo.n_clusters[0], algo.max_points_per_centroid
+    kmeanspp_rows = 0
+    if algo.level_init(1) == "kmeans++":
+        kmeanspp_rows = n if per_centroid is None else min(n, k * per_centroid)
+    parts = clustering_memory(n, dim, dtype, whiten_dim=conditioning.whiten_dim, kmeanspp_rows=kmeanspp_rows)
+    run.info["memory_estimate_gb"] = round(parts["peak"] / 1e9, 3)
+    hints = []
+    if dtype != np.float16:
+        hints.append("extract the features as float16 (extract.py features_dtype=float16 halves the matrix)")
+    if kmeanspp_rows:
+        hints.append(
+            f"start level 1 from random rows (clustering.init=random, or init=auto with "
+            f"clustering.kmeanspp_max_k below {k})"
+        )
+        if per_centroid is None:
+            hints.append("or bound k-means++'s rows with clustering.max_points_per_centroid")
+    if conditioning.whiten_dim:
+        hints.append("lower conditioning.whiten_dim")
+    hints.append("or set memory_limit_gb if more memory is free than the host reports")
+    limit = (
+        available_memory() if run.cfg.memory_limit_gb is None else int(float(run.cfg.memory_limit_gb) * 1e9)
+    )
+    check_memory(parts, limit, f"clustering {n} x {dim} {dtype} features", hints)
+
+
 def build_sampler(node: DictConfig) -> Compose:
     """The samplers of the ``sampler`` config node (``{name: sampler config}``), in order."""
     return Compose({str(name): instantiate(step) for name, step in node.items()})
@@ -187,7 +227,9 @@ def sample(run: Run) -> None:
     def features() -> np.ndarray:
         features_run = run.ancestor(clusters_run, "features")
         with run.timer("read_features"):
-            loaded = _read_features(features_run, drop_nonfinite=True, keep_ids=hierarchy.cutout_id)
+            loaded = _read_features(
+                features_run, drop_nonfinite=True, keep_ids=hierarchy.cutout_id, dtype=np.float32
+            )
         # The samplers measure distances in the clustering's space, where its centroids live.
         return hierarchy.conditioning.transform(loaded.x, inplace=True)
 
@@ -230,7 +272,7 @@ CLUSTER = Stage(
     work=cluster,
     parents={"features_id": "features"},
     settings=("conditioning", "clustering", "drop_nonfinite", "seed"),
-    execution=("clustering.backend.device",),
+    execution=("clustering.backend.device", "memory_limit_gb"),
     resumable=(f"{LEVELS_DIR}/level_*.h5",),
     headline="metrics.levels.level_1.imbalance_factor",
 )
