@@ -192,7 +192,7 @@ def _check_cluster_memory(
     if algo.level_init(1) == "kmeans++":
         kmeanspp_rows = n if per_centroid is None else min(n, k * per_centroid)
     parts = clustering_memory(n, dim, dtype, whiten_dim=conditioning.whiten_dim, kmeanspp_rows=kmeanspp_rows)
-    run.info["memory_estimate_gb"] = round(parts["peak"] / 1e9, 3)
+    run.info["memory_estimate_gb"] = round(parts["peak"] / 1e9, 6)
     hints = []
     if dtype != np.float16:
         hints.append("extract the features as float16 (extract.py features_dtype=float16 halves the matrix)")
