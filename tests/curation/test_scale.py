@@ -10,10 +10,13 @@ import pytest
 import torch
 
 from radio_curation.curation.backends import FaissBackend, RowView, TorchBackend
+from radio_curation.curation.clusters import Hierarchy
 from radio_curation.curation.conditioning import FeatureConditioning, normalize_rows
 from radio_curation.curation.kmeans import HierarchicalKMeans, init_centroids, kmeans
+from radio_curation.curation.samplers import ClusteredPool, SemDedupSampler, priority_dedup, split_clusters
 from radio_curation.errors import RadioCurationError
 from radio_curation.runs.manifest import read_manifest
+from radio_curation.suppression import greedy_keep
 from radio_curation.tasks import curate
 from tests.curation.planted import planted
 
@@ -121,3 +124,56 @@ def test_clustering_that_cannot_fit_says_so_before_it_starts(compose, features_r
     info = read_manifest(clusters_dir)["info"]
     assert info["init"] == ["random", "kmeans++"]
     assert 0 < info["memory_estimate_gb"] < 0.01
+
+
+def _near_duplicates(n: int = 600, dim: int = 16, seed: int = 6) -> np.ndarray:
+    """One cluster of unit rows in small groups of near-copies (chains included)."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((n // 4, dim))
+    x = base[rng.integers(0, len(base), n)] + 0.08 * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_semdedup_streamed_through_one_large_cluster_in_blocks_equals_the_in_memory_rule():
+    x = _near_duplicates()
+    rank = np.random.default_rng(1).permutation(len(x))
+    clusters = np.zeros(len(x), dtype=np.int64)
+    sims = x @ x.T > 0.99
+    i, j = np.nonzero(np.triu(sims, k=1))
+    first = rank[i] < rank[j]
+    expected = greedy_keep(np.where(first, i, j), np.where(first, j, i), len(x))
+    assert 100 < (~expected).sum() < len(x) - 100  # the case has near-duplicates, and not only them
+    for block_rows in (7, 64, len(x)):
+        kept = priority_dedup(RowView(x, np.arange(len(x))), clusters, 0.99, rank, block_rows=block_rows)
+        np.testing.assert_array_equal(kept, expected)
+
+
+def test_clusters_above_the_size_cap_are_split_contiguously_in_key_order():
+    clusters = np.array([0] * 7 + [1] * 2 + [2] * 4)
+    key = np.array([0.7, 0.1, 0.6, 0.2, 0.5, 0.3, 0.4, 0.9, 0.8, 0.4, 0.3, 0.2, 0.1])
+    split = split_clusters(clusters, key, max_size=3)
+    sizes = np.bincount(split)
+    assert sizes.max() <= 3 and len(sizes) == 6
+    for label in np.unique(split):  # each piece lies within one cluster, contiguous in key
+        members = np.flatnonzero(split == label)
+        assert len(set(clusters[members])) == 1
+        others = np.flatnonzero((clusters == clusters[members[0]]) & (split != label))
+        assert not np.any((key[others] > key[members].min()) & (key[others] < key[members].max()))
+    np.testing.assert_array_equal(split_clusters(clusters, key, None), clusters)
+
+
+def test_semdedup_with_a_size_cap_still_finds_exact_duplicates():
+    x, _ = planted([400, 300], dim=32, separation=3.0, seed=7)
+    x = np.repeat(x, 2, axis=0) + 1e-4  # every row twice: exact duplicates, found within any piece
+    hierarchy = Hierarchy(
+        np.arange(len(x), dtype=np.int64),
+        HierarchicalKMeans(n_clusters=[2], n_iters=5, metric="cosine").fit(normalize_rows(x.copy()), seed=0),
+        "cosine",
+    )
+    pool = ClusteredPool(hierarchy, lambda: x)
+    whole, _ = SemDedupSampler(eps=1e-3).select(pool, np.arange(len(x)), None, np.random.default_rng(0))
+    capped, _ = SemDedupSampler(eps=1e-3, max_cluster_size=50).select(
+        pool, np.arange(len(x)), None, np.random.default_rng(0)
+    )
+    assert len(whole) == len(x) // 2
+    assert len(capped) == len(x) // 2
