@@ -286,7 +286,7 @@ def run_stage(stage: str, work: Path, n: int, threads: int) -> dict:
         details["largest_cluster"] = int(hierarchy.levels[0].sizes.max())
         pool = ClusteredPool(hierarchy, lambda: load_features(FeatureFile(path), dtype=np.float32).x)
         sampler = {
-            "semdedup": SemDedupSampler(eps=0.05),
+            "semdedup": SemDedupSampler(eps=0.05, max_cluster_size=65536),
             "prototypicality": PrototypicalitySampler(),
             "balanced": BalancedSampler(),
         }[stage]
