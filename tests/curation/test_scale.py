@@ -177,3 +177,8 @@ def test_semdedup_with_a_size_cap_still_finds_exact_duplicates():
     )
     assert len(whole) == len(x) // 2
     assert len(capped) == len(x) // 2
+
+
+@pytest.mark.parametrize("probe", ["knn", "linear_probe"])
+def test_probes_of_a_features_run_sample_a_bounded_number_of_windows_by_default(compose, probe):
+    assert compose("evaluate", [f"eval={probe}"]).eval.max_images == 50000
