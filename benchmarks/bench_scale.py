@@ -15,7 +15,7 @@ Stages (``--stages``; names end in the features' dtype where both are run)::
     center_l2_f16/_f32        load + centring + L2 normalisation (conditioning=center_l2)
     pca_whiten_f16            load + streamed PCA whitening to 64 dimensions (conditioning=pca_whiten)
     lloyd_faiss, lloyd_torch  one Lloyd iteration at fixed k (FIXED_K), float16 points
-    lloyd_faiss_kn            one Lloyd iteration at k = n / ROWS_PER_CLUSTER
+    lloyd_faiss_kn, lloyd_torch_kn   one Lloyd iteration at k = n / ROWS_PER_CLUSTER
     init_kmeanspp             greedy k-means++ at k = INIT_K (its time per step extrapolates to larger k)
     init_random               random rows at k = n / ROWS_PER_CLUSTER
     hierarchical              the whole hierarchical k-means, DR2's [60000, 4000, 300] scaled to the rows
@@ -72,7 +72,7 @@ ROWS_PER_PLANTED = 500
 ZIPF = 1.1
 DEFAULT_STAGES = (
     "merge checksum load_f16 load_f32 center_l2_f16 center_l2_f32 pca_whiten_f16 lloyd_faiss lloyd_torch "
-    "lloyd_faiss_kn init_kmeanspp init_random hierarchical semdedup prototypicality balanced neighbours"
+    "lloyd_faiss_kn lloyd_torch_kn init_kmeanspp init_random hierarchical semdedup prototypicality balanced neighbours"
 ).split()
 DEFAULT_HEADERS = ROOT.parent / "shared" / "data" / "lotss_dr2_headers"
 
@@ -253,7 +253,7 @@ def run_stage(stage: str, work: Path, n: int, threads: int) -> dict:
         data = matrix + n * 12
         k = FIXED_K if stage in ("lloyd_faiss", "lloyd_torch") else max(2, n // ROWS_PER_CLUSTER)
         if stage.startswith("lloyd"):
-            backend = TorchBackend("cpu") if stage == "lloyd_torch" else faiss
+            backend = TorchBackend("cpu") if "torch" in stage else faiss
             centroids = init_centroids(x, k, "random", 0)
             backend.fit(x, centroids, 1, spherical=True)
             details["k"] = k
@@ -284,14 +284,14 @@ def run_stage(stage: str, work: Path, n: int, threads: int) -> dict:
         labels = np.load(work / "float16" / "labels.npy")
         hierarchy = _hierarchy(n, labels)
         details["largest_cluster"] = int(hierarchy.levels[0].sizes.max())
-        pool = ClusteredPool(hierarchy, lambda: load_features(FeatureFile(path), dtype=np.float32).x)
+        pool = ClusteredPool(hierarchy, load)
         sampler = {
             "semdedup": SemDedupSampler(eps=0.05, max_cluster_size=65536),
             "prototypicality": PrototypicalitySampler(),
             "balanced": BalancedSampler(),
         }[stage]
         Compose([sampler])(pool, n // 4, 0)
-        data = n * DIM * 4
+        data = matrix
     elif stage == "neighbours":
         from radio_curation.cutouts.index import read_index
         from radio_curation.evaluation.neighbours import adjacent_pairs

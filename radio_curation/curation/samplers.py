@@ -42,8 +42,9 @@ class ClusteredPool:
     hierarchy
         The clustering (row i is the point ``hierarchy.cutout_id[i]``).
     features
-        Returns the ``[n, d]`` float32 features of all rows, aligned with ``hierarchy.cutout_id``; read
-        once, when a sampler first needs them.
+        Returns the ``[n, d]`` features of all rows, aligned with ``hierarchy.cutout_id``, in their stored
+        dtype (float16 or float32: samplers convert a block of rows at a time to float32); read once, when
+        a sampler first needs them.
     """
 
     hierarchy: Hierarchy

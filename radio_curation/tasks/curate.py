@@ -227,9 +227,7 @@ def sample(run: Run) -> None:
     def features() -> np.ndarray:
         features_run = run.ancestor(clusters_run, "features")
         with run.timer("read_features"):
-            loaded = _read_features(
-                features_run, drop_nonfinite=True, keep_ids=hierarchy.cutout_id, dtype=np.float32
-            )
+            loaded = _read_features(features_run, drop_nonfinite=True, keep_ids=hierarchy.cutout_id)
         # The samplers measure distances in the clustering's space, where its centroids live.
         return hierarchy.conditioning.transform(loaded.x, inplace=True)
 

@@ -182,3 +182,18 @@ def test_semdedup_with_a_size_cap_still_finds_exact_duplicates():
 @pytest.mark.parametrize("probe", ["knn", "linear_probe"])
 def test_probes_of_a_features_run_sample_a_bounded_number_of_windows_by_default(compose, probe):
     assert compose("evaluate", [f"eval={probe}"]).eval.max_images == 50000
+
+
+@pytest.mark.parametrize("sampler", ["dedup_then_balanced", "prototypicality"])
+def test_a_float16_features_run_is_clustered_and_sampled_from_float16(compose, features_run, sampler):
+    x, _ = planted(SIZES, dim=12, separation=20.0, seed=8)
+    x = np.concatenate([x, x[:200]])  # 200 exact duplicates for semdedup
+    ids = np.arange(len(x), dtype=np.int64)
+    half = features_run(x.astype(np.float16), ids)
+    overrides = ["target_size=300", "clustering.n_clusters=[12,3]", f"sampler={sampler}"]
+    overrides += ["sampler.semdedup.eps=1e-4"] if sampler == "dedup_then_balanced" else []
+    result = curate.run(compose("curate", [f"features_id={half}", *overrides]))
+    report = result["info"]["samplers"]
+    assert result["counts"]["selected"] == 300
+    if sampler == "dedup_then_balanced":
+        assert report["semdedup"]["in"] - report["semdedup"]["out"] >= 200
