@@ -195,7 +195,7 @@ def _check_cluster_memory(
     run.info["memory_estimate_gb"] = round(parts["peak"] / 1e9, 6)
     hints = []
     if dtype != np.float16:
-        hints.append("extract the features as float16 (extract.py features_dtype=float16 halves the matrix)")
+        hints.append(_FLOAT16_HINT)
     if kmeanspp_rows:
         hints.append(
             f"start level 1 from random rows (clustering.init=random, or init=auto with "
@@ -205,11 +205,18 @@ def _check_cluster_memory(
             hints.append("or bound k-means++'s rows with clustering.max_points_per_centroid")
     if conditioning.whiten_dim:
         hints.append("lower conditioning.whiten_dim")
-    hints.append("or set memory_limit_gb if more memory is free than the host reports")
-    limit = (
-        available_memory() if run.cfg.memory_limit_gb is None else int(float(run.cfg.memory_limit_gb) * 1e9)
-    )
-    check_memory(parts, limit, f"clustering {n} x {dim} {dtype} features", hints)
+    check_memory(parts, _memory_limit(run), f"clustering {n} x {dim} {dtype} features", [*hints, _LIMIT_HINT])
+
+
+_LIMIT_HINT = "or set memory_limit_gb if more memory is free than the host reports"
+_FLOAT16_HINT = "extract the features as float16 (extract.py features_dtype=float16 halves the matrix)"
+
+
+def _memory_limit(run: Run) -> int:
+    """Bytes the stage may use: ``memory_limit_gb``, or what the host reports available."""
+    if run.cfg.memory_limit_gb is None:
+        return available_memory()
+    return int(float(run.cfg.memory_limit_gb) * 1e9)
 
 
 def build_sampler(node: DictConfig) -> Compose:
@@ -226,6 +233,14 @@ def sample(run: Run) -> None:
 
     def features() -> np.ndarray:
         features_run = run.ancestor(clusters_run, "features")
+        with FeatureFile(features_run.artifact("features.h5")) as source:
+            dim, dtype = source.dim, stored_dtype(source)
+        projection = hierarchy.conditioning.projection
+        whiten_dim = None if projection is None else int(projection.shape[1])
+        parts = clustering_memory(hierarchy.n, dim, dtype, whiten_dim=whiten_dim, kmeanspp_rows=0)
+        hints = [_FLOAT16_HINT] if dtype != np.float16 else []
+        what = f"sampling from {hierarchy.n} x {dim} {dtype} features"
+        check_memory(parts, _memory_limit(run), what, [*hints, _LIMIT_HINT])
         with run.timer("read_features"):
             loaded = _read_features(features_run, drop_nonfinite=True, keep_ids=hierarchy.cutout_id)
         # The samplers measure distances in the clustering's space, where its centroids live.
@@ -283,7 +298,7 @@ SAMPLE = Stage(
     derive_parents={"clusters_id": CLUSTER},
     settings=("sampler", "target_size", "seed"),
     # Only checked against the clustering's own features run.
-    execution=("features_id",),
+    execution=("features_id", "memory_limit_gb"),
     check=_check_sample,
     headline="metrics.top_level_imbalance",
 )

@@ -124,6 +124,9 @@ def test_clustering_that_cannot_fit_says_so_before_it_starts(compose, features_r
     info = read_manifest(clusters_dir)["info"]
     assert info["init"] == ["random", "kmeans++"]
     assert 0 < info["memory_estimate_gb"] < 0.01
+    sampling = [f"clusters_id={result['clusters_id']}", "sampler=prototypicality", "target_size=100"]
+    with pytest.raises(RadioCurationError, match=r"sampling from 1600 x 12 float32 features needs about"):
+        curate.run(compose("curate", [*sampling, "memory_limit_gb=0.0001"]))
 
 
 def _near_duplicates(n: int = 600, dim: int = 16, seed: int = 6) -> np.ndarray:
