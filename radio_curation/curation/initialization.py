@@ -26,6 +26,8 @@ from radio_curation.curation.backends import RowView
 
 #: Above this fraction of the points, one product with all points beats gathering the touched rows first.
 GATHER_FRACTION = 0.25
+#: Rows summed at once for the mean (a float64 mean of all rows at once would convert all of them).
+MEAN_BLOCK_ROWS = 65536
 #: Relative slack on the pruning bound, so float32 rounding never prunes a centre that a candidate reaches.
 PRUNE_SLACK = 1e-3
 
@@ -92,7 +94,8 @@ def _greedy(x: np.ndarray | RowView, k: int, seed: int, device: str, n_candidate
     host = np.ascontiguousarray(x[:], dtype=np.float32)
     points = torch.from_numpy(host).to(device)
     # k-means is translation-invariant; centring keeps the |x|² + |c|² - 2 x·c distances accurate in float32.
-    mean = points.mean(0, dtype=torch.float64).float()
+    mean = sum(block.sum(0, dtype=torch.float64) for block in points.split(MEAN_BLOCK_ROWS)) / max(n, 1)
+    mean = mean.float()
     # In place when ``points`` is already a copy of x's rows: the work holds one float32 copy, not two.
     shared = points.device.type == "cpu" and np.shares_memory(host, x[:1])
     points = points - mean if shared else points.sub_(mean)
