@@ -425,7 +425,7 @@ def main() -> None:
                 extra = {
                     k: v
                     for k, v in f.items()
-                    if k not in ("wall_s", "cpu_s", "peak_rss_gb", "data_gb", "cap", "base_rss_gb")
+                    if k not in ("wall_s", "cpu_s", "peak_rss_gb", "data_gb", "cap")
                 }
                 print(
                     f"RESULT scale stage={stage} rows={n} wall_s={f['wall_s']:.2f} cpu_s={f['cpu_s']:.2f} "
