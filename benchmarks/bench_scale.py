@@ -362,7 +362,8 @@ def measure(stage: str, work: Path, n: int, args: argparse.Namespace) -> dict:
     figures = {"peak_rss_gb": usage.ru_maxrss * 1024 / 1e9}
     if proc.returncode == 0 and lines:
         return {**figures, **json.loads(lines[-1])}
-    cap = "time" if timed_out else "memory" if "MemoryError" in tail or "bad_alloc" in tail else None
+    out_of_memory = any(s in tail for s in ("MemoryError", "bad_alloc", "Cannot allocate memory"))
+    cap = "time" if timed_out else "memory" if out_of_memory else None
     if cap is None:
         print(tail, file=sys.stderr)
         cap = f"error{proc.returncode}"
