@@ -26,7 +26,7 @@ from radio_curation.curation.backends import RowView
 
 #: Above this fraction of the points, one product with all points beats gathering the touched rows first.
 GATHER_FRACTION = 0.25
-#: Rows summed at once for the mean (a float64 mean of all rows at once would convert all of them).
+#: Rows reduced at once for the mean and the squared norms (whole-matrix temporaries would double the memory).
 MEAN_BLOCK_ROWS = 65536
 #: Relative slack on the pruning bound, so float32 rounding never prunes a centre that a candidate reaches.
 PRUNE_SLACK = 1e-3
@@ -99,7 +99,7 @@ def _greedy(x: np.ndarray | RowView, k: int, seed: int, device: str, n_candidate
     # In place when ``points`` is already a copy of x's rows: the work holds one float32 copy, not two.
     shared = points.device.type == "cpu" and np.shares_memory(host, x[:1])
     points = points - mean if shared else points.sub_(mean)
-    sq = (points * points).sum(1)
+    sq = torch.cat([(block * block).sum(1) for block in points.split(MEAN_BLOCK_ROWS)])
     centres = torch.empty(k, dim, dtype=torch.float32, device=points.device)
     centres_sq = torch.empty(k, dtype=torch.float32, device=points.device)
     chosen = np.empty(k, dtype=np.int64)

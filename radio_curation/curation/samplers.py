@@ -400,7 +400,7 @@ def keep_one_per_group(groups: np.ndarray, score: np.ndarray, tiebreak: np.ndarr
 
 
 def cosine_to_centroid(
-    pool: ClusteredPool, rows: np.ndarray, level: int = 1, block: int = 65536
+    pool: ClusteredPool, rows: np.ndarray, level: int = 1, block: int = 16384
 ) -> np.ndarray:
     """Cosine distance of each row's features to the centroid of its cluster at ``level``, a block of rows
     at a time (memory: one block of features and of their centroids)."""
