@@ -260,7 +260,7 @@ def run_stage(stage: str, work: Path, n: int, threads: int) -> dict:
         elif stage == "init_kmeanspp":
             init_centroids(x, INIT_K, "kmeans++", 0)
             details["k"] = INIT_K
-            data = n * DIM * 4 + n * 12
+            data = matrix + n * DIM * 4 + n * 12  # and k-means++'s float32 copy
         elif stage == "init_random":
             init_centroids(x, k, "random", 0)
             details["k"] = k
