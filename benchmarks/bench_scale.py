@@ -291,7 +291,7 @@ def run_stage(stage: str, work: Path, n: int, threads: int) -> dict:
             "balanced": BalancedSampler(),
         }[stage]
         Compose([sampler])(pool, n // 4, 0)
-        data = matrix
+        data = n * 8 * len(hierarchy.levels) if stage == "balanced" else matrix  # balanced: cluster paths
     elif stage == "neighbours":
         from radio_curation.cutouts.index import read_index
         from radio_curation.evaluation.neighbours import adjacent_pairs
