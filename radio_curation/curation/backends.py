@@ -40,6 +40,46 @@ if TYPE_CHECKING:
 
 #: Elements of the [rows, k] distance block computed at once during assignment (64 MiB in float32).
 BLOCK_ELEMENTS = 1 << 24
+#: Rows summed at once by the centroid updates, whatever k: the update costs n·d, not n·k·d.
+UPDATE_BLOCK_ROWS = 65536
+
+
+class RowView:
+    """Rows ``rows`` of the matrix ``base``, gathered a block at a time when read (a training sample that
+    is an index, not a copy of its rows).
+
+    Supports what the backends read of a matrix: ``shape``, ``dtype``, ``len`` and ``view[key]`` for a
+    slice or an index array (which gathers those rows of ``base``).
+    """
+
+    def __init__(self, base: np.ndarray | RowView, rows: np.ndarray) -> None:
+        if isinstance(base, RowView):
+            base, rows = base.base, base.rows[rows]
+        self.base = base
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.rows), int(self.base.shape[1]))
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
+        return self.base[self.rows[key]]
+
+
+#: A matrix of points as the backends read it: an array in its stored dtype, or rows of one.
+Points = np.ndarray | RowView
+
+
+def float32_rows(x: Points, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of ``x`` as float32 (a view when ``x`` is a float32 array)."""
+    return np.asarray(x[start:stop], dtype=np.float32)
 
 
 @dataclass
@@ -89,11 +129,12 @@ class KMeansBackend(ABC):
         return self.device if self.device.startswith("cuda") and torch.cuda.is_available() else "cpu"
 
     @abstractmethod
-    def assign(self, x: np.ndarray, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+    def assign(self, x: Points, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
         """Nearest centroid (int64) and distance to it (float32) of every row of ``x``."""
 
-    def fit(self, x: np.ndarray, init: np.ndarray, n_iters: int, spherical: bool) -> KMeansFit:
-        """Run up to ``n_iters`` Lloyd iterations on ``x`` [n, d] starting from ``init`` [k, d]."""
+    def fit(self, x: Points, init: np.ndarray, n_iters: int, spherical: bool) -> KMeansFit:
+        """Run up to ``n_iters`` Lloyd iterations on ``x`` [n, d] starting from ``init`` [k, d]; ``x`` may be
+        float16 or a :class:`RowView`, read a block of rows at a time."""
         centroids = _normalize_rows(init) if spherical else np.ascontiguousarray(init, dtype=np.float32)
         objective: list[float] = []
         search = 0.0
@@ -125,12 +166,12 @@ def _normalize_rows(c: np.ndarray) -> np.ndarray:
 
 
 def update_centroids(
-    x: np.ndarray,
+    x: Points,
     labels: np.ndarray,
     dist: np.ndarray,
     k: int,
     spherical: bool,
-    block: int = 16384,
+    block: int = UPDATE_BLOCK_ROWS,
     comm: Collective = LOCAL,
 ) -> np.ndarray:
     """Mean of each cluster's points (float64 sums, blockwise); empty clusters take the farthest points.
@@ -146,7 +187,7 @@ def update_centroids(
         onehot = csr_matrix(
             (np.ones(len(lab), dtype=np.float64), (lab, np.arange(len(lab)))), shape=(k, len(lab))
         )
-        sums += onehot @ np.asarray(x[start : start + block], dtype=np.float64)
+        sums += onehot @ float32_rows(x, start, start + block)
     sums = comm.sum(sums)
     counts = comm.sum(np.bincount(labels, minlength=k))
     centroids = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
@@ -227,14 +268,14 @@ class FaissBackend(KMeansBackend):
         index.add(np.ascontiguousarray(centroids, dtype=np.float32))
         return index
 
-    def assign(self, x: np.ndarray, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+    def assign(self, x: Points, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
         index = self._index(centroids, spherical)
         n = x.shape[0]
         labels = np.empty(n, dtype=np.int64)
         dist = np.empty(n, dtype=np.float32)
 
         def search(start: int) -> None:
-            block = np.ascontiguousarray(x[start : start + rows], dtype=np.float32)
+            block = np.ascontiguousarray(float32_rows(x, start, start + rows))
             _, candidates = index.search(block, min(2, len(centroids)))
             labels[start : start + len(block)], dist[start : start + len(block)] = nearest_candidate(
                 block, centroids, candidates, spherical
@@ -258,7 +299,11 @@ class FaissBackend(KMeansBackend):
 
 
 class TorchBackend(KMeansBackend):
-    """Lloyd iterations in torch, blockwise, on the CPU or a CUDA device (data stays on the device).
+    """Lloyd iterations in torch, blockwise, on the CPU or a CUDA device.
+
+    The points keep their stored dtype (float16 or float32) and each block is converted to float32 when it
+    is used. On a CUDA device they are moved there once; on the CPU a float32 or float16 array is used in
+    place and a :class:`RowView` is gathered block by block (no copy of the points either way).
 
     Parameters
     ----------
@@ -282,26 +327,52 @@ class TorchBackend(KMeansBackend):
 
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)
 
+    def _points(self, x: Points) -> torch.Tensor | RowView:
+        """The points where the blocks are read from: a tensor on the device in the stored dtype, or (on
+        the CPU) the row view itself."""
+        import torch
+
+        if isinstance(x, RowView):
+            if self.device == "cpu":
+                return x
+            out = torch.empty(x.shape, dtype=torch.from_numpy(x[:1]).dtype, device=self.device)
+            for start in range(0, x.shape[0], UPDATE_BLOCK_ROWS):
+                out[start : start + UPDATE_BLOCK_ROWS] = torch.from_numpy(
+                    x[start : start + UPDATE_BLOCK_ROWS]
+                )
+            return out
+        x = np.ascontiguousarray(x)
+        if x.dtype not in (np.float16, np.float32):
+            x = x.astype(np.float32)
+        return torch.from_numpy(x).to(self.device)
+
+    def _block(self, points: torch.Tensor | RowView, start: int, stop: int) -> torch.Tensor:
+        import torch
+
+        if isinstance(points, RowView):
+            return torch.from_numpy(float32_rows(points, start, stop))
+        return points[start:stop].float()
+
     def _assign_t(
-        self, x: torch.Tensor, c: torch.Tensor, spherical: bool
+        self, points: torch.Tensor | RowView, c: torch.Tensor, spherical: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
-        n, k = x.shape[0], c.shape[0]
-        labels = torch.empty(n, dtype=torch.int64, device=x.device)
-        dist = torch.empty(n, dtype=torch.float32, device=x.device)
+        n, k = points.shape[0], c.shape[0]
+        labels = torch.empty(n, dtype=torch.int64, device=c.device)
+        dist = torch.empty(n, dtype=torch.float32, device=c.device)
         c_sq = (c * c).sum(1)
         rows = _block_rows(k, n)
         n_best = min(2, k)
         for start in range(0, n, rows):
-            xb = x[start : start + rows]
+            xb = self._block(points, start, start + rows)
             if spherical:
                 candidates = (xb @ c.T).topk(n_best, dim=1).indices
             else:
                 scores = torch.addmm(c_sq, xb, c.T, beta=1.0, alpha=-2.0)
                 candidates = scores.topk(n_best, dim=1, largest=False).indices
             # As in nearest_candidate: the best two decided by per-row distances, independent of the block.
-            best = torch.full((len(xb),), torch.inf, device=x.device)
+            best = torch.full((len(xb),), torch.inf, device=c.device)
             idx = candidates[:, 0].clone()
             for j in range(n_best):
                 chosen = c[candidates[:, j]]
@@ -314,27 +385,35 @@ class TorchBackend(KMeansBackend):
         return labels, dist
 
     def _update(
-        self, x: torch.Tensor, labels: torch.Tensor, dist: torch.Tensor, k: int, spherical: bool
+        self,
+        points: torch.Tensor | RowView,
+        labels: torch.Tensor,
+        dist: torch.Tensor,
+        k: int,
+        spherical: bool,
     ) -> torch.Tensor:
         import torch
 
-        sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
-        rows = _block_rows(k, x.shape[0])
-        for start in range(0, x.shape[0], rows):
-            part = torch.zeros(k, x.shape[1], dtype=torch.float32, device=x.device)
-            part.index_add_(0, labels[start : start + rows], x[start : start + rows])
-            sums += part
+        n, d = points.shape
+        sums = torch.zeros(k, d, dtype=torch.float64, device=labels.device)
+        for start in range(0, n, UPDATE_BLOCK_ROWS):
+            block = self._block(points, start, start + UPDATE_BLOCK_ROWS)
+            sums.index_add_(0, labels[start : start + UPDATE_BLOCK_ROWS], block.double())
         counts = torch.bincount(labels, minlength=k)
         new = (sums / counts.clamp_min(1).unsqueeze(1)).float()
         empty = torch.nonzero(counts == 0).flatten()
         if len(empty):
-            new[empty] = x[torch.argsort(-dist, stable=True)[: len(empty)]]
+            far = torch.argsort(-dist, stable=True)[: len(empty)]
+            if isinstance(points, RowView):
+                new[empty] = torch.from_numpy(np.asarray(points[far.numpy()], dtype=np.float32))
+            else:
+                new[empty] = points[far].float()
         return torch.nn.functional.normalize(new, dim=1) if spherical else new
 
-    def fit(self, x: np.ndarray, init: np.ndarray, n_iters: int, spherical: bool) -> KMeansFit:
+    def fit(self, x: Points, init: np.ndarray, n_iters: int, spherical: bool) -> KMeansFit:
         import torch
 
-        xt = self._tensor(x)
+        points = self._points(x)
         c = self._tensor(init)
         if spherical:
             c = torch.nn.functional.normalize(c, dim=1)
@@ -343,20 +422,20 @@ class TorchBackend(KMeansBackend):
         with progress(n_iters, f"k-means k={len(c)}", unit="iter") as bar:
             for _ in range(n_iters):
                 t0 = time.perf_counter()
-                labels, dist = self._assign_t(xt, c, spherical)
-                if xt.is_cuda:
-                    torch.cuda.synchronize(xt.device)
+                labels, dist = self._assign_t(points, c, spherical)
+                if c.is_cuda:
+                    torch.cuda.synchronize(c.device)
                 search += time.perf_counter() - t0
                 objective.append(float(dist.sum(dtype=torch.float64)))
                 bar.advance(1)
                 bar.describe(f"objective {objective[-1]:.6g}")
                 if len(objective) > 1 and objective[-1] == objective[-2]:
                     break
-                c = self._update(xt, labels, dist, len(c), spherical)
-        return KMeansFit(c.cpu().numpy().astype(np.float32), np.asarray(objective), search, xt.shape[0])
+                c = self._update(points, labels, dist, len(c), spherical)
+        return KMeansFit(c.cpu().numpy().astype(np.float32), np.asarray(objective), search, points.shape[0])
 
-    def assign(self, x: np.ndarray, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
-        labels, dist = self._assign_t(self._tensor(x), self._tensor(centroids), spherical)
+    def assign(self, x: Points, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+        labels, dist = self._assign_t(self._points(x), self._tensor(centroids), spherical)
         return labels.cpu().numpy(), dist.cpu().numpy()
 
 
@@ -380,14 +459,14 @@ class CumlBackend(KMeansBackend):
         if device not in ("auto", "cuda"):
             raise RadioCurationError(f"the cuML backend runs on cuda only, not device={device!r}")
 
-    def fit(self, x: np.ndarray, init: np.ndarray, n_iters: int, spherical: bool) -> KMeansFit:
+    def fit(self, x: Points, init: np.ndarray, n_iters: int, spherical: bool) -> KMeansFit:
         from cuml.cluster import KMeans
 
         if spherical:
             raise RadioCurationError(
                 "the cuML backend has no spherical k-means; use metric=l2 or another backend"
             )
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(x[:], dtype=np.float32)
         model = KMeans(
             n_clusters=init.shape[0],
             init=np.ascontiguousarray(init, dtype=np.float32),
@@ -402,5 +481,5 @@ class CumlBackend(KMeansBackend):
         centroids = np.asarray(model.cluster_centers_, dtype=np.float32)
         return KMeansFit(centroids, np.asarray([float(model.inertia_)]), seconds, x.shape[0])
 
-    def assign(self, x: np.ndarray, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+    def assign(self, x: Points, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
         return TorchBackend("cuda").assign(x, centroids, spherical)

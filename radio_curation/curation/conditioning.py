@@ -32,9 +32,18 @@ BLOCK_ROWS = 16384
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """Divide every row of ``x`` by its L2 norm, in place (all-zero rows stay zero); returns ``x``."""
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    """Divide every row of ``x`` by its L2 norm, in place, a block of rows at a time in float32 (all-zero
+    rows stay zero); returns ``x``."""
+    for start in range(0, x.shape[0], BLOCK_ROWS):
+        x[start : start + BLOCK_ROWS] = _unit_rows(
+            np.asarray(x[start : start + BLOCK_ROWS], dtype=np.float32)
+        )
     return x
+
+
+def _unit_rows(block: np.ndarray) -> np.ndarray:
+    """A new array: the rows of ``block`` divided by their L2 norms (all-zero rows stay zero)."""
+    return block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), np.finfo(np.float32).tiny)
 
 
 @dataclass
@@ -68,17 +77,19 @@ class ConditioningFit:
         return dim if self.projection is None else int(self.projection.shape[1])
 
     def transform(self, x: np.ndarray, inplace: bool = False) -> np.ndarray:
-        """Conditioned float32 features of ``x`` ``[n, D]``, computed in row blocks.
+        """Conditioned features of ``x`` ``[n, D]``, computed in float32 one block of rows at a time.
 
-        With ``inplace`` (and no projection) ``x`` itself is overwritten and returned, so conditioning a
-        large matrix needs no second copy; a projection always writes a new ``[n, d]`` array.
+        Float32 by default. With ``inplace`` the result keeps ``x``'s dtype (float16 or float32), and
+        without a projection ``x`` itself is overwritten and returned, so conditioning a large matrix needs
+        no second copy; a projection always writes a new ``[n, d]`` array.
         """
         if self.is_identity:
             return x
+        dtype = x.dtype if inplace and x.dtype in (np.float16, np.float32) else np.dtype(np.float32)
         if self.projection is None:
-            out = x if inplace and x.dtype == np.float32 else np.array(x, dtype=np.float32)
+            out = x if dtype == x.dtype and inplace else np.empty(x.shape, dtype=dtype)
         else:
-            out = np.empty((x.shape[0], self.projection.shape[1]), dtype=np.float32)
+            out = np.empty((x.shape[0], self.projection.shape[1]), dtype=dtype)
         for start in range(0, x.shape[0], BLOCK_ROWS):
             block = np.asarray(x[start : start + BLOCK_ROWS], dtype=np.float32)
             if self.mean is not None:
@@ -86,7 +97,7 @@ class ConditioningFit:
             if self.projection is not None:
                 block = block @ self.projection
             if self.normalize:
-                block = normalize_rows(block)
+                block = _unit_rows(block)
             out[start : start + len(block)] = block
         return out
 

@@ -22,8 +22,12 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from radio_curation.curation.backends import RowView
+
 #: Above this fraction of the points, one product with all points beats gathering the touched rows first.
 GATHER_FRACTION = 0.25
+#: Rows reduced at once for the mean and the squared norms (whole-matrix temporaries would double the memory).
+MEAN_BLOCK_ROWS = 65536
 #: Relative slack on the pruning bound, so float32 rounding never prunes a centre that a candidate reaches.
 PRUNE_SLACK = 1e-3
 
@@ -49,14 +53,14 @@ def _one_cpu_thread() -> Iterator[None]:
 
 
 def greedy_kmeans_plusplus(
-    x: np.ndarray, k: int, seed: int, device: str = "cpu", n_candidates: int | None = None
+    x: np.ndarray | RowView, k: int, seed: int, device: str = "cpu", n_candidates: int | None = None
 ) -> np.ndarray:
     """``k`` initial centroids of ``x`` ``[n, d]`` (rows of ``x``) by greedy k-means++.
 
     Parameters
     ----------
     x
-        ``[n, d]`` points, ``n >= k``; squared L2 distances (on L2-normalised points these rank like
+        ``[n, d]`` points (any float dtype, or a row view), ``n >= k``; squared L2 distances (on L2-normalised points these rank like
         cosine distances).
     k
         Number of centroids.
@@ -83,15 +87,19 @@ def greedy_kmeans_plusplus(
     return _greedy(x, k, seed, device, n_candidates)
 
 
-def _greedy(x: np.ndarray, k: int, seed: int, device: str, n_candidates: int | None) -> np.ndarray:
+def _greedy(x: np.ndarray | RowView, k: int, seed: int, device: str, n_candidates: int | None) -> np.ndarray:
     n, dim = x.shape
     trials = n_local_trials(k) if n_candidates is None else int(n_candidates)
     rng = np.random.default_rng(seed)
-    points = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    host = np.ascontiguousarray(x[:], dtype=np.float32)
+    points = torch.from_numpy(host).to(device)
     # k-means is translation-invariant; centring keeps the |x|² + |c|² - 2 x·c distances accurate in float32.
-    mean = points.mean(0, dtype=torch.float64).float()
-    points = points - mean
-    sq = (points * points).sum(1)
+    mean = sum(block.sum(0, dtype=torch.float64) for block in points.split(MEAN_BLOCK_ROWS)) / max(n, 1)
+    mean = mean.float()
+    # In place when ``points`` is already a copy of x's rows: the work holds one float32 copy, not two.
+    shared = points.device.type == "cpu" and np.shares_memory(host, x[:1])
+    points = points - mean if shared else points.sub_(mean)
+    sq = torch.cat([(block * block).sum(1) for block in points.split(MEAN_BLOCK_ROWS)])
     centres = torch.empty(k, dim, dtype=torch.float32, device=points.device)
     centres_sq = torch.empty(k, dtype=torch.float32, device=points.device)
     chosen = np.empty(k, dtype=np.int64)

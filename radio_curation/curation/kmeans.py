@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from radio_curation.atomic import atomic_path
-from radio_curation.curation.backends import FaissBackend, KMeansBackend
+from radio_curation.curation.backends import FaissBackend, KMeansBackend, Points, RowView
 from radio_curation.curation.initialization import greedy_kmeans_plusplus
 from radio_curation.curation.sharded import (
     LOCAL,
@@ -33,7 +33,7 @@ from radio_curation.progress import progress
 
 log = logging.getLogger(__name__)
 
-INITS = ("kmeans++", "random")
+INITS = ("kmeans++", "random", "auto")
 METRICS = ("l2", "cosine")
 SAMPLING_STRATEGIES = ("closest", "random")
 
@@ -43,19 +43,29 @@ def derive_seed(seed: int, *parts: int) -> int:
     return int(np.random.SeedSequence([int(seed), *map(int, parts)]).generate_state(1)[0] % (2**31 - 1))
 
 
+def resolve_init(method: str, k: int, kmeanspp_max_k: int) -> str:
+    """The initialisation a k-means of ``k`` clusters runs: ``auto`` is ``kmeans++`` up to
+    ``kmeanspp_max_k`` clusters and ``random`` above (greedy k-means++ takes ``k`` sequential steps, each
+    a pass over the points its candidates reach: hours at tens of thousands of clusters)."""
+    if method == "auto":
+        return "kmeans++" if k <= kmeanspp_max_k else "random"
+    return method
+
+
 def init_centroids(
-    x: np.ndarray, k: int, method: str, seed: int, device: str = "cpu", comm: Collective = LOCAL
+    x: Points, k: int, method: str, seed: int, device: str = "cpu", comm: Collective = LOCAL
 ) -> np.ndarray:
     """Initial centroids: ``k`` distinct rows of ``x`` (``random``) or greedy k-means++ (``kmeans++``).
 
     Parameters
     ----------
     x
-        ``[n, d]`` float32 points, ``n >= k``.
+        ``[n, d]`` points (float32, float16 or a row view), ``n >= k``.
     k
         Number of centroids.
     method
-        ``kmeans++`` (:func:`~radio_curation.curation.initialization.greedy_kmeans_plusplus`) or ``random``.
+        ``kmeans++`` (:func:`~radio_curation.curation.initialization.greedy_kmeans_plusplus`, which holds a
+        float32 copy of ``x``) or ``random`` (no copy).
     seed
         Seed of the random choices; the same seed gives the same centroids on every backend.
     device
@@ -84,7 +94,7 @@ class KMeansResult:
 
 
 def kmeans(
-    x: np.ndarray,
+    x: Points,
     k: int,
     *,
     n_iters: int,
@@ -99,8 +109,9 @@ def kmeans(
     Parameters
     ----------
     x
-        ``[n, d]`` float32 points (L2-normalised when ``spherical``), or this rank's rows of them when
-        ``backend.comm`` spans several processes (every choice below is then made over all ranks' rows).
+        ``[n, d]`` points, float32 or float16 (read a block at a time), or a row view of them
+        (L2-normalised when ``spherical``); or this rank's rows of them when ``backend.comm`` spans
+        several processes (every choice below is then made over all ranks' rows).
     k
         Number of clusters, at most ``n``.
     n_iters
@@ -114,8 +125,8 @@ def kmeans(
     backend
         Where the work runs (faiss on the CPU by default).
     max_points_per_centroid
-        Train on a random subsample of at most ``k * max_points_per_centroid`` points (``None``: all).
-        Every point is assigned either way.
+        Train on a random subsample of at most ``k * max_points_per_centroid`` points (``None``: all),
+        held as an index into ``x``, not a copy. Every point is assigned either way.
 
     Returns
     -------
@@ -131,7 +142,7 @@ def kmeans(
     train = x
     if max_points_per_centroid is not None and n > k * max_points_per_centroid:
         rows = random_rows(n, k * max_points_per_centroid, derive_seed(seed, 1))
-        train = x[local_rows(rows, offset, x.shape[0])]
+        train = RowView(x, local_rows(rows, offset, x.shape[0]))
         log.info(
             "training k-means on %d of %d points (max_points_per_centroid=%d)",
             len(rows),
@@ -260,14 +271,17 @@ class HierarchicalKMeans:
     n_iters
         Lloyd iterations of every k-means run.
     init
-        ``kmeans++`` (greedy) or ``random``, for all levels or one per level. k-means++ takes ``k``
-        sequential steps, each over the points near its candidates; for first levels of tens of
-        thousands of clusters use ``random``, and k-means++ above them (the centroids are few).
+        ``kmeans++`` (greedy), ``random`` or ``auto``, for all levels or one per level. k-means++ takes
+        ``k`` sequential steps, each over the points near its candidates, and holds a float32 copy of the
+        points it starts from; ``auto`` runs it up to ``kmeanspp_max_k`` clusters and ``random`` above
+        (see :func:`resolve_init`; the choice per level is :meth:`level_init`).
     metric
         ``l2``, or ``cosine`` (features L2-normalised, spherical k-means).
     max_points_per_centroid
         Train each k-means on at most ``k * max_points_per_centroid`` random points (``None``: all);
         every point is still assigned.
+    kmeanspp_max_k
+        Above this many clusters ``init: auto`` starts from random rows instead of k-means++.
     backend
         A :class:`~radio_curation.curation.backends.KMeansBackend`.
     """
@@ -280,6 +294,7 @@ class HierarchicalKMeans:
     init: Sequence[str] | str = "kmeans++"
     metric: str = "l2"
     max_points_per_centroid: int | None = None
+    kmeanspp_max_k: int = 4096
     backend: KMeansBackend = field(default_factory=lambda: FaissBackend("cpu"))
 
     def __post_init__(self) -> None:
@@ -340,6 +355,10 @@ class HierarchicalKMeans:
         configured = self.sample_size[level - 1]
         return configured if configured is not None else max(1, (n_inputs + k) // (2 * k))
 
+    def level_init(self, level: int) -> str:
+        """The initialisation level ``level`` (1-based) runs (``auto`` resolved by its k)."""
+        return resolve_init(self.init[level - 1], self.n_clusters[level - 1], self.kmeanspp_max_k)
+
     @property
     def n_levels(self) -> int:
         return len(self.n_clusters)
@@ -348,7 +367,7 @@ class HierarchicalKMeans:
     def spherical(self) -> bool:
         return self.metric == "cosine"
 
-    def fit_level(self, x: np.ndarray, level: int, seed: int) -> ClusterLevel:
+    def fit_level(self, x: Points, level: int, seed: int) -> ClusterLevel:
         """Cluster ``x`` (points or the previous level's centroids) as level ``level`` (1-based).
 
         ``ClusterLevel.sizes`` counts ``x``'s rows; the caller weights upper levels by points. At level 1
@@ -371,7 +390,7 @@ class HierarchicalKMeans:
             x,
             k,
             n_iters=self.n_iters,
-            init=self.init[i],
+            init=self.level_init(level),
             seed=derive_seed(seed, level, 0),
             spherical=self.spherical,
             backend=backend,
@@ -390,9 +409,10 @@ class HierarchicalKMeans:
             step_seed = derive_seed(seed, level, step)
             key = distance if self.sampling_strategy == "closest" else random_keys(len(x), offset, step_seed)
             if comm.world_size == 1:
-                sample = x[select_per_cluster(assignment, key, sample_size)]
+                rows = select_per_cluster(assignment, key, sample_size)
             else:
-                sample = x[smallest_per_cluster(assignment, key, sample_size, k, comm)]
+                rows = smallest_per_cluster(assignment, key, sample_size, k, comm)
+            sample = RowView(x, rows)
             n_sample = comm.layout(sample.shape[0])[1]
             if n_sample < k:
                 # Only possible when many clusters are empty; the level keeps its k centroids.
@@ -407,7 +427,7 @@ class HierarchicalKMeans:
                 sample,
                 k,
                 n_iters=self.n_iters,
-                init=self.init[i],
+                init=self.level_init(level),
                 seed=step_seed,
                 spherical=self.spherical,
                 backend=backend,
@@ -429,7 +449,7 @@ class HierarchicalKMeans:
 
     def fit(
         self,
-        x: np.ndarray | None,
+        x: Points | None,
         seed: int,
         done: Sequence[ClusterLevel] = (),
         on_level: Callable[[int, ClusterLevel], None] | None = None,
@@ -439,8 +459,8 @@ class HierarchicalKMeans:
         Parameters
         ----------
         x
-            ``[n, d]`` float32 points, or this rank's shard of them when the backend's ``comm`` spans
-            several processes; only read when level 1 is not in ``done`` (may then be ``None``).
+            ``[n, d]`` float32 or float16 points, or this rank's shard of them when the backend's ``comm``
+            spans several processes; only read when level 1 is not in ``done`` (may then be ``None``).
         seed
             Seed of the whole hierarchy; each level and resampling step derives its own.
         done

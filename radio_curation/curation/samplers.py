@@ -17,6 +17,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from radio_curation.curation.backends import RowView
 from radio_curation.curation.clusters import Hierarchy
 from radio_curation.curation.kmeans import derive_seed, select_per_cluster
 from radio_curation.errors import RadioCurationError
@@ -41,8 +42,9 @@ class ClusteredPool:
     hierarchy
         The clustering (row i is the point ``hierarchy.cutout_id[i]``).
     features
-        Returns the ``[n, d]`` float32 features of all rows, aligned with ``hierarchy.cutout_id``; read
-        once, when a sampler first needs them.
+        Returns the ``[n, d]`` features of all rows, aligned with ``hierarchy.cutout_id``, in their stored
+        dtype (float16 or float32: samplers convert a block of rows at a time to float32); read once, when
+        a sampler first needs them.
     """
 
     hierarchy: Hierarchy
@@ -236,24 +238,51 @@ def _edges_to_stars(n: int, ei: list[np.ndarray], ej: list[np.ndarray]) -> tuple
     return [nodes[star]], [first[labels][star]]
 
 
+def _members(clusters: np.ndarray) -> list[np.ndarray]:
+    """Positions of each cluster's members, cluster by cluster."""
+    order = np.argsort(clusters, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(clusters[order])) + 1)
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+
+
+def split_clusters(clusters: np.ndarray, key: np.ndarray, max_size: int | None) -> np.ndarray:
+    """Cluster labels with every cluster above ``max_size`` rows cut into pieces of at most ``max_size``,
+    contiguous in ``key`` order (e.g. the distance to the centroid, which near-duplicates share to within
+    their own distance), so a near-duplicate search costs at most ``max_size`` rows per row.
+
+    ``None`` leaves the clusters whole. Labels are renumbered ``0..``; rows keep their order.
+    """
+    clusters = np.asarray(clusters, dtype=np.int64)
+    if max_size is None or len(clusters) == 0 or np.bincount(clusters).max() <= max_size:
+        return clusters
+    order = np.lexsort((key, clusters))
+    rank = np.arange(len(order)) - np.searchsorted(clusters[order], clusters[order])
+    piece = np.empty(len(clusters), dtype=np.int64)
+    piece[order] = rank // int(max_size)
+    return np.unique(clusters * (len(clusters) // int(max_size) + 1) + piece, return_inverse=True)[1]
+
+
 def near_duplicate_pairs(
-    x: np.ndarray, clusters: np.ndarray, threshold: float
+    x: np.ndarray | RowView, clusters: np.ndarray, threshold: float
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Per cluster, the row pairs ``(i, j)``, ``i < j``, with cosine similarity above ``threshold``.
 
-    ``x`` holds L2-normalised float32 rows; only pairs within a cluster are compared. One item per cluster
-    that has a pair (all of that cluster's pairs), with a progress bar over clusters.
+    ``x`` holds the features (normalised here, one cluster at a time); only pairs within a cluster are
+    compared. One item per cluster that has a pair (all of that cluster's pairs), with a progress bar
+    over clusters.
     """
-    order = np.argsort(clusters, kind="stable")
-    bounds = np.flatnonzero(np.diff(clusters[order])) + 1
-    members_of = np.split(order, bounds)
+    members_of = _members(clusters)
     with progress(len(members_of), "semdedup", unit="cluster") as bar:
         for members in members_of:
             bar.advance(1)
             m = len(members)
             if m < 2:
                 continue
-            xc = x[members]
+            xc = _unit_rows(x[members])
             step = max(1, SIMILARITY_BLOCK // m)
             pi, pj = [], []
             for start in range(0, m, step):
@@ -302,51 +331,64 @@ def duplicate_groups(x: np.ndarray, clusters: np.ndarray, threshold: float) -> n
     return connected_components(graph, directed=False)[1]
 
 
-def priority_dedup(x: np.ndarray, clusters: np.ndarray, threshold: float, rank: np.ndarray) -> np.ndarray:
+def priority_dedup(
+    x: np.ndarray | RowView,
+    clusters: np.ndarray,
+    threshold: float,
+    rank: np.ndarray,
+    block_rows: int | None = None,
+) -> np.ndarray:
     """SemDeDup's rule: going through each cluster in priority order, drop a row when a kept row of higher
     priority has cosine similarity above ``threshold`` with it.
 
     A chain A~B~C with A≁C (A first) keeps A and C: B goes because of A, and C only resembles B.
 
+    Each cluster is streamed in priority order, ``block_rows`` rows at a time: a block is compared with the
+    kept rows before it and with itself, so the memory is one block's similarities (``block_rows`` × the
+    cluster's size) and no list of pairs is built.
+
     Parameters
     ----------
     x
-        ``[n, d]`` L2-normalised float32 features.
+        ``[n, d]`` features (L2-normalised here, one cluster at a time): an array or a row view.
     clusters
         ``[n]`` cluster of each row; only pairs within a cluster are compared.
     threshold
         Similarity above which two rows are near-duplicates.
     rank
         ``[n]`` distinct priorities, 0 first.
+    block_rows
+        Rows compared at once (default: :data:`SIMILARITY_BLOCK` similarities per block).
 
     Returns
     -------
     numpy.ndarray
         ``[n]`` bool: the rows kept.
     """
-    keep = np.ones(len(x), dtype=bool)
-    pairs: list[tuple[np.ndarray, np.ndarray]] = []
-    pending = 0
-
-    def settle() -> None:
-        # Pairs never cross clusters, so whole clusters are settled on their own.
-        i, j = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
-        nodes, local = np.unique(np.concatenate([i, j]), return_inverse=True)
-        li, lj = local[: len(i)], local[len(i) :]
-        first = rank[i] < rank[j]
-        kept = greedy_keep(np.where(first, li, lj), np.where(first, lj, li), len(nodes))
-        keep[nodes[~kept]] = False
-        pairs.clear()
-
-    for i, j in near_duplicate_pairs(x, clusters, threshold):
-        pairs.append((i, j))
-        pending += len(i)
-        if pending > EDGE_BUDGET:
-            settle()
-            pending = 0
-    if pairs:
-        settle()
+    keep = np.ones(len(clusters), dtype=bool)
+    members_of = _members(np.asarray(clusters))
+    with progress(len(members_of), "semdedup", unit="cluster") as bar:
+        for members in members_of:
+            bar.advance(1)
+            if len(members) > 1:
+                members = members[np.argsort(rank[members])]
+                keep[members] = _priority_dedup_cluster(_unit_rows(x[members]), threshold, block_rows)
     return keep
+
+
+def _priority_dedup_cluster(xc: np.ndarray, threshold: float, block_rows: int | None) -> np.ndarray:
+    """Which rows of one cluster's unit rows ``xc`` (in priority order) the priority rule keeps."""
+    m = len(xc)
+    step = block_rows or max(1, SIMILARITY_BLOCK // m)
+    kept = np.ones(m, dtype=bool)
+    for start in range(0, m, step):
+        stop = min(m, start + step)
+        sims = xc[start:stop] @ xc[:stop].T > threshold
+        # Rows matching a kept row of an earlier block are dropped whatever happens in this block.
+        free = ~sims[:, :start][:, kept[:start]].any(axis=1)
+        a, b = np.nonzero(np.triu(sims[:, start:stop], k=1) & free[:, None] & free[None, :])
+        kept[start:stop] = free & greedy_keep(a, b, stop - start)
+    return kept
 
 
 def keep_one_per_group(groups: np.ndarray, score: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
@@ -357,13 +399,19 @@ def keep_one_per_group(groups: np.ndarray, score: np.ndarray, tiebreak: np.ndarr
     return np.sort(order[first])
 
 
-def cosine_to_centroid(pool: ClusteredPool, rows: np.ndarray, level: int = 1) -> np.ndarray:
-    """Cosine distance of each row's features to the centroid of its cluster at ``level``."""
-    x = pool.x()[rows]
-    centroids = pool.hierarchy.levels[level - 1].centroids
-    c = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), np.finfo(np.float32).tiny)
-    xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
-    return 1.0 - np.einsum("ij,ij->i", xn, c[pool.paths[rows, level - 1]])
+def cosine_to_centroid(
+    pool: ClusteredPool, rows: np.ndarray, level: int = 1, block: int = 16384
+) -> np.ndarray:
+    """Cosine distance of each row's features to the centroid of its cluster at ``level``, a block of rows
+    at a time (memory: one block of features and of their centroids)."""
+    x = pool.x()
+    centroids = _unit_rows(pool.hierarchy.levels[level - 1].centroids)
+    out = np.empty(len(rows), dtype=np.float32)
+    for start in range(0, len(rows), block):
+        part = rows[start : start + block]
+        c = centroids[pool.paths[part, level - 1]]
+        out[start : start + len(part)] = 1.0 - np.einsum("ij,ij->i", _unit_rows(x[part]), c)
+    return out
 
 
 class SemDedupSampler(Sampler):
@@ -381,12 +429,24 @@ class SemDedupSampler(Sampler):
         ``priority`` (the paper's): drop a row when a kept row of higher priority is a near-duplicate of
         it, so ``eps`` means what it means in the paper. ``components``: keep the highest-priority row of
         each connected group of near-duplicates (fewer rows: a chain A~B~C keeps A alone).
+    max_cluster_size
+        Clusters above this many rows are searched in pieces of at most this size, contiguous in
+        distance to the centroid (:func:`split_clusters`): the search costs at most this many
+        comparisons per row; ``None`` searches every cluster whole (its cost grows as the square of the
+        largest cluster).
     """
 
     name = "semdedup"
     takes_target = False
 
-    def __init__(self, eps: float = 0.05, keep: str = "hard", level: int = 1, rule: str = "priority") -> None:
+    def __init__(
+        self,
+        eps: float = 0.05,
+        keep: str = "hard",
+        level: int = 1,
+        rule: str = "priority",
+        max_cluster_size: int | None = None,
+    ) -> None:
         if not 0 < eps < 2:
             raise RadioCurationError(
                 f"sampler semdedup eps={eps}: use 0 < eps < 2 (similarity above 1 - eps)"
@@ -397,10 +457,15 @@ class SemDedupSampler(Sampler):
             raise RadioCurationError(
                 f"sampler semdedup rule={rule!r}: use one of {', '.join(SEMDEDUP_RULES)}"
             )
+        if max_cluster_size is not None and int(max_cluster_size) < 2:
+            raise RadioCurationError(
+                f"sampler semdedup max_cluster_size={max_cluster_size}: use >= 2 or null"
+            )
         self.eps = float(eps)
         self.keep = keep
         self.level = int(level)
         self.rule = rule
+        self.max_cluster_size = None if max_cluster_size is None else int(max_cluster_size)
 
     def select(
         self, pool: ClusteredPool, rows: np.ndarray, target_size: int | None, rng: np.random.Generator
@@ -409,14 +474,13 @@ class SemDedupSampler(Sampler):
             raise RadioCurationError(
                 f"sampler semdedup level={self.level}, but the clustering has {pool.hierarchy.n_levels} levels"
             )
-        x = pool.x()[rows]
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
-        clusters = pool.paths[rows, self.level - 1]
+        x = RowView(pool.x(), rows)
+        distance = cosine_to_centroid(pool, rows, self.level)
         if self.keep == "random":
             score = rng.random(pool.n)[rows]
         else:
-            distance = cosine_to_centroid(pool, rows, self.level)
             score = -distance if self.keep == "hard" else distance
+        clusters = split_clusters(pool.paths[rows, self.level - 1], distance, self.max_cluster_size)
         tiebreak = pool.hierarchy.cutout_id[rows]
         if self.rule == "components":
             groups = duplicate_groups(x, clusters, 1.0 - self.eps)

@@ -117,7 +117,7 @@ class TorchCollective(Collective):
                 "for this level (e.g. init=[random,kmeans++]), set clustering.max_points_per_centroid, or "
                 "raise max_gather_gb"
             )
-        return np.concatenate(self.gather(np.ascontiguousarray(x)))
+        return np.concatenate(self.gather(np.ascontiguousarray(x[:])))
 
 
 def local_rows(rows: np.ndarray, offset: int, n_local: int) -> np.ndarray:

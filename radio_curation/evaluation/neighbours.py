@@ -14,12 +14,19 @@ from radio_curation.features.matrix import FeatureMatrix
 
 
 def adjacent_pairs(
-    mosaic: np.ndarray, y0: np.ndarray, x0: np.ndarray, size: np.ndarray, max_offset: float = 1.0
+    mosaic: np.ndarray,
+    y0: np.ndarray,
+    x0: np.ndarray,
+    size: np.ndarray,
+    max_offset: float = 1.0,
+    max_pairs: int | None = None,
+    seed: int = 0,
 ) -> np.ndarray:
     """Pairs of windows of the same mosaic and size whose corners are at most ``max_offset × size`` apart.
 
     The offset is the Chebyshev distance in pixels, so ``max_offset=0.5`` keeps the eight grid neighbours
-    of a 50%-overlap sliding window and ``1.0`` every window that overlaps or touches.
+    of a 50%-overlap sliding window and ``1.0`` every window that overlaps or touches. Windows are grouped
+    by integer (mosaic, size) codes in one sort, and the pairs are found one group at a time.
 
     Parameters
     ----------
@@ -27,23 +34,36 @@ def adjacent_pairs(
         ``[N]`` window table columns.
     max_offset : float
         Largest offset in units of the window size.
+    max_pairs : int, optional
+        Bound the pairs kept: each group keeps at most twice its share (by windows) of ``max_pairs``, a
+        random choice, so memory stays near ``2 × max_pairs`` pairs however many windows there are (all
+        ~190 M adjacent pairs of LoTSS DR2 are never held at once). ``None``: every pair.
+    seed : int
+        Seed of that choice.
 
     Returns
     -------
     np.ndarray
         ``[P, 2]`` int64 row pairs ``i < j``.
     """
-    mosaic = np.asarray(mosaic).astype(str)
     size = np.asarray(size, dtype=np.int64)
     pos = np.stack([np.asarray(y0, np.float64), np.asarray(x0, np.float64)], axis=1)
+    _, mosaic_code = np.unique(np.asarray(mosaic), return_inverse=True)
+    sizes, size_code = np.unique(size, return_inverse=True)
+    keys = mosaic_code.astype(np.int64) * len(sizes) + size_code
+    order = np.argsort(keys, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(keys[order])) + 1)
+    rng = np.random.default_rng(seed)
     pairs = [np.zeros((0, 2), dtype=np.int64)]
-    keys = np.char.add(np.char.add(mosaic, "|"), size.astype(str))
-    for key in np.unique(keys):
-        rows = np.flatnonzero(keys == key)
+    for rows in groups:
         if len(rows) < 2:
             continue
         tree = cKDTree(pos[rows])
         local = tree.query_pairs(r=max_offset * size[rows[0]], p=np.inf, output_type="ndarray")
+        if max_pairs is not None:
+            quota = -(-2 * int(max_pairs) * len(rows) // len(keys))
+            if len(local) > quota:
+                local = local[rng.choice(len(local), quota, replace=False)]
         pairs.append(rows[local])
     out = np.concatenate(pairs).astype(np.int64)
     return np.sort(out, axis=1)

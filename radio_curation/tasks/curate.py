@@ -26,7 +26,14 @@ from radio_curation.curation.kmeans import (
     load_level,
     save_level,
 )
-from radio_curation.curation.loading import LoadedFeatures, load_features
+from radio_curation.curation.loading import (
+    LoadedFeatures,
+    available_memory,
+    check_memory,
+    clustering_memory,
+    load_features,
+    stored_dtype,
+)
 from radio_curation.curation.plots import plot_cluster_sizes, plot_objective, plot_sampling
 from radio_curation.curation.samplers import ClusteredPool, Compose, cluster_counts, share_of_largest
 from radio_curation.curation.sharded import Collective
@@ -167,6 +174,7 @@ def cluster(run: Run) -> None:
     if done:
         fit = load_conditioning(levels_dir / CONDITIONING_FILE)
     else:
+        _check_cluster_memory(run, features_run, conditioning, algo)
         with run.timer("read_features"):
             loaded = _read_shard(features_run, comm, bool(cfg.drop_nonfinite))
         cutout_id = (
@@ -186,6 +194,7 @@ def cluster(run: Run) -> None:
     run.info["conditioning"] = fit.describe()
     run.counts["points"] = len(cutout_id)
     run.info["backend"] = algo.backend.describe()
+    run.info["init"] = [algo.level_init(level) for level in range(1, algo.n_levels + 1)]
     run.info["max_points_per_centroid"] = algo.max_points_per_centroid
     started = time.perf_counter()
 
@@ -227,6 +236,49 @@ def cluster(run: Run) -> None:
     _log_plot(run, "objective.png", plot_objective, levels)
 
 
+def _check_cluster_memory(
+    run: Run, features_run: RunRecord, conditioning: FeatureConditioning, algo: HierarchicalKMeans
+) -> None:
+    """Stop before reading the features when the clustering cannot fit in memory, naming what would.
+
+    Under clustering/backend=distributed each rank holds its share of the rows (k-means++'s rows whole)."""
+    with FeatureFile(features_run.artifact("features.h5")) as source:
+        n, dim, dtype = source.n, source.dim, stored_dtype(source)
+    k, per_centroid = algo.n_clusters[0], algo.max_points_per_centroid
+    kmeanspp_rows = 0
+    if algo.level_init(1) == "kmeans++":
+        kmeanspp_rows = n if per_centroid is None else min(n, k * per_centroid)
+    n_rank = -(-n // algo.backend.comm.world_size)
+    parts = clustering_memory(
+        n_rank, dim, dtype, whiten_dim=conditioning.whiten_dim, kmeanspp_rows=kmeanspp_rows
+    )
+    run.info["memory_estimate_gb"] = round(parts["peak"] / 1e9, 6)
+    hints = []
+    if dtype != np.float16:
+        hints.append(_FLOAT16_HINT)
+    if kmeanspp_rows:
+        hints.append(
+            f"start level 1 from random rows (clustering.init=random, or init=auto with "
+            f"clustering.kmeanspp_max_k below {k})"
+        )
+        if per_centroid is None:
+            hints.append("or bound k-means++'s rows with clustering.max_points_per_centroid")
+    if conditioning.whiten_dim:
+        hints.append("lower conditioning.whiten_dim")
+    check_memory(parts, _memory_limit(run), f"clustering {n} x {dim} {dtype} features", [*hints, _LIMIT_HINT])
+
+
+_LIMIT_HINT = "or set memory_limit_gb if more memory is free than the host reports"
+_FLOAT16_HINT = "extract the features as float16 (extract.py features_dtype=float16 halves the matrix)"
+
+
+def _memory_limit(run: Run) -> int:
+    """Bytes the stage may use: ``memory_limit_gb``, or what the host reports available."""
+    if run.cfg.memory_limit_gb is None:
+        return available_memory()
+    return int(float(run.cfg.memory_limit_gb) * 1e9)
+
+
 def build_sampler(node: DictConfig) -> Compose:
     """The samplers of the ``sampler`` config node (``{name: sampler config}``), in order."""
     return Compose({str(name): instantiate(step) for name, step in node.items()})
@@ -241,6 +293,14 @@ def sample(run: Run) -> None:
 
     def features() -> np.ndarray:
         features_run = run.ancestor(clusters_run, "features")
+        with FeatureFile(features_run.artifact("features.h5")) as source:
+            dim, dtype = source.dim, stored_dtype(source)
+        projection = hierarchy.conditioning.projection
+        whiten_dim = None if projection is None else int(projection.shape[1])
+        parts = clustering_memory(hierarchy.n, dim, dtype, whiten_dim=whiten_dim, kmeanspp_rows=0)
+        hints = [_FLOAT16_HINT] if dtype != np.float16 else []
+        what = f"sampling from {hierarchy.n} x {dim} {dtype} features"
+        check_memory(parts, _memory_limit(run), what, [*hints, _LIMIT_HINT])
         with run.timer("read_features"):
             loaded = _read_features(features_run, drop_nonfinite=True, keep_ids=hierarchy.cutout_id)
         # The samplers measure distances in the clustering's space, where its centroids live.
@@ -289,6 +349,7 @@ CLUSTER = Stage(
         "clustering.backend.device",
         "clustering.backend.timeout_min",
         "clustering.backend.max_gather_gb",
+        "memory_limit_gb",
     ),
     resumable=(f"{LEVELS_DIR}/level_*.h5",),
     headline="metrics.levels.level_1.imbalance_factor",
@@ -304,7 +365,7 @@ SAMPLE = Stage(
     derive_parents={"clusters_id": CLUSTER},
     settings=("sampler", "target_size", "seed"),
     # Only checked against the clustering's own features run.
-    execution=("features_id",),
+    execution=("features_id", "memory_limit_gb"),
     check=_check_sample,
     headline="metrics.top_level_imbalance",
 )

@@ -133,16 +133,14 @@ def test_representation_of_a_model_on_a_dataset(compose, labelled_folder):
 
 
 def test_umap_of_a_labelled_dataset(compose, labelled_folder):
-    cfg = compose(
-        "evaluate",
-        [
-            "eval=umap",
-            "eval.n_neighbors=10",
-            "eval.backend=umap",
-            "eval.metric=euclidean",
-            *_folder(labelled_folder),
-        ],
-    )
+    cfg_overrides = [
+        "eval=umap",
+        "eval.n_neighbors=10",
+        "eval.backend=umap",
+        "eval.metric=euclidean",
+        *_folder(labelled_folder),
+    ]
+    cfg = compose("evaluate", cfg_overrides)
     result = evaluate.run(cfg)
     run_dir = Path(result["run_dir"])
     assert _metrics(result)["n_images"] == 60
@@ -151,6 +149,10 @@ def test_umap_of_a_labelled_dataset(compose, labelled_folder):
         assert sorted(set(f["colour/label"].asstr()[()])) == ["double", "point"]
     assert imread(run_dir / "umap_label.png").ndim == 3
     assert not (run_dir / "umap_mosaic.png").exists()
+    sampled = evaluate.run(compose("evaluate", [*cfg_overrides, "eval.max_points=40"]))
+    assert _metrics(sampled)["n_images"] == 40
+    with h5py.File(Path(sampled["run_dir"]) / "umap.h5") as f:
+        assert f["coords"].shape == (40, 2) and len(f["id"]) == len(f["colour/label"]) == 40
 
 
 @pytest.mark.parametrize(

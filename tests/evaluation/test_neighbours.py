@@ -44,6 +44,20 @@ def test_adjacent_pairs_never_cross_mosaics_or_sizes():
     assert (pairs[:, 0] < pairs[:, 1]).all()
 
 
+def test_adjacent_pairs_take_integer_mosaic_codes_and_sample_each_mosaic_to_its_share():
+    grids = [_grid(20, 20, mosaic=name) for name in ("A", "B", "C")]
+    mosaic_names, y0, x0, size = (np.concatenate(parts) for parts in zip(*grids, strict=True))
+    codes = np.repeat(np.array([7, 3, 5]), 400)  # integer mosaic columns (merged.h5) group the same way
+    every = adjacent_pairs(mosaic_names, y0, x0, size, max_offset=0.5)
+    assert len(every) == 3 * (2 * 19 * 20 + 2 * 19 * 19)
+    assert set(map(tuple, adjacent_pairs(codes, y0, x0, size, max_offset=0.5))) == set(map(tuple, every))
+    sampled = adjacent_pairs(codes, y0, x0, size, max_offset=0.5, max_pairs=300, seed=1)
+    assert len(sampled) == 3 * 200  # twice each mosaic's third of 300
+    assert set(map(tuple, sampled)) <= set(map(tuple, every))
+    assert np.bincount(codes[sampled[:, 0]]).tolist() == [0, 0, 0, 200, 0, 200, 0, 200]
+    np.testing.assert_array_equal(sampled, adjacent_pairs(codes, y0, x0, size, 0.5, max_pairs=300, seed=1))
+
+
 def test_random_pairs_are_distinct_rows():
     pairs = random_pairs(5, 1000, np.random.default_rng(0))
     assert (pairs[:, 0] != pairs[:, 1]).all()

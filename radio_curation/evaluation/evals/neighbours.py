@@ -59,7 +59,15 @@ class Neighbours(Evaluation):
     def evaluate(self, out: Outputs, inputs: Inputs) -> None:
         pool = WindowFeatures(inputs.store, inputs.run("features_id"))
         table = pool.table
-        pairs = adjacent_pairs(table["mosaic"], table["y0"], table["x0"], table["size"], self.max_offset)
+        pairs = adjacent_pairs(
+            table["mosaic"],
+            table["y0"],
+            table["x0"],
+            table["size"],
+            self.max_offset,
+            self.max_pairs,
+            self.seed,
+        )
         with out.timer("distance_test"):
             test = distance_test(pool.file, pairs, max_pairs=self.max_pairs, seed=self.seed)
         out.png(

@@ -33,6 +33,9 @@ class UmapMap(Evaluation):
         UMAP parameters.
     fit_sample
         Largest number of rows the map is fitted on.
+    max_points
+        Largest number of rows mapped (fitted or placed with ``transform``): a random choice of that many
+        when there are more; ``None``: all (``transform`` of 16 M rows takes hours on one thread).
     backend
         ``auto`` (cuML on a GPU when installed, else umap-learn), ``umap`` or ``cuml``.
     colour_by
@@ -61,6 +64,7 @@ class UmapMap(Evaluation):
         min_dist: float,
         metric: str,
         fit_sample: int,
+        max_points: int | None,
         backend: str,
         colour_by: list[str],
         level: int | None,
@@ -73,6 +77,7 @@ class UmapMap(Evaluation):
         self.min_dist = min_dist
         self.metric = metric
         self.fit_sample = fit_sample
+        self.max_points = None if max_points is None else int(max_points)
         self.backend = backend
         self.colour_by = list(colour_by)
         self.level = level
@@ -119,6 +124,14 @@ class UmapMap(Evaluation):
             info.update(images.model()[2], source="labelled dataset")
             ids = data.names
             colours["label"] = np.asarray(data.class_names)[data.labels]
+        if self.max_points is not None and len(ids) > self.max_points:
+            mapped = np.sort(
+                np.random.default_rng(self.seed).choice(len(ids), self.max_points, replace=False)
+            )
+            info["mapped"] = f"{self.max_points} of {len(ids)} rows (eval.max_points)"
+            source, ids = source.subset(mapped), np.asarray(ids)[mapped]
+            colours = {name: values[mapped] for name, values in colours.items()}
+            highlight = None if highlight is None else highlight[mapped]
         with out.timer("umap"):
             coords, map_info = umap_embedding(
                 source,

@@ -1,0 +1,452 @@
+"""Scale benchmark: each curation stage's time and peak memory at growing row counts, and their growth.
+
+Writes a synthetic ``features.h5`` (d = 384, float16 and float32, planted clusters with Zipf-distributed
+sizes) and a synthetic merged index laid over LoTSS DR2's geometry (841 pointings on a grid like DR2's, each
+mosaic with the size and WCS of a real DR2 header from ``--headers``), then runs every stage × size in a
+fresh subprocess with ``--threads`` threads under an address-space cap (``RLIMIT_AS``, ``--mem-cap-gb``) and
+a time cap (``--time-cap-s``); a stage that hits a cap is recorded as such (``cap=memory`` / ``cap=time``)
+instead of being left to swap.
+
+Stages (``--stages``; names end in the features' dtype where both are run)::
+
+    merge                     cross-mosaic deduplication of the merged index (KD-tree on the sphere)
+    checksum                  sha256 of features.h5
+    load_f16, load_f32        features.h5 into memory (kept in the stored dtype)
+    center_l2_f16/_f32        load + centring + L2 normalisation (conditioning=center_l2)
+    pca_whiten_f16            load + streamed PCA whitening to 64 dimensions (conditioning=pca_whiten)
+    lloyd_faiss, lloyd_torch  one Lloyd iteration at fixed k (FIXED_K), float16 points
+    lloyd_faiss_kn, lloyd_torch_kn   one Lloyd iteration at k = n / ROWS_PER_CLUSTER
+    init_kmeanspp             greedy k-means++ at k = INIT_K (its time per step extrapolates to larger k)
+    init_random               random rows at k = n / ROWS_PER_CLUSTER
+    hierarchical              the whole hierarchical k-means, DR2's [60000, 4000, 300] scaled to the rows
+    semdedup, prototypicality, balanced   the samplers on the planted clusters (largest cluster logged)
+    neighbours                adjacent window pairs of the merged index (evaluation/neighbours.py)
+
+Usage::
+
+    python benchmarks/bench_scale.py --quick                 # 25 k and 100 k rows (a few minutes)
+    python benchmarks/bench_scale.py --sizes 100000 1000000  # the development tiers
+    nice python benchmarks/bench_scale.py --sizes 10000000 --stages load_f16 center_l2_f16
+
+Prints per stage and size ``RESULT scale stage=<s> rows=<n> wall_s=<t> cpu_s=<t> peak_rss_gb=<m>
+data_gb=<m>`` (the stage's own wall and CPU seconds, excluding imports; the process's peak RSS; the bytes
+the stage must hold: the matrix as stored, or a block of it when it streams) and per stage ``RESULT growth
+stage=<s> alpha_time=<a> alpha_rss=<a> at_16M_gb=<m> at_100M_gb=<m>`` (log-log slopes of the wall time
+and of the memory the stage adds to the process between the two largest uncapped sizes; the peak RSS on
+the line through their peaks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DIM = 384
+#: k of the fixed-k Lloyd stages (k-means costs n·k: growth in n is measured at fixed k).
+FIXED_K = 256
+#: Rows per cluster of the k ∝ n stages (DR2: 16 M rows, 60,000 level-1 clusters, ~267 per cluster).
+ROWS_PER_CLUSTER = 267
+#: DR2's hierarchy [60000, 4000, 300] as rows per cluster at each level.
+HIERARCHY_ROWS_PER_CLUSTER = (267, 4000, 53333)
+INIT_K = 32
+N_MOSAICS = 841
+WINDOW, STRIDE = 128, 64
+#: Degrees between neighbouring pointings.
+SPACING = 1.7
+#: Planted clusters per row, and their Zipf exponent.
+ROWS_PER_PLANTED = 500
+ZIPF = 1.1
+DEFAULT_STAGES = (
+    "merge checksum load_f16 load_f32 center_l2_f16 center_l2_f32 pca_whiten_f16 lloyd_faiss lloyd_torch "
+    "lloyd_faiss_kn lloyd_torch_kn init_kmeanspp init_random hierarchical semdedup prototypicality balanced neighbours"
+).split()
+DEFAULT_HEADERS = ROOT.parent / "shared" / "data" / "lotss_dr2_headers"
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def planted_centres(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Centres (unit rows) and Zipf probabilities of the planted clusters of an ``n``-row file."""
+    rng = np.random.default_rng(seed)
+    k = max(8, n // ROWS_PER_PLANTED)
+    centres = rng.standard_normal((k, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    weights = 1.0 / np.arange(1, k + 1) ** ZIPF
+    return centres, weights / weights.sum()
+
+
+def write_features(path: Path, n: int, dtype: str, seed: int = 0, chunk: int = 65536) -> None:
+    """``features.h5`` of ``n`` rows (planted clusters, noise at 0.4 of the centre norm) and ``labels.npy``
+    beside it (each row's planted cluster), written chunk by chunk."""
+    centres, p = planted_centres(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    labels = np.empty(n, dtype=np.int32)
+    with h5py.File(path, "w") as f:
+        data = f.create_dataset("features", (n, DIM), dtype=dtype, chunks=(min(n, 1024), DIM))
+        f.create_dataset("cutout_id", data=np.arange(n, dtype=np.int64))
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            lab = rng.choice(len(p), size=m, p=p)
+            labels[start : start + m] = lab
+            noise = rng.standard_normal((m, DIM), dtype=np.float32) * (0.4 / math.sqrt(DIM))
+            data[start : start + m] = centres[lab] + noise
+    np.save(path.with_name("labels.npy"), labels)
+
+
+def dr2_grid() -> list[tuple[float, float]]:
+    """841 pointing centres (RA, Dec in degrees) on a grid like DR2's: 29 rows of constant Dec 1.7° apart
+    from +20°, each with 29 pointings 1.7° / cos(Dec) apart in RA (3.7°-wide mosaics overlap their
+    neighbours, as DR2's do)."""
+    side = math.isqrt(N_MOSAICS)
+    return [
+        ((i * SPACING / math.cos(math.radians(20 + SPACING * j))) % 360, 20 + SPACING * j)
+        for j in range(side)
+        for i in range(side)
+    ]
+
+
+def write_index_file(path: Path, n: int, headers: Path, seed: int = 0) -> None:
+    """A merged index of ``n`` windows spread evenly over 841 mosaics: each mosaic a real DR2 header's size
+    and WCS moved to its grid pointing, its windows a random subset of its 128-px, 50 %-overlap grid."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from radio_curation.cutouts.index import WindowIndex, write_index
+
+    files = sorted(headers.glob("*/mosaic-blanked.fits.hdr"))
+    if not files:
+        raise SystemExit(f"no DR2 headers (*/mosaic-blanked.fits.hdr) under {headers}; pass --headers")
+    base = [fits.Header.fromfile(f, sep="\n", endcard=False, padding=False) for f in files]
+    per = -(-n // N_MOSAICS)
+    rng = np.random.default_rng(seed)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("mosaic", "y0", "x0", "ra", "dec", "edge_distance")}
+    names, scales = [], []
+    for m, (ra, dec) in enumerate(dr2_grid()):
+        header = base[m % len(base)].copy()
+        header["CRVAL1"], header["CRVAL2"] = ra, dec
+        for key in ("LATPOLE", "LONPOLE"):
+            header.remove(key, ignore_missing=True)
+        size = int(header["NAXIS1"])
+        grid = np.arange(0, size - WINDOW + 1, STRIDE)
+        # A random subset of the mosaic's sliding-window grid (all of it at DR2's 16.5 M rows).
+        cells = np.sort(rng.choice(len(grid) ** 2, size=min(per, len(grid) ** 2), replace=False))
+        y0, x0 = grid[cells // len(grid)], grid[cells % len(grid)]
+        world = WCS(header).all_pix2world(x0 + WINDOW / 2, y0 + WINDOW / 2, 0)
+        cols["mosaic"].append(np.full(len(y0), m, dtype=np.int32))
+        cols["y0"].append(y0)
+        cols["x0"].append(x0)
+        cols["ra"].append(world[0])
+        cols["dec"].append(world[1])
+        cols["edge_distance"].append(np.minimum.reduce([y0, x0, size - WINDOW - y0, size - WINDOW - x0]))
+        names.append(f"M{m:03d}")
+        scales.append(abs(float(header["CDELT2"])) * 3600)
+    columns = {k: np.concatenate(v)[:n] for k, v in cols.items()}
+    columns["size"] = np.full(n, WINDOW, dtype=np.int32)
+    columns["rms"] = rng.lognormal(-9.0, 0.3, n).astype(np.float32)
+    columns["cutout_id"] = np.arange(n, dtype=np.int64)
+    mosaics = {"name": names, "path": [""] * N_MOSAICS, "mask_path": [""] * N_MOSAICS, "pixel_scale": scales}
+    write_index(path, WindowIndex(mosaics, columns, {"synthetic": "dr2 geometry"}))
+
+
+# --------------------------------------------------------------------------------------- one stage
+
+
+def _hierarchy(n: int, labels: np.ndarray, seed: int = 0):
+    """Two levels over the planted clusters: level 1 the planted clusters (centroids: their centres),
+    level 2 groups of 8 of them."""
+    from radio_curation.curation.clusters import Hierarchy
+    from radio_curation.curation.kmeans import ClusterLevel
+
+    centres, _ = planted_centres(n, seed)
+    k1 = len(centres)
+    k2 = -(-k1 // 8)
+    up = np.arange(k1) // 8
+    levels = []
+    for centroids, assignment in ((centres, labels.astype(np.int64)), (centres[::8].copy(), up)):
+        sizes = np.bincount(assignment, minlength=len(centroids)).astype(np.int64)
+        levels.append(
+            ClusterLevel(centroids, assignment, np.zeros(len(assignment), np.float32), sizes,
+                         np.zeros(1), np.zeros(1), len(assignment), 0.0)
+        )  # fmt: skip
+    levels[1].sizes = np.bincount(up, weights=levels[0].sizes, minlength=k2).astype(np.int64)
+    return Hierarchy(np.arange(n, dtype=np.int64), levels, "cosine")
+
+
+def _rss() -> int:
+    """This process's resident bytes now (``VmRSS``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise KeyError("VmRSS")
+
+
+def run_stage(stage: str, work: Path, n: int, threads: int) -> dict:
+    """Do ``stage`` on the ``n``-row files in ``work``; returns the bytes it must hold and details."""
+    import torch
+
+    from radio_curation.curation.backends import FaissBackend, TorchBackend
+    from radio_curation.curation.conditioning import FeatureConditioning
+    from radio_curation.curation.kmeans import HierarchicalKMeans, init_centroids
+    from radio_curation.curation.loading import load_features
+    from radio_curation.features.matrix import FeatureFile
+
+    torch.set_num_threads(threads)
+    dtype = "float32" if stage.endswith("_f32") else "float16"
+    path = work / dtype / "features.h5"
+    itemsize = np.dtype(dtype).itemsize
+    matrix = n * DIM * itemsize
+
+    def load() -> np.ndarray:
+        with FeatureFile(path) as source:
+            return load_features(source).x
+
+    def conditioned(whiten_dim: int | None = None) -> np.ndarray:
+        x = load()
+        fit = FeatureConditioning(whiten_dim=whiten_dim).fit(x)
+        return fit.transform(x, inplace=True)
+
+    faiss = FaissBackend("cpu", threads=threads)
+    base_rss = _rss()
+    start = time.perf_counter(), time.process_time()
+    details: dict = {}
+    if stage == "merge":
+        from radio_curation.cutouts.index import read_index
+        from radio_curation.cutouts.merge import cross_mosaic_duplicates
+
+        index = read_index(work / "merged.h5")
+        start = time.perf_counter(), time.process_time()
+        removed = cross_mosaic_duplicates(index, np.arange(n), 0.75, "lowest_rms")
+        details["removed"] = len(removed)
+        data = sum(v.nbytes for v in index.columns.values())
+    elif stage == "checksum":
+        from radio_curation.runs.manifest import sha256sum
+
+        sha256sum(path)
+        data = 1 << 22
+    elif stage.startswith("load"):
+        load()
+        data = matrix
+    elif stage.startswith("center_l2"):
+        conditioned()
+        data = matrix
+    elif stage.startswith("pca_whiten"):
+        conditioned(64)
+        data = matrix + n * 64 * itemsize
+    elif stage.startswith("lloyd") or stage.startswith("init") or stage == "hierarchical":
+        x = conditioned()
+        start = time.perf_counter(), time.process_time()
+        data = matrix + n * 12
+        k = FIXED_K if stage in ("lloyd_faiss", "lloyd_torch") else max(2, n // ROWS_PER_CLUSTER)
+        if stage.startswith("lloyd"):
+            backend = TorchBackend("cpu") if "torch" in stage else faiss
+            centroids = init_centroids(x, k, "random", 0)
+            backend.fit(x, centroids, 1, spherical=True)
+            details["k"] = k
+        elif stage == "init_kmeanspp":
+            init_centroids(x, INIT_K, "kmeans++", 0)
+            details["k"] = INIT_K
+            data = matrix + n * DIM * 4 + n * 12  # and k-means++'s float32 copy
+        elif stage == "init_random":
+            init_centroids(x, k, "random", 0)
+            details["k"] = k
+        else:
+            ks = [max(2, n // r) for r in HIERARCHY_ROWS_PER_CLUSTER]
+            algo = HierarchicalKMeans(
+                n_clusters=ks, n_resampling_steps=[1, 10, 10], sample_size=[1, 7, 6], n_iters=5,
+                init="auto", metric="cosine", max_points_per_centroid=256, backend=faiss,
+            )  # fmt: skip
+            algo.fit(x, seed=0)
+            details["n_clusters"] = ks
+    elif stage in ("semdedup", "prototypicality", "balanced"):
+        from radio_curation.curation.samplers import (
+            BalancedSampler,
+            ClusteredPool,
+            Compose,
+            PrototypicalitySampler,
+            SemDedupSampler,
+        )
+
+        labels = np.load(work / "float16" / "labels.npy")
+        hierarchy = _hierarchy(n, labels)
+        details["largest_cluster"] = int(hierarchy.levels[0].sizes.max())
+        pool = ClusteredPool(hierarchy, load)
+        sampler = {
+            "semdedup": SemDedupSampler(eps=0.05, max_cluster_size=65536),
+            "prototypicality": PrototypicalitySampler(),
+            "balanced": BalancedSampler(),
+        }[stage]
+        Compose([sampler])(pool, n // 4, 0)
+        data = n * 8 * len(hierarchy.levels) if stage == "balanced" else matrix  # balanced: cluster paths
+    elif stage == "neighbours":
+        from radio_curation.cutouts.index import read_index
+        from radio_curation.evaluation.neighbours import adjacent_pairs
+
+        col = read_index(work / "merged.h5").columns
+        start = time.perf_counter(), time.process_time()
+        details["pairs"] = len(adjacent_pairs(col["mosaic"], col["y0"], col["x0"], col["size"], 0.5))
+        data = sum(col[c].nbytes for c in ("mosaic", "y0", "x0", "size"))
+    else:
+        raise SystemExit(f"unknown stage {stage!r}; stages: {' '.join(DEFAULT_STAGES)}")
+    return {
+        "wall_s": time.perf_counter() - start[0],
+        "cpu_s": time.process_time() - start[1],
+        "data_gb": data / 1e9,
+        "base_rss_gb": base_rss / 1e9,
+        **details,
+    }
+
+
+def child(args: argparse.Namespace) -> None:
+    """The subprocess side: one stage, then one JSON line with its figures."""
+    result = run_stage(args.child, Path(args.work), args.rows, args.threads)
+    print(json.dumps(result), flush=True)
+
+
+# ------------------------------------------------------------------------------------------ parent
+
+
+def _limit(mem_cap_gb: float):
+    cap = int(mem_cap_gb * 1e9)
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        os.setsid()
+
+    return apply
+
+
+def measure(stage: str, work: Path, n: int, args: argparse.Namespace) -> dict:
+    """Run one stage in a fresh subprocess under the caps; its figures, or which cap it hit."""
+    threads = str(args.threads)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "OPENBLAS_NUM_THREADS": threads,
+    }
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    command = [sys.executable, __file__, "--child", stage, "--work", str(work), "--rows", str(n)]
+    command += ["--threads", threads]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, preexec_fn=_limit(args.mem_cap_gb))
+        deadline = time.monotonic() + args.time_cap_s
+        timed_out = False
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                timed_out = True
+            time.sleep(0.2)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        lines = out.read().strip().splitlines()
+        tail = err.read()[-2000:]
+    figures = {"peak_rss_gb": usage.ru_maxrss * 1024 / 1e9}
+    if proc.returncode == 0 and lines:
+        return {**figures, **json.loads(lines[-1])}
+    out_of_memory = any(s in tail for s in ("MemoryError", "bad_alloc", "Cannot allocate memory"))
+    cap = "time" if timed_out else "memory" if out_of_memory else None
+    if cap is None:
+        print(tail, file=sys.stderr)
+        cap = f"error{proc.returncode}"
+    return {**figures, "cap": cap, "wall_s": float("nan"), "cpu_s": usage.ru_utime + usage.ru_stime}
+
+
+def growth(rows: list[int], figures: list[dict]) -> dict[str, float]:
+    """Growth between the two largest uncapped sizes: log-log slopes of the wall time and of the memory the
+    stage added to the process (peak RSS less the RSS after the imports), and the peak RSS at 16 M and
+    100 M rows on the line through the two sizes' peaks."""
+    done = [(n, f) for n, f in zip(rows, figures, strict=True) if "cap" not in f]
+    if len(done) < 2:
+        return dict.fromkeys(("alpha_time", "alpha_rss", "at_16M_gb", "at_100M_gb"), float("nan"))
+    (n1, a), (n2, b) = done[-2], done[-1]
+    scale = math.log(n2 / n1)
+    added = [max(f["peak_rss_gb"] - f["base_rss_gb"], 1e-4) for f in (a, b)]
+    per_row = max(b["peak_rss_gb"] - a["peak_rss_gb"], 0.0) / (n2 - n1)
+    return {
+        "alpha_time": math.log(max(b["wall_s"], 1e-2) / max(a["wall_s"], 1e-2)) / scale,
+        "alpha_rss": math.log(added[1] / added[0]) / scale,
+        "at_16M_gb": b["peak_rss_gb"] + per_row * (16e6 - n2),
+        "at_100M_gb": b["peak_rss_gb"] + per_row * (100e6 - n2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--quick", action="store_true", help="25 k and 100 k rows")
+    parser.add_argument("--stages", nargs="+", default=DEFAULT_STAGES)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--mem-cap-gb", type=float, default=20.0)
+    parser.add_argument("--time-cap-s", type=float, default=1800.0)
+    parser.add_argument("--headers", type=Path, default=DEFAULT_HEADERS, help="DR2 headers (one folder each)")
+    parser.add_argument("--scratch", type=Path, default=None, help="where the synthetic files go (deleted)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    sizes = [25_000, 100_000] if args.quick else sorted(args.sizes)
+    scratch = Path(tempfile.mkdtemp(prefix="bench_scale_", dir=args.scratch))
+    results: dict[str, list[dict]] = {stage: [] for stage in args.stages}
+    try:
+        for n in sizes:
+            work = scratch / str(n)
+            dtypes = {"float32" if s.endswith("_f32") else "float16" for s in args.stages}
+            for dtype in sorted(dtypes):
+                (work / dtype).mkdir(parents=True)
+                write_features(work / dtype / "features.h5", n, dtype)
+            if {"merge", "neighbours"} & set(args.stages):
+                write_index_file(work / "merged.h5", n, args.headers)
+            for stage in args.stages:
+                f = measure(stage, work, n, args)
+                results[stage].append(f)
+                extra = {
+                    k: v
+                    for k, v in f.items()
+                    if k not in ("wall_s", "cpu_s", "peak_rss_gb", "data_gb", "cap")
+                }
+                print(
+                    f"RESULT scale stage={stage} rows={n} wall_s={f['wall_s']:.2f} cpu_s={f['cpu_s']:.2f} "
+                    f"peak_rss_gb={f['peak_rss_gb']:.3f} data_gb={f.get('data_gb', float('nan')):.3f}"
+                    + (f" cap={f['cap']}" if "cap" in f else ""),
+                    flush=True,
+                )
+                if extra:
+                    print(f"# {stage} rows={n} {json.dumps(extra)}", flush=True)
+            shutil.rmtree(work)
+        for stage, figures in results.items():
+            g = growth(sizes, figures)
+            print(
+                f"RESULT growth stage={stage} alpha_time={g['alpha_time']:.2f} alpha_rss={g['alpha_rss']:.2f} "
+                f"at_16M_gb={g['at_16M_gb']:.2f} at_100M_gb={g['at_100M_gb']:.2f}",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
