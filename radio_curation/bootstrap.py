@@ -44,6 +44,7 @@ from radio_curation.evaluation.truth_probe import (
     grouped_knn_recall,
 )
 from radio_curation.features.matrix import FeatureFile, positions
+from radio_curation.runs.stage import resolve_inputs
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import curate as curate_task
 from radio_curation.tasks import cutouts as cutouts_task
@@ -51,7 +52,6 @@ from radio_curation.tasks import evaluate as evaluate_task
 from radio_curation.tasks import features as features_task
 from radio_curation.tasks import merge as merge_task
 from radio_curation.tasks import train as train_task
-from radio_curation.tasks.stage import resolve_inputs
 
 log = logging.getLogger(__name__)
 

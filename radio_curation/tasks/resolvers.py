@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from radio_curation.tasks.stage import expected_run_dir
+from radio_curation.runs.stage import expected_run_dir
 
 
 def run_dir(*, _root_: DictConfig) -> str:

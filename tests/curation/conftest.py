@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from radio_curation.tasks.stage import Run, Stage, run_stage
+from radio_curation.runs.stage import Run, Stage, run_stage
 
 
 def write_features_run(runs_dir: Path, x: np.ndarray, ids: np.ndarray | None = None, tag: str = "x") -> str:

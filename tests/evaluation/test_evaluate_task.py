@@ -17,8 +17,8 @@ from scipy.spatial.distance import pdist
 
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.embed import embed_images
+from radio_curation.runs.stage import resolve_inputs
 from radio_curation.tasks import evaluate
-from radio_curation.tasks.stage import resolve_inputs
 
 MODEL = ["backbone=resnet18", "normalization=minmax", "resize=32", "batch_size=16", "device=cpu"]
 
@@ -193,7 +193,7 @@ def _train_run(runs_dir: Path, global_size: int) -> str:
 
     from radio_curation.backbones.export import save_backbone
     from radio_curation.backbones.factory import timm_backbone
-    from radio_curation.tasks.stage import Stage, run_stage
+    from radio_curation.runs.stage import Stage, run_stage
 
     cfg = OmegaConf.create(
         {

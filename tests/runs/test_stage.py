@@ -12,8 +12,8 @@ from omegaconf.errors import ConfigAttributeError, ReadonlyConfigError
 from radio_curation.cli import main
 from radio_curation.errors import RadioCurationError
 from radio_curation.runs.manifest import read_manifest, write_manifest
+from radio_curation.runs.stage import Stage, expected_run_dir, run_stage
 from radio_curation.runs.store import RunStore
-from radio_curation.tasks.stage import Stage, expected_run_dir, run_stage
 from tests.runs.toy import TOY, toy_cfg, toy_run, write_numbers
 
 

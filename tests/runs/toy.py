@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from radio_curation.tasks.stage import Run, Stage, run_stage
+from radio_curation.runs.stage import Run, Stage, run_stage
 
 
 def toy_cfg(runs_dir: Path, force: bool = False, source_id: str | None = None, **params: Any) -> DictConfig:
