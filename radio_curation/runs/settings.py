@@ -130,16 +130,16 @@ def _adapter(declared: Any) -> Any:
     return TypeAdapter(declared, config=ConfigDict(arbitrary_types_allowed=True))
 
 
-def _admits(declared: Any, kind: type) -> bool:
-    """Whether ``declared`` takes values of ``kind`` as they are (bool is not an integer here)."""
+def _takes_bool(declared: Any) -> bool:
+    """Whether ``declared`` takes true and false (an integer or a number does not, here)."""
     origin = get_origin(declared)
     if origin is typing.Annotated:
-        return _admits(get_args(declared)[0], kind)
+        return _takes_bool(get_args(declared)[0])
     if origin in (Union, types.UnionType):
-        return any(_admits(a, kind) for a in get_args(declared))
+        return any(_takes_bool(a) for a in get_args(declared))
     if origin is Literal:
-        return any(isinstance(a, kind) for a in get_args(declared))
-    return declared is Any or (isinstance(declared, type) and issubclass(kind, declared))
+        return any(isinstance(a, bool) for a in get_args(declared))
+    return declared is Any or declared is bool or declared is object
 
 
 def _plain(checked: Any, given: Any) -> Any:
@@ -165,7 +165,7 @@ def check_value(key: str, value: Any, declared: Any) -> Any:
 
     if declared is UNTYPED or declared is Built:
         return value
-    if isinstance(value, bool) and not _admits(declared, bool):
+    if isinstance(value, bool) and not _takes_bool(declared):
         raise SettingError(_message(key, value, declared))
     try:
         checked = _adapter(declared).validate_python(value)
@@ -211,7 +211,7 @@ def describe(declared: Any) -> str:
     """What ``declared`` accepts, in words: ``an integer ≥ 2``, ``one of fail, skip``, ``null or ...``."""
     origin, args = get_origin(declared), get_args(declared)
     if origin is typing.Annotated:
-        limits = [b for meta in args[1:] if isinstance(meta, at.BaseMetadata) for b in _bounds(meta)]
+        limits = [b for meta in args[1:] for b in _bounds(meta)]
         return " ".join([describe(args[0]), " and ".join(limits)]).strip()
     if origin in (Union, types.UnionType):
         literals = [a for a in args if get_origin(a) is Literal]
@@ -244,7 +244,8 @@ def check_settings(values: dict[str, Any], declared: Mapping[str, Any]) -> dict[
         The first value of the wrong type or out of range.
     """
     checked = json.loads(json.dumps(values))
-    for top, kind in declared.items():
+    # Keys of their own first: a node interpolating one (``eval.seed: ${seed}``) reports it as set.
+    for top, kind in sorted(declared.items(), key=lambda item: item[1] is Built):
         parent, name = _locate(checked, top)
         if parent is None:
             continue
