@@ -35,7 +35,7 @@ def write_features_run(runs_dir: Path, x: np.ndarray, ids: np.ndarray | None = N
             )
         run.counts["features"] = len(x)
 
-    stage = Stage(name="features", work=work, settings=("data",), headline="counts.features")
+    stage = Stage(name="features", work=work, settings={"data": dict}, headline="counts.features")
     return run_stage(cfg, stage)["run_id"]
 
 

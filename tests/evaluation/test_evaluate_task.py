@@ -214,7 +214,7 @@ def _train_run(runs_dir: Path, global_size: int) -> str:
         with run.artifact("backbone.pt") as tmp:
             save_backbone(timm_backbone("test_vit", in_chans=1, input_size=32), {"name": "test_vit"}, tmp)
 
-    stage = Stage(name="train", work=work, settings=("augmentation",), headline="counts.images")
+    stage = Stage(name="train", work=work, settings={"augmentation": dict}, headline="counts.images")
     return run_stage(cfg, stage)["run_id"]
 
 
