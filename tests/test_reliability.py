@@ -151,8 +151,8 @@ def test_duplicate_cutouts_ids_are_merged_once_with_a_warning(tmp_path):
             "unknown config key 'trainer.max_epoch' (did you mean trainer.max_epochs",
         ),
         (["extract.py", "backbone=resnet19"], "backbone=resnet19 is not an option (did you mean resnet18"),
-        (["extract.py", "stage=features", "precision=banana"], "precision=banana is not a precision"),
-        (["train.py", "source_id=merge-0", "trainer.precision=banana"], "trainer.precision=banana is not a"),
+        (["extract.py", "stage=features", "precision=banana"], "precision=banana: expected one of"),
+        (["train.py", "source_id=merge-0", "trainer.precision=banana"], "trainer.precision=banana: expected"),
         (["extract.py", "cutouts=catalog", "cutouts.catalog=/no/such.csv"], "cutouts.catalog=/no/such.csv"),
     ],
 )
