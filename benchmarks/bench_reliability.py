@@ -3,8 +3,8 @@
 A tiny pipeline (synthetic sky → cutouts → merge → features → curate → train) is built once in a baseline
 store. Then:
 
-- every bad input (bad settings, wrong or missing IDs, broken files, damaged stores, a read-only store,
-  Hydra config mistakes) runs as its own command; each must exit 2 with one ``error:`` line and no
+- every bad input (bad settings, values of the wrong type, wrong or missing IDs, broken files, damaged
+  stores, a read-only store, Hydra config mistakes) runs as its own command; each must exit 2 with one ``error:`` line and no
   traceback, and leave no new run directory;
 - every kill trial copies the parents of one stage into a fresh store, starts the stage, kills it with
   SIGKILL when a chosen point is reached (a file of its partial work appears), runs the same command again
@@ -410,6 +410,18 @@ def bad_inputs(base: Store, p: Pipeline, files: dict[str, Path], damaged: dict[s
         ("train unknown ssl", ["train.py", *TRAIN, "ssl=no_such"]),
         ("evaluate unknown model", ["evaluate.py", "eval=linear_probe", "model_id=train-0000000000"]),
         ("evaluate unknown eval", ["evaluate.py", "eval=no_such"]),
+        # Values of the wrong type (issue 26): each is refused before a run is claimed.
+        ("cutouts window_size=abc", ["extract.py", "stage=cutouts", *SKY, "cutouts.window_size=abc"]),
+        ("cutouts overlap=half", ["extract.py", "stage=cutouts", *SKY, "cutouts.overlap=half"]),
+        ("survey mosaics=two", ["extract.py", "stage=cutouts", *SKY, "survey.mosaics=two"]),
+        ("merge dedup=maybe", ["extract.py", "stage=merge", f"cutouts_ids=[{c}]", "merge.dedup=maybe"]),
+        ("features seed=x", ["extract.py", "stage=features", *FEATURES, f"source_id={m}", "seed=x"]),
+        ("features resize=big", ["extract.py", "stage=features", *FEATURES, f"source_id={m}", "resize=big"]),
+        ("curate target_size=abc", ["curate.py", *CURATE, f"features_id={f}", "target_size=abc"]),
+        ("curate n_iters=[1]", ["curate.py", *CURATE, f"features_id={f}", "clustering.n_iters=[1]"]),
+        ("train max_epochs=many", ["train.py", *TRAIN, f"subsample_id={s}", "trainer.max_epochs=many"]),
+        ("train ssl lr=fast", ["train.py", *TRAIN, f"subsample_id={s}", "ssl.optimizer.lr=fast"]),
+        ("evaluate k=ten", ["evaluate.py", "eval=knn", f"features_id={f}", "eval.k=ten"]),
     ]
     runs = [(name, base, command) for name, command in cases]
     runs += [

@@ -44,6 +44,7 @@ from radio_curation.evaluation.truth_probe import (
     grouped_knn_recall,
 )
 from radio_curation.features.matrix import FeatureFile, positions
+from radio_curation.runs.stage import resolve_inputs
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import curate as curate_task
 from radio_curation.tasks import cutouts as cutouts_task
@@ -51,7 +52,6 @@ from radio_curation.tasks import evaluate as evaluate_task
 from radio_curation.tasks import features as features_task
 from radio_curation.tasks import merge as merge_task
 from radio_curation.tasks import train as train_task
-from radio_curation.tasks.stage import resolve_inputs
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ class BootstrapLoop:
 
     def truth(self, merge: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cutout IDs of the merge run's windows, their truth class and the source that labels them."""
-        store = RunStore(self.cfg("extract").paths.runs_dir)
+        store = RunStore.of(self.cfg("extract"))
         merged = store.resolve(merge, stage="merge").artifact("merged.h5")
         ids = np.asarray(WindowReader(merged).cutout_ids, dtype=np.int64)
         table = window_table(merged, ids)
@@ -247,7 +247,7 @@ class BootstrapLoop:
 
     def measure(self, runs: BootstrapRuns, mirabest: Path | None = None) -> Measurement:
         """Score the loop's runs (see the module docstring); ``mirabest`` adds the MiraBest probe."""
-        store = RunStore(self.cfg("extract").paths.runs_dir)
+        store = RunStore.of(self.cfg("extract"))
         empty = str(self.cfg("evaluate").catalogue.empty_label)
         ids, labels, groups = self.truth(runs.merge)
         labelled = labels != empty

@@ -61,10 +61,11 @@ def instantiate_user(node: Any) -> Any:
 
 
 def _user_cause(err: BaseException) -> RadioCurationError | None:
-    """The :class:`RadioCurationError` ``err`` is or wraps (Hydra wraps errors of the objects it builds)."""
+    """The :class:`RadioCurationError` ``err`` is or wraps (Hydra wraps errors of the objects it builds;
+    OmegaConf those of a resolver, as the exception it was handling)."""
     cause: BaseException | None = err
     while cause is not None and not isinstance(cause, RadioCurationError):
-        cause = cause.__cause__
+        cause = cause.__cause__ or (cause.__context__ if isinstance(cause, OmegaConfBaseException) else None)
     return cause
 
 
@@ -91,13 +92,13 @@ def _remove_unstarted_run_dir() -> None:
 
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Turn a :class:`RadioCurationError` (also one Hydra wrapped while building an object) into one
-    message on stderr and exit status 2."""
+    """Turn a :class:`RadioCurationError` (also one Hydra or OmegaConf wrapped while building an object or
+    resolving an interpolation) into one message on stderr and exit status 2."""
     global _task_started
     _task_started = True
     try:
         yield
-    except (RadioCurationError, InstantiationException) as err:
+    except (RadioCurationError, InstantiationException, OmegaConfBaseException) as err:
         cause = _user_cause(err)
         if cause is None:
             raise
@@ -110,8 +111,9 @@ def exit_on_user_error() -> Iterator[None]:
 _task_started = False
 
 
-def _close_matches(word: str, options: list[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(word, options, n=3, cutoff=0.6)
+def close_matches(word: str, options: list[str], prefix: str = "", n: int = 3, cutoff: float = 0.6) -> str:
+    """`` (did you mean A or B?)`` with the ``options`` closest to ``word`` (difflib), or ``""``."""
+    close = difflib.get_close_matches(word, options, n=n, cutoff=cutoff)
     return f" (did you mean {' or '.join(prefix + c for c in close)}?)" if close else ""
 
 
@@ -126,7 +128,7 @@ def config_error_line(err: BaseException) -> str | None:
         if not group or not options:
             return str(err).splitlines()[0]
         return (
-            f"{group}={option} is not an option{_close_matches(option, options)}; available options for "
+            f"{group}={option} is not an option{close_matches(option, options)}; available options for "
             f"{group}: {', '.join(options)}"
         )
     cause = err.__cause__
@@ -136,7 +138,7 @@ def config_error_line(err: BaseException) -> str | None:
         key = str(getattr(cause, "full_key", None) or cause.key)
         parent = getattr(cause, "parent_node", None)
         prefix = key[: -len(str(cause.key))]
-        close = _close_matches(str(cause.key), [str(k) for k in parent], prefix) if parent is not None else ""
+        close = close_matches(str(cause.key), [str(k) for k in parent], prefix) if parent is not None else ""
         return f"unknown config key '{key}'{close}; to add a new key, prefix it with +: +{key}=..."
     if isinstance(err, ConfigCompositionException | OverrideParseException | OmegaConfBaseException):
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]

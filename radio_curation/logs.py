@@ -1,6 +1,6 @@
 """What a stage's log leaves out: third-party notices, silenced at their source, in this one place.
 
-A stage's log tells what the stage read, did and wrote, and how long it took (:mod:`radio_curation.tasks.stage`
+A stage's log tells what the stage read, did and wrote, and how long it took (:mod:`radio_curation.runs.stage`
 writes the opening and closing lines of every run). Libraries that announce themselves at INFO would open it
 with lines that read like errors; their loggers are set to WARNING here, so their warnings and errors still
 show. A level set before (``hydra.verbose=[faiss.loader]`` sets DEBUG) is kept.

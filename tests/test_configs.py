@@ -125,8 +125,8 @@ def test_mistyped_key_is_an_error(root):
 
 def _stages(root: str, cfg: DictConfig) -> list:
     """The stages a root config runs: those of every ``stage`` option for extract.py."""
+    from radio_curation.runs.stage import stage_of
     from radio_curation.tasks import curate, cutouts, features, merge
-    from radio_curation.tasks.stage import stage_of
 
     return {
         "extract": [cutouts.CUTOUTS, merge.MERGE, features.FEATURES_STAGE],

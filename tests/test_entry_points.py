@@ -24,13 +24,25 @@ def test_entry_point_is_thin(name):
     assert f"from radio_curation.tasks import {name} as task" in source
 
 
+# Libraries only a running stage needs: --help and --cfg job must answer without importing them.
+HEAVY = ("torch", "faiss", "pytorch_lightning", "lightning_fabric", "timm", "h5py", "astropy", "pydantic")
+# Runs an entry point as __main__ and prints the heavy modules it imported, on stderr, as its last line.
+LOADED = (
+    "import runpy, sys; sys.argv = sys.argv[1:]\n"
+    "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    f"finally:\n    print(sorted(m for m in {HEAVY} if m in sys.modules), file=sys.stderr)"
+)
+
+
 @pytest.mark.parametrize("name", ENTRY_POINTS)
 def test_help_and_cfg_job(name, tmp_path):
-    helped = _run(f"{name}.py", "--help")
+    helped = _run("-c", LOADED, f"{name}.py", "--help")
     assert helped.returncode == 0, helped.stderr
     assert "== Configuration groups ==" in helped.stdout and "logger:" in helped.stdout
-    shown = _run(f"{name}.py", "--cfg", "job", f"paths.runs_dir={tmp_path}")
+    assert helped.stderr.strip().splitlines()[-1] == "[]", helped.stderr
+    shown = _run("-c", LOADED, f"{name}.py", "--cfg", "job", f"paths.runs_dir={tmp_path}")
     assert shown.returncode == 0, shown.stderr
+    assert shown.stderr.strip().splitlines()[-1] == "[]", shown.stderr
     cfg = yaml.safe_load(shown.stdout)
     assert cfg["paths"]["runs_dir"] == str(tmp_path) and "hydra" not in cfg
 

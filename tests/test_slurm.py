@@ -165,7 +165,7 @@ def test_a_failing_job_reports_its_one_line_error_in_the_launching_terminal(
     assert errors == [
         "error: job #0 (stage=cutouts survey.mosaics=2 survey.size=256 cutouts.window_size=32 "
         f"survey.on_error=ignore paths.runs_dir={runs_dir} paths.data_dir={data_dir} logger=csv): "
-        "survey.on_error='ignore'; use one of fail, skip."
+        "survey.on_error=ignore: expected one of fail, skip (did you mean skip?)"
     ]
     assert "Traceback" not in done.stderr
     # Without SLURM accounting the launcher says once that it follows jobs with squeue; sacct's own

@@ -383,7 +383,7 @@ def solo_learn_backbone(
 
 
 def run_backbone(
-    model_id: str, runs_dir: str, module_name: str | None = None, pooling: str | None = None
+    model_id: str | None, runs_dir: str, module_name: str | None = None, pooling: str | None = None
 ) -> FeatureExtractor:
     """The backbone exported by a ``train.py`` run (its ``backbone.pt``), found in the run store.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from radio_curation.curation.backends import FaissBackend, KMeansBackend, TorchB
 from radio_curation.curation.sharded import LOCAL, Collective, TorchCollective
 from radio_curation.distributed import in_srun_task
 from radio_curation.errors import RadioCurationError
+from radio_curation.runs.settings import PositiveFloat
 
 
 def launch_environment() -> ClusterEnvironment | None:
@@ -63,14 +64,17 @@ class DistributedBackend(KMeansBackend):
 
     name = "distributed"
 
-    def __init__(self, device: str = "auto", timeout_min: float = 30.0, max_gather_gb: float = 4.0) -> None:
+    def __init__(
+        self,
+        device: Literal["auto", "cpu", "cuda"] = "auto",
+        timeout_min: PositiveFloat = 30.0,
+        max_gather_gb: PositiveFloat = 4.0,
+    ) -> None:
         self.environment = launch_environment()
         self.world_size = self.environment.world_size() if self.environment else 1
         local_rank = self.environment.local_rank() if self.environment else 0
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device not in ("cpu", "cuda"):
-            raise RadioCurationError(f"clustering.backend.device={device!r}: use auto, cpu or cuda")
         if device == "cuda":
             if not torch.cuda.is_available():
                 raise RadioCurationError("clustering.backend.device=cuda but torch sees no CUDA device")

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import h5py
 import numpy as np
@@ -30,12 +30,12 @@ from radio_curation.curation.sharded import (
 )
 from radio_curation.errors import RadioCurationError
 from radio_curation.progress import progress
+from radio_curation.runs.settings import NonNegativeInt, PositiveInt
 
 log = logging.getLogger(__name__)
 
-INITS = ("kmeans++", "random", "auto")
-METRICS = ("l2", "cosine")
-SAMPLING_STRATEGIES = ("closest", "random")
+Init = Literal["kmeans++", "random", "auto"]
+INITS = get_args(Init)
 
 
 def derive_seed(seed: int, *parts: int) -> int:
@@ -286,15 +286,15 @@ class HierarchicalKMeans:
         A :class:`~radio_curation.curation.backends.KMeansBackend`.
     """
 
-    n_clusters: Sequence[int]
-    n_resampling_steps: Sequence[int] | int = 0
-    sample_size: Sequence[int | None] | int | None = None
-    sampling_strategy: str = "closest"
-    n_iters: int = 20
-    init: Sequence[str] | str = "kmeans++"
-    metric: str = "l2"
-    max_points_per_centroid: int | None = None
-    kmeanspp_max_k: int = 4096
+    n_clusters: Sequence[PositiveInt]
+    n_resampling_steps: Sequence[NonNegativeInt] | NonNegativeInt = 0
+    sample_size: Sequence[PositiveInt | None] | PositiveInt | None = None
+    sampling_strategy: Literal["closest", "random"] = "closest"
+    n_iters: PositiveInt = 20
+    init: Sequence[Init] | Init = "kmeans++"
+    metric: Literal["l2", "cosine"] = "l2"
+    max_points_per_centroid: PositiveInt | None = None
+    kmeanspp_max_k: PositiveInt = 4096
     backend: KMeansBackend = field(default_factory=lambda: FaissBackend("cpu"))
 
     def __post_init__(self) -> None:
@@ -310,17 +310,6 @@ class HierarchicalKMeans:
                 f"clustering.n_clusters={self.n_clusters}: each level clusters the previous level's "
                 "centroids, so the numbers must not increase"
             )
-        for name, value, allowed in (
-            ("sampling_strategy", self.sampling_strategy, SAMPLING_STRATEGIES),
-            ("metric", self.metric, METRICS),
-            *(("init", i, INITS) for i in self.init),
-        ):
-            if value not in allowed:
-                raise RadioCurationError(f"clustering.{name}={value!r}: use one of {', '.join(allowed)}")
-        if any(s is not None and s < 1 for s in self.sample_size) or any(
-            r < 0 for r in self.n_resampling_steps
-        ):
-            raise RadioCurationError("clustering.sample_size must be >= 1 and n_resampling_steps >= 0")
 
     def _per_level(
         self, value: Any, name: str, cast: Callable[[Any], Any], derived: bool = False

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from annotated_types import Interval
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -22,6 +23,7 @@ from radio_curation.curation.clusters import Hierarchy
 from radio_curation.curation.kmeans import derive_seed, select_per_cluster
 from radio_curation.errors import RadioCurationError
 from radio_curation.progress import progress
+from radio_curation.runs.settings import PositiveInt
 from radio_curation.suppression import greedy_keep
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,6 @@ log = logging.getLogger(__name__)
 SIMILARITY_BLOCK = 1 << 24
 #: Edges gathered before semdedup settles them (components: compressed to one star per component).
 EDGE_BUDGET = 1 << 22
-SEMDEDUP_RULES = ("priority", "components")
 
 
 @dataclass
@@ -202,9 +203,7 @@ class BalancedSampler(Sampler):
 
     name = "balanced"
 
-    def __init__(self, strategy: str = "r") -> None:
-        if strategy not in ("r", "c"):
-            raise RadioCurationError(f"sampler balanced strategy={strategy!r}: use r (random) or c (closest)")
+    def __init__(self, strategy: Literal["r", "c"] = "r") -> None:
         self.strategy = strategy
 
     def select(
@@ -441,26 +440,12 @@ class SemDedupSampler(Sampler):
 
     def __init__(
         self,
-        eps: float = 0.05,
-        keep: str = "hard",
-        level: int = 1,
-        rule: str = "priority",
-        max_cluster_size: int | None = None,
+        eps: Annotated[float, Interval(gt=0, lt=2)] = 0.05,
+        keep: Literal["hard", "easy", "random"] = "hard",
+        level: PositiveInt = 1,
+        rule: Literal["priority", "components"] = "priority",
+        max_cluster_size: Annotated[int, Interval(ge=2)] | None = None,
     ) -> None:
-        if not 0 < eps < 2:
-            raise RadioCurationError(
-                f"sampler semdedup eps={eps}: use 0 < eps < 2 (similarity above 1 - eps)"
-            )
-        if keep not in ("hard", "easy", "random"):
-            raise RadioCurationError(f"sampler semdedup keep={keep!r}: use hard, easy or random")
-        if rule not in SEMDEDUP_RULES:
-            raise RadioCurationError(
-                f"sampler semdedup rule={rule!r}: use one of {', '.join(SEMDEDUP_RULES)}"
-            )
-        if max_cluster_size is not None and int(max_cluster_size) < 2:
-            raise RadioCurationError(
-                f"sampler semdedup max_cluster_size={max_cluster_size}: use >= 2 or null"
-            )
         self.eps = float(eps)
         self.keep = keep
         self.level = int(level)
@@ -508,11 +493,12 @@ class PrototypicalitySampler(Sampler):
 
     name = "prototypicality"
 
-    def __init__(self, keep: str = "hard", fraction: float | None = None, level: int = 1) -> None:
-        if keep not in ("hard", "easy"):
-            raise RadioCurationError(f"sampler prototypicality keep={keep!r}: use hard or easy")
-        if fraction is not None and not 0 < fraction <= 1:
-            raise RadioCurationError(f"sampler prototypicality fraction={fraction}: use 0 < fraction <= 1")
+    def __init__(
+        self,
+        keep: Literal["hard", "easy"] = "hard",
+        fraction: Annotated[float, Interval(gt=0, le=1)] | None = None,
+        level: PositiveInt = 1,
+    ) -> None:
         self.keep = keep
         self.fraction = fraction
         self.level = int(level)

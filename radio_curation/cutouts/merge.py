@@ -9,18 +9,19 @@ from its mosaic's edge.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from annotated_types import Interval
 from scipy.spatial import cKDTree
 
 from radio_curation.cutouts.index import WindowIndex
 from radio_curation.errors import RadioCurationError
 from radio_curation.suppression import greedy_keep
 
-__all__ = ["PREFERENCES", "Merger", "concatenate", "cross_mosaic_duplicates", "window_stride"]
+__all__ = ["Merger", "Preference", "concatenate", "cross_mosaic_duplicates", "window_stride"]
 
-PREFERENCES = ("lowest_rms", "farthest_from_edge")
+Preference = Literal["lowest_rms", "farthest_from_edge"]
 
 
 def concatenate(indexes: list[WindowIndex]) -> WindowIndex:
@@ -128,8 +129,6 @@ def cross_mosaic_duplicates(
     numpy.ndarray
         Sorted row numbers to remove.
     """
-    if prefer not in PREFERENCES:
-        raise RadioCurationError(f"merge.dedup_prefer={prefer!r}; use one of {', '.join(PREFERENCES)}.")
     col = index.columns
     scale = np.asarray(index.mosaics["pixel_scale"], dtype=float)
     badness = col["rms"].astype(float) if prefer == "lowest_rms" else -col["edge_distance"].astype(float)
@@ -185,24 +184,16 @@ class Merger:
 
     def __init__(
         self,
-        max_nan_fraction: float | None = None,
+        max_nan_fraction: Annotated[float, Interval(ge=0, le=1)] | None = None,
         min_peak_snr: float | None = None,
-        min_mask_fraction: float | None = None,
+        min_mask_fraction: Annotated[float, Interval(ge=0, le=1)] | None = None,
         rms_min: float | None = None,
         rms_max: float | None = None,
         grid: bool = False,
         dedup: bool = True,
-        dedup_tolerance: float = 0.75,
-        dedup_prefer: str = "lowest_rms",
+        dedup_tolerance: Annotated[float, Interval(gt=0, le=2)] = 0.75,
+        dedup_prefer: Preference = "lowest_rms",
     ) -> None:
-        if dedup_prefer not in PREFERENCES:
-            raise RadioCurationError(
-                f"merge.dedup_prefer={dedup_prefer!r}; use one of {', '.join(PREFERENCES)}."
-            )
-        if not 0.0 < float(dedup_tolerance) <= 2.0:
-            raise RadioCurationError(
-                f"merge.dedup_tolerance={dedup_tolerance} must be in (0, 2] (window strides)."
-            )
         self.max_nan_fraction = max_nan_fraction
         self.min_peak_snr = min_peak_snr
         self.min_mask_fraction = min_mask_fraction

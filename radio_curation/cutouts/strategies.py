@@ -9,20 +9,27 @@ from __future__ import annotations
 import functools
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from annotated_types import Ge, Gt, Interval
 from astropy import units as u
 from astropy.table import Table
 
 from radio_curation.cutouts.stats import coverage_grid, gathered_window_stats, grid_window_stats
 from radio_curation.errors import RadioCurationError
+from radio_curation.runs.settings import PositiveInt
 from radio_curation.sky.fitsio import Mosaic
 
 __all__ = ["CatalogWindows", "CutoutStrategy", "SlidingWindow", "load_catalog"]
 
-NAN_POLICIES = ("drop", "max_fraction")
+NanPolicy = Literal["drop", "max_fraction"]
+#: A window side in pixels.
+WindowSize = Annotated[int, Ge(2)]
+#: A share of a window, from 0 up to (not including) all of it.
+Fraction = Annotated[float, Interval(ge=0, lt=1)]
 #: With ``rms_step`` null, the robust rms uses about this many samples along each side of a window.
 RMS_SAMPLES_PER_SIDE = 16
 
@@ -64,19 +71,11 @@ class CutoutStrategy(ABC):
 
     def __init__(
         self,
-        nan_policy: str = "drop",
-        max_nan_fraction: float = 0.0,
+        nan_policy: NanPolicy = "drop",
+        max_nan_fraction: Fraction = 0.0,
         nan_fill: float = 0.0,
-        rms_step: int | None = None,
+        rms_step: PositiveInt | None = None,
     ) -> None:
-        if nan_policy not in NAN_POLICIES:
-            raise RadioCurationError(
-                f"cutouts.nan_policy={nan_policy!r}; use one of {', '.join(NAN_POLICIES)}."
-            )
-        if not 0.0 <= float(max_nan_fraction) < 1.0:
-            raise RadioCurationError(f"cutouts.max_nan_fraction={max_nan_fraction} must be in [0, 1).")
-        if rms_step is not None and int(rms_step) < 1:
-            raise RadioCurationError(f"cutouts.rms_step={rms_step}; use 1 or more, or null (automatic).")
         self.nan_policy = nan_policy
         self.max_nan_fraction = float(max_nan_fraction) if nan_policy == "max_fraction" else 0.0
         self.nan_fill = float(nan_fill)
@@ -149,12 +148,8 @@ class SlidingWindow(CutoutStrategy):
         NaN policy and rms options (see :class:`CutoutStrategy`).
     """
 
-    def __init__(self, window_size: int = 128, overlap: float = 0.5, **kwargs: Any) -> None:
+    def __init__(self, window_size: WindowSize = 128, overlap: Fraction = 0.5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if int(window_size) < 2:
-            raise RadioCurationError(f"cutouts.window_size={window_size}; use at least 2 px (e.g. 128).")
-        if not 0.0 <= float(overlap) < 1.0:
-            raise RadioCurationError(f"cutouts.overlap={overlap} must be in [0, 1) (0.5 = half a window).")
         self.window_size = int(window_size)
         self.overlap = float(overlap)
         self.stride = max(1, round(self.window_size * (1.0 - self.overlap)))
@@ -283,10 +278,10 @@ class CatalogWindows(CutoutStrategy):
 
     def __init__(
         self,
-        catalog: str,
-        window_size: int = 128,
-        size_factor: float | None = None,
-        size_choices: tuple[int, ...] | list[int] = (64, 128, 256),
+        catalog: str | None,
+        window_size: WindowSize = 128,
+        size_factor: Annotated[float, Gt(0)] | None = None,
+        size_choices: Sequence[WindowSize] = (64, 128, 256),
         ra_column: str | None = None,
         dec_column: str | None = None,
         size_column: str | None = None,
@@ -302,8 +297,8 @@ class CatalogWindows(CutoutStrategy):
         self.window_size = int(window_size)
         self.size_factor = None if size_factor is None else float(size_factor)
         self.size_choices = tuple(sorted(int(s) for s in size_choices))
-        if not self.size_choices or self.size_choices[0] < 2:
-            raise RadioCurationError(f"cutouts.size_choices={list(size_choices)}; give window sides >= 2 px.")
+        if not self.size_choices:
+            raise RadioCurationError("cutouts.size_choices is empty; give window sides, e.g. [64, 128, 256].")
         self.columns = (ra_column, dec_column, size_column, size_unit)
 
     def attrs(self) -> dict[str, Any]:

@@ -229,8 +229,6 @@ class FeatureDataModule(pl.LightningDataModule):
         plan: Plan | None = None,
     ) -> None:
         super().__init__()
-        if gather_on not in GATHER_ON:
-            raise RadioCurationError(f"gather_on={gather_on!r}: choose auto, {' or '.join(GATHER_ON)}.")
         self.merged_path = Path(merged_path)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)

@@ -101,9 +101,16 @@ def select_keys(cfg: DictConfig, keys: Iterable[str], optional: Iterable[str] = 
     return tree
 
 
-def semantic_config(cfg: DictConfig, settings: Iterable[str], excluded: Iterable[str]) -> dict[str, Any]:
-    """The values of ``settings`` (dotted keys) in ``cfg``, nested, without the ``excluded`` keys under them."""
-    tree = select_keys(cfg, settings)
+def semantic_config(
+    values: Mapping[str, Any], settings: Iterable[str], excluded: Iterable[str]
+) -> dict[str, Any]:
+    """The ``settings`` (dotted keys) of the nested ``values``, without the ``excluded`` keys under them."""
+    tree: dict[str, Any] = {}
+    for key in settings:
+        node: Any = values
+        for part in key.split("."):
+            node = node[part]
+        _put(tree, key, node)
     for key in excluded:
         _drop(tree, key)
     return tree

@@ -10,14 +10,14 @@ import glob
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Literal
 
 from radio_curation.errors import RadioCurationError
+from radio_curation.runs.settings import NonNegativeInt, PositiveInt
 from radio_curation.sky.fitsio import MosaicFiles
 from radio_curation.sky.synthetic import SkyParams, ensure_sky
 
 __all__ = ["FitsGlobSurvey", "LotssDR2Survey", "Survey", "SyntheticSurvey", "parse_shard"]
-
-ON_ERROR = ("fail", "skip")
 
 
 def parse_shard(shard: int | None, n_shards: int | None) -> tuple[int, int] | None:
@@ -75,15 +75,11 @@ class Survey(ABC):
 
     def __init__(
         self,
-        on_error: str = "fail",
-        shard: int | None = None,
-        n_shards: int | None = None,
-        num_workers: int = 1,
+        on_error: Literal["fail", "skip"] = "fail",
+        shard: NonNegativeInt | None = None,
+        n_shards: PositiveInt | None = None,
+        num_workers: PositiveInt = 1,
     ) -> None:
-        if on_error not in ON_ERROR:
-            raise RadioCurationError(f"survey.on_error={on_error!r}; use one of {', '.join(ON_ERROR)}.")
-        if int(num_workers) < 1:
-            raise RadioCurationError(f"survey.num_workers={num_workers}; use 1 or more.")
         self.on_error = on_error
         self.shard = parse_shard(shard, n_shards)
         self.num_workers = int(num_workers)
@@ -128,7 +124,7 @@ class LotssDR2Survey(Survey):
 
     def __init__(
         self,
-        root: str,
+        root: str | None,
         image_name: str = "mosaic-blanked.fits",
         mask_name: str | None = "mosaic.pybdsmmask.fits",
         **kwargs,
@@ -175,7 +171,7 @@ class FitsGlobSurvey(Survey):
         ``on_error``, ``shard``, ``n_shards``, ``num_workers`` (see :class:`Survey`).
     """
 
-    def __init__(self, pattern: str, **kwargs) -> None:
+    def __init__(self, pattern: str | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not pattern:
             raise RadioCurationError("survey.pattern is not set; e.g. survey.pattern='/data/images/*.fits'.")

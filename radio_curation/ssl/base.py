@@ -62,7 +62,7 @@ class SSLModule(pl.LightningModule, ABC):
         backbone: nn.Module,
         augmentation: RadioAugmentation,
         optimizer: Callable[..., Optimizer],
-        warmup_epochs: float = 10.0,
+        warmup_epochs: int | float = 10.0,
         min_lr_ratio: float = 1e-3,
         lr_batch_size: int | None = REFERENCE_BATCH_SIZE,
         rankme_samples: int = 2048,

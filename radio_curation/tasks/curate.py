@@ -39,8 +39,9 @@ from radio_curation.curation.samplers import ClusteredPool, Compose, cluster_cou
 from radio_curation.curation.sharded import Collective
 from radio_curation.errors import EmptyResultError, RadioCurationError
 from radio_curation.features.matrix import FeatureFile
+from radio_curation.runs.settings import Built, PositiveFloat, PositiveInt
+from radio_curation.runs.stage import Inputs, Run, Stage, run_stage
 from radio_curation.runs.store import RunRecord
-from radio_curation.tasks.stage import Inputs, Run, Stage, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     Returns
     -------
     dict
-        The sample run's result (see :func:`radio_curation.tasks.stage.run_stage`), with ``clusters_id``.
+        The sample run's result (see :func:`radio_curation.runs.stage.run_stage`), with ``clusters_id``.
     """
-    _check_target_size(cfg.target_size)  # before clustering, which may take long
+    SAMPLE.values(cfg)  # the sampling's settings are checked before clustering, which may take long
     made = {}
     if cfg.clusters_id is None:
         if cfg.features_id is None:
@@ -75,16 +76,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return {**result, "clusters_id": result["info"]["clusters_id"]}
 
 
-def _check_target_size(target_size: int | None) -> None:
-    if target_size is not None and int(target_size) < 1:
-        raise RadioCurationError(
-            f"target_size={target_size} would select no windows: give a positive number of windows "
-            "to keep (or target_size=null with a sampler that needs none, e.g. sampler=semdedup)"
-        )
-
-
 def _check_sample(inputs: Inputs) -> None:
-    _check_target_size(inputs.cfg.target_size)
     clusters = inputs.parent("clusters_id")
     if inputs.cfg.features_id is not None:
         features = inputs.store.resolve(str(inputs.cfg.features_id), stage="features")
@@ -344,13 +336,13 @@ CLUSTER = Stage(
     name="cluster",
     work=cluster,
     parents={"features_id": "features"},
-    settings=("conditioning", "clustering", "drop_nonfinite", "seed"),
-    execution=(
-        "clustering.backend.device",
-        "clustering.backend.timeout_min",
-        "clustering.backend.max_gather_gb",
-        "memory_limit_gb",
-    ),
+    settings={"conditioning": Built, "clustering": Built, "drop_nonfinite": bool, "seed": int},
+    execution={
+        "clustering.backend.device": Built,
+        "clustering.backend.timeout_min": Built,
+        "clustering.backend.max_gather_gb": Built,
+        "memory_limit_gb": PositiveFloat | None,
+    },
     resumable=(f"{LEVELS_DIR}/level_*.h5",),
     headline="metrics.levels.level_1.imbalance_factor",
     # clustering/backend=distributed shards the points over the ranks of torchrun or srun.
@@ -363,9 +355,9 @@ SAMPLE = Stage(
     parents={"clusters_id": "cluster"},
     # Without clusters_id, the parent is this config's clustering of features_id.
     derive_parents={"clusters_id": CLUSTER},
-    settings=("sampler", "target_size", "seed"),
+    settings={"sampler": Built, "target_size": PositiveInt | None, "seed": int},
     # Only checked against the clustering's own features run.
-    execution=("features_id", "memory_limit_gb"),
+    execution={"features_id": str | None, "memory_limit_gb": PositiveFloat | None},
     check=_check_sample,
     headline="metrics.top_level_imbalance",
 )

@@ -23,8 +23,9 @@ from radio_curation.cutouts.index import write_index
 from radio_curation.cutouts.strategies import CatalogWindows, CutoutStrategy, SlidingWindow
 from radio_curation.errors import EmptyResultError, RadioCurationError, instantiate_user
 from radio_curation.progress import progress
+from radio_curation.runs.settings import Built
+from radio_curation.runs.stage import Inputs, Run, Stage, run_stage
 from radio_curation.sky.fitsio import MosaicFiles, MosaicReadError, open_mosaic
-from radio_curation.tasks.stage import Inputs, Run, Stage, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     Returns
     -------
     dict
-        The run summary from :func:`radio_curation.tasks.stage.run_stage`.
+        The run summary from :func:`radio_curation.runs.stage.run_stage`.
     """
     return run_stage(cfg, CUTOUTS)
 
@@ -156,8 +157,8 @@ CUTOUTS = Stage(
     work=_work,
     # The survey and the strategy define the index; where the mosaics are read from and with how many
     # processes does not.
-    settings=("survey", "cutouts"),
-    execution=("survey.num_workers", "survey.data_dir"),
+    settings={"survey": Built, "cutouts": Built},
+    execution={"survey.num_workers": Built, "survey.data_dir": Built},
     check=_check,
     resumable=("parts/*.h5",),
     headline="counts.windows",

@@ -16,8 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.evals.base import Evaluation, Inputs
 from radio_curation.evaluation.model import EmbeddedDataset
-from radio_curation.tasks.stage import Inputs as StageInputs
-from radio_curation.tasks.stage import Run, Stage, run_stage
+from radio_curation.runs.settings import Built, PositiveInt
+from radio_curation.runs.stage import Inputs as StageInputs
+from radio_curation.runs.stage import Run, Stage, run_stage
 
 #: The evaluate config's run-ID keys: what an evaluation may read (each declares which it does).
 RUN_KEYS = ("model_id", "features_id", "subsample_id", "clusters_id", "compare_id")
@@ -74,7 +75,7 @@ def declaration(cfg: DictConfig) -> Stage:
     """The ``evaluate`` stage of the evaluation ``cfg.eval``: the runs its class reads and the settings it
     declares (``result_keys``) define its run."""
     cls = _declared(cfg)
-    settings = tuple(key for key in cls.result_keys() if key not in cls.parents)
+    settings = {key: kind for key, kind in cls.result_keys().items() if key not in cls.parents}
     # Execution-only parts of the settings an evaluation reads (where a model or a sky is read from).
     within = [k for k in ("backbone.runs_dir", "dataset.sky.data_dir") if k.split(".")[0] in settings]
     return Stage(
@@ -82,7 +83,9 @@ def declaration(cfg: DictConfig) -> Stage:
         work=_work,
         parents=dict(cls.parents),
         settings=settings,
-        execution=("batch_size", "device", *within) if cls.reads_images else (),
+        execution={"batch_size": PositiveInt, "device": str, **dict.fromkeys(within, Built)}
+        if cls.reads_images
+        else {},
         headline=f"metrics.{cls.headline}",
     )
 
@@ -96,7 +99,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     Returns
     -------
     dict
-        :func:`~radio_curation.tasks.stage.run_stage`'s result.
+        :func:`~radio_curation.runs.stage.run_stage`'s result.
     """
     stage = declaration(cfg)
     # Before the run is claimed: a missing setting named as the user sets it, and runs it does not read.

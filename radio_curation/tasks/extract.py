@@ -6,7 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from radio_curation.tasks.stage import run_stage, stage_of
+from radio_curation.runs.stage import run_stage, stage_of
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

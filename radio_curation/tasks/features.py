@@ -17,11 +17,12 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.connector import _PRECISION_INPUT
 from omegaconf import DictConfig, OmegaConf
 
 from radio_curation.backbones import build_backbone
@@ -40,8 +41,9 @@ from radio_curation.features.extraction import (
 )
 from radio_curation.features.io import BlockShards, Plan, consolidate
 from radio_curation.features.matrix import FeatureFile
+from radio_curation.runs.settings import Built, NonNegativeInt, PositiveInt
+from radio_curation.runs.stage import Inputs, Run, Stage, run_stage
 from radio_curation.runs.store import RunRecord
-from radio_curation.tasks.stage import Inputs, Run, Stage, check_precision, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -70,29 +72,11 @@ def resolve_gather_on(cfg: DictConfig) -> str:
     where = str(cfg.gather_on)
     if where == "auto":
         return "device" if _on_gpu(cfg) else "workers"
-    if where not in GATHER_ON:
-        raise RadioCurationError(f"gather_on={where!r}: choose auto, {' or '.join(GATHER_ON)}.")
     return where
 
 
 def _dtype(cfg: DictConfig) -> np.dtype:
-    if cfg.features_dtype not in DTYPES:
-        raise RadioCurationError(
-            f"features_dtype must be one of {', '.join(DTYPES)}, got {cfg.features_dtype!r}"
-        )
     return np.dtype(DTYPES[cfg.features_dtype])
-
-
-def _check_settings(cfg: DictConfig) -> None:
-    if int(cfg.batch_size) < 1:
-        raise RadioCurationError(f"batch_size must be positive, got {cfg.batch_size}")
-    if cfg.limit_batches is not None and int(cfg.limit_batches) < 1:
-        raise RadioCurationError(
-            f"limit_batches must be a positive number of batches or null, got {cfg.limit_batches}"
-        )
-    check_precision(cfg.precision, "precision", extra=("auto",))
-    _dtype(cfg)
-    resolve_gather_on(cfg)
 
 
 def preprocessing(inputs: Inputs) -> tuple[DictConfig, int | None, str]:
@@ -296,7 +280,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     Returns
     -------
     dict
-        The run summary of :func:`radio_curation.tasks.stage.run_stage` (on a non-zero DDP rank: that
+        The run summary of :func:`radio_curation.runs.stage.run_stage` (on a non-zero DDP rank: that
         rank's row count).
 
     Raises
@@ -311,7 +295,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _check(inputs: Inputs) -> None:
     cfg = inputs.cfg
-    _check_settings(cfg)
     source = inputs.parent("source_id")
     if source is None:
         raise RadioCurationError(
@@ -334,27 +317,27 @@ FEATURES_STAGE = Stage(
     name="features",
     work=_work,
     parents={"source_id": "merge", "backbone.model_id": "train"},
-    settings=(
-        "backbone",
-        "normalization",
-        "resize",
-        "preprocess_from_model",
-        "precision",
-        "features_dtype",
-        "limit_batches",
-        "seed",
-    ),
+    settings={
+        "backbone": Built,
+        "normalization": Built,
+        "resize": PositiveInt | None,
+        "preprocess_from_model": bool,
+        "precision": _PRECISION_INPUT | Literal["auto"],
+        "features_dtype": Literal[tuple(DTYPES)],
+        "limit_batches": PositiveInt | None,
+        "seed": int,
+    },
     # How fast, where and in how many processes; batch_size only matters with limit_batches (derived).
-    execution=(
-        "batch_size",
-        "num_workers",
-        "gather_on",
-        "accelerator",
-        "devices",
-        "num_nodes",
-        "strategy",
-        "backbone.runs_dir",
-    ),
+    execution={
+        "batch_size": PositiveInt,
+        "num_workers": NonNegativeInt,
+        "gather_on": Literal["auto", *GATHER_ON],
+        "accelerator": str,
+        "devices": PositiveInt | str | list[int],
+        "num_nodes": PositiveInt,
+        "strategy": str,
+        "backbone.runs_dir": Built,
+    },
     derived={"limit_rows": limit_rows},
     check=_check,
     resumable=("shards/block-*.h5", FEATURES),

@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 
 from radio_curation.cutouts.index import read_index, write_index
 from radio_curation.errors import EmptyResultError, RadioCurationError, instantiate_user
-from radio_curation.tasks.stage import Inputs, Run, Stage, run_stage
+from radio_curation.runs.settings import Built
+from radio_curation.runs.stage import Inputs, Run, Stage, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     Returns
     -------
     dict
-        The run summary from :func:`radio_curation.tasks.stage.run_stage`.
+        The run summary from :func:`radio_curation.runs.stage.run_stage`.
 
     Raises
     ------
@@ -80,7 +81,7 @@ def _work(run: Run) -> None:
 MERGE = Stage(
     name="merge",
     work=_work,
-    settings=("merge",),
+    settings={"merge": Built},
     parents={"cutouts_ids": "cutouts"},
     check=_check,
     headline="metrics.kept_fraction",

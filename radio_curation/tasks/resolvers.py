@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from radio_curation.tasks.stage import expected_run_dir
-
 
 def run_dir(*, _root_: DictConfig) -> str:
     """``${rc_run_dir:}``: the run's directory; Hydra's output directory, and the checkpoint callback's."""
+    # Imported when a run starts: the stage framework brings Lightning, which --help does not need.
+    from radio_curation.runs.stage import expected_run_dir
+
     return str(expected_run_dir(_root_))
 
 

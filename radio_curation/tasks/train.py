@@ -15,11 +15,12 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from annotated_types import Gt
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -34,11 +35,12 @@ from radio_curation.data.preprocess import Preprocess
 from radio_curation.data.training_data import TrainingData
 from radio_curation.distributed import cluster_plugins, lightning_outside_srun
 from radio_curation.errors import RadioCurationError, instantiate_user
+from radio_curation.runs.settings import Built, PositiveInt
+from radio_curation.runs.stage import Inputs, Run, Stage, run_stage
 from radio_curation.runs.store import RunRecord
 from radio_curation.ssl.base import SSLModule
 from radio_curation.ssl.checkpoint_io import AtomicCheckpointIO
 from radio_curation.ssl.monitor import OnlineKNN, TrackerLogger
-from radio_curation.tasks.stage import Inputs, Run, Stage, check_precision, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +307,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _check(inputs: Inputs) -> None:
     cfg = inputs.cfg
-    check_precision(cfg.trainer.precision, "trainer.precision")
     instantiate_user(cfg.data)
     source = resolve_source(inputs)
     check_first_batch(
@@ -323,23 +324,38 @@ TRAIN = Stage(
     name="train",
     work=_work,
     parents={"subsample_id": "sample", "source_id": "merge", "backbone.model_id": "train"},
-    settings=("ssl", "backbone", "normalization", "augmentation", "data", "trainer", "random_subset", "seed"),
+    settings={
+        **dict.fromkeys(("ssl", "backbone", "normalization", "augmentation", "data", "trainer"), Built),
+        "random_subset": PositiveInt | None,
+        "seed": int,
+    },
     # Workers, caching, logging, checkpoint frequency and the online kNN monitor never change the model.
-    execution=(
-        "data.num_workers",
-        "data.cache",
-        "data.resident_gb",
-        "data.pin_memory",
-        "data.prefetch_factor",
-        "data.augment_on",
-        "trainer.accelerator",
-        "trainer.enable_progress_bar",
-        "trainer.enable_model_summary",
-        "trainer.log_every_n_steps",
-        "backbone.runs_dir",
-        "callbacks",
-        "monitor",
-    ),
+    execution={
+        **dict.fromkeys(
+            (
+                "data.num_workers",
+                "data.cache",
+                "data.resident_gb",
+                "data.pin_memory",
+                "data.prefetch_factor",
+                "data.augment_on",
+                "trainer.accelerator",
+                "trainer.enable_progress_bar",
+                "trainer.enable_model_summary",
+                "trainer.log_every_n_steps",
+                "backbone.runs_dir",
+                "callbacks",
+            ),
+            Built,
+        ),
+        "monitor": {
+            "rankme_samples": PositiveInt,
+            "dataset": Built,
+            "every_n_epochs": PositiveInt,
+            "k": PositiveInt,
+            "temperature": Annotated[float, Gt(0)],
+        },
+    },
     check=_check,
     resumable=(f"{CHECKPOINT_DIR}/*.ckpt",),
     headline="metrics.loss",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from radio_curation.tasks.stage import Run, Stage, run_stage
+from radio_curation.runs.stage import Run, Stage, run_stage
 
 
 def write_features_run(runs_dir: Path, x: np.ndarray, ids: np.ndarray | None = None, tag: str = "x") -> str:
@@ -35,7 +35,7 @@ def write_features_run(runs_dir: Path, x: np.ndarray, ids: np.ndarray | None = N
             )
         run.counts["features"] = len(x)
 
-    stage = Stage(name="features", work=work, settings=("data",), headline="counts.features")
+    stage = Stage(name="features", work=work, settings={"data": dict}, headline="counts.features")
     return run_stage(cfg, stage)["run_id"]
 
 

@@ -202,8 +202,6 @@ def test_semdedup_sampler_on_a_clustered_pool():
             )
             assert len(np.unique(truth[rows])) == len(rows) == 200
             assert details["removed"] == len(x) - 200
-    with pytest.raises(RadioCurationError, match="rule='greedy'"):
-        SemDedupSampler(rule="greedy")
 
 
 def test_prototypicality_keeps_the_hardest_or_easiest(clustered):

@@ -177,8 +177,6 @@ def test_inconsistent_inputs_are_user_errors(overlapping):
     refilled = WindowIndex(overlapping.mosaics, overlapping.columns, {**overlapping.attrs, "nan_fill": 1.0})
     with pytest.raises(RadioCurationError, match="different values"):
         concatenate([overlapping, refilled])
-    with pytest.raises(RadioCurationError, match="dedup_prefer"):
-        Merger(dedup_prefer="random")
 
 
 def test_grid_windows_a_full_side_apart_find_their_overlap_zone_copies(tmp_path):

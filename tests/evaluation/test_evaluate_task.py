@@ -17,8 +17,8 @@ from scipy.spatial.distance import pdist
 
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.embed import embed_images
+from radio_curation.runs.stage import resolve_inputs
 from radio_curation.tasks import evaluate
-from radio_curation.tasks.stage import resolve_inputs
 
 MODEL = ["backbone=resnet18", "normalization=minmax", "resize=32", "batch_size=16", "device=cpu"]
 
@@ -195,7 +195,7 @@ def _train_run(runs_dir: Path, global_size: int) -> str:
 
     from radio_curation.backbones.export import save_backbone
     from radio_curation.backbones.factory import timm_backbone
-    from radio_curation.tasks.stage import Stage, run_stage
+    from radio_curation.runs.stage import Stage, run_stage
 
     cfg = OmegaConf.create(
         {
@@ -216,7 +216,7 @@ def _train_run(runs_dir: Path, global_size: int) -> str:
         with run.artifact("backbone.pt") as tmp:
             save_backbone(timm_backbone("test_vit", in_chans=1, input_size=32), {"name": "test_vit"}, tmp)
 
-    stage = Stage(name="train", work=work, settings=("augmentation",), headline="counts.images")
+    stage = Stage(name="train", work=work, settings={"augmentation": dict}, headline="counts.images")
     return run_stage(cfg, stage)["run_id"]
 
 

@@ -131,7 +131,7 @@ def test_loader_workers_hand_out_each_shared_buffer_once_and_the_same_inputs(
 
 
 def test_unknown_gather_place_is_a_user_error(compose, features_overrides):
-    with pytest.raises(RadioCurationError, match="gather_on='gpu': choose auto, device or workers"):
+    with pytest.raises(RadioCurationError, match="gather_on=gpu: expected one of auto, device, workers"):
         features_task.run(compose("extract", [*features_overrides, "gather_on=gpu"]))
 
 

@@ -16,9 +16,9 @@ import torch
 from radio_curation.errors import RadioCurationError
 from radio_curation.features.io import BlockShards
 from radio_curation.features.matrix import FeatureFile
+from radio_curation.runs.stage import stage_identity
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import features as features_task
-from radio_curation.tasks.stage import stage_identity
 
 ROOT = Path(__file__).resolve().parents[2]
 RANDOM_RESNET = ["backbone=timm", "backbone.name=resnet10t", "backbone.checkpoint=null", "resize=64"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from radio_curation.tasks.stage import expected_run_dir
+from radio_curation.runs.stage import expected_run_dir
 from tests.runs.toy import toy_cfg, toy_run
 
 

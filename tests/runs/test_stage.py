@@ -12,8 +12,8 @@ from omegaconf.errors import ConfigAttributeError, ReadonlyConfigError
 from radio_curation.cli import main
 from radio_curation.errors import RadioCurationError
 from radio_curation.runs.manifest import read_manifest, write_manifest
+from radio_curation.runs.stage import Stage, expected_run_dir, run_stage
 from radio_curation.runs.store import RunStore
-from radio_curation.tasks.stage import Stage, expected_run_dir, run_stage
 from tests.runs.toy import TOY, toy_cfg, toy_run, write_numbers
 
 
@@ -48,13 +48,13 @@ def test_the_view_holds_only_declared_keys_and_cannot_be_changed(runs_dir):
 
 
 def test_a_declared_setting_missing_from_the_config_is_named(runs_dir):
-    stage = replace(TOY, settings=("params", "threshold"))
+    stage = replace(TOY, settings={**TOY.settings, "threshold": float})
     with pytest.raises(RadioCurationError, match="'threshold'"):
         run_stage(toy_cfg(runs_dir), stage)
 
 
 def test_a_parent_of_the_wrong_stage_or_unknown_is_one_readable_error(runs_dir):
-    other = Stage(name="other", work=write_numbers, settings=("params",), headline="metrics.sum")
+    other = Stage(name="other", work=write_numbers, settings={"params": dict}, headline="metrics.sum")
     wrong = run_stage(toy_cfg(runs_dir, a=1), other)["run_id"]
     with pytest.raises(RadioCurationError, match=rf"source_id={wrong}: .*'other' run, but a 'toy' run"):
         toy_run(runs_dir, a=2, source_id=wrong)
@@ -75,7 +75,7 @@ def test_ancestor_walks_up_the_lineage(runs_dir):
     middle = toy_run(runs_dir, a=2, source_id=root)["run_id"]
     leaf = toy_run(runs_dir, a=3, source_id=middle)["run_id"]
     store = RunStore(runs_dir)
-    other = Stage(name="other", work=write_numbers, settings=("params",), headline="metrics.sum")
+    other = Stage(name="other", work=write_numbers, settings={"params": dict}, headline="metrics.sum")
     assert store.ancestor(store.resolve(leaf), "toy").run_id == leaf
     assert store.ancestor(store.resolve(leaf), "other") is None
     top = run_stage(toy_cfg(runs_dir, a=9), other)["run_id"]

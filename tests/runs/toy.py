@@ -8,7 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from radio_curation.tasks.stage import Run, Stage, run_stage
+from radio_curation.runs.settings import NonNegativeInt, PositiveInt
+from radio_curation.runs.stage import Run, Stage, run_stage
 
 
 def toy_cfg(runs_dir: Path, force: bool = False, source_id: str | None = None, **params: Any) -> DictConfig:
@@ -38,9 +39,9 @@ def write_numbers(run: Run) -> None:
 TOY = Stage(
     name="toy",
     work=write_numbers,
-    settings=("params",),
+    settings={"params": {"a": NonNegativeInt, "workers": PositiveInt}},
     parents={"source_id": "toy"},
-    execution=("params.workers",),
+    execution={"params.workers": PositiveInt},
     headline="metrics.sum",
 )
 

@@ -62,9 +62,7 @@ def test_no_shard_is_all_mosaics():
     assert parse_shard(0, 1) == (0, 1)
 
 
-def test_bad_on_error_and_missing_root_are_user_errors(tmp_path):
-    with pytest.raises(RadioCurationError, match="on_error"):
-        LotssDR2Survey(str(tmp_path), on_error="ignore")
+def test_missing_root_is_a_user_error(tmp_path):
     with pytest.raises(RadioCurationError, match=r"survey\.root is not set"):
         LotssDR2Survey(None)
     with pytest.raises(RadioCurationError, match="not a directory"):

@@ -6,11 +6,11 @@ import torch
 
 from radio_curation.backbones.export import read_preprocessing
 from radio_curation.features.matrix import FeatureFile
+from radio_curation.runs.stage import resolve_inputs
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import evaluate as evaluate_task
 from radio_curation.tasks import features as features_task
 from radio_curation.tasks import train as train_task
-from radio_curation.tasks.stage import resolve_inputs
 from tests.ssl.conftest import tiny
 
 

@@ -15,12 +15,12 @@ from radio_curation.cutouts.reader import WindowReader
 from radio_curation.data.datasets import MiraBest
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.errors import RadioCurationError
+from radio_curation.runs.stage import resolve_inputs
 from radio_curation.runs.store import RunStore
 from radio_curation.ssl.monitor import OnlineKNN
 from radio_curation.tasks import curate as curate_task
 from radio_curation.tasks import features as features_task
 from radio_curation.tasks import train as train_task
-from radio_curation.tasks.stage import resolve_inputs
 from tests.ssl.callbacks import KEPT, LOSSES
 from tests.ssl.conftest import tiny
 

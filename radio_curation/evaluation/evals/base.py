@@ -5,15 +5,24 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.model import EmbeddedDataset
 from radio_curation.evaluation.outputs import Outputs, RunHandle
+from radio_curation.runs.settings import Built, PositiveInt
 from radio_curation.runs.store import RunRecord, RunStore
 
 #: Settings of the evaluate config that define the features of a labelled dataset through a model.
-MODEL_SETTINGS = ("dataset", "backbone", "normalization", "resize", "preprocess_from_model", "seed")
+#: The settings of the model and labelled dataset an evaluation that reads images uses, with their types.
+MODEL_SETTINGS: Mapping[str, Any] = {
+    "dataset": Built,
+    "backbone": Built,
+    "normalization": Built,
+    "resize": PositiveInt | None,
+    "preprocess_from_model": bool,
+    "seed": int,
+}
 
 
 @dataclass(frozen=True)
@@ -69,14 +78,18 @@ class Evaluation(ABC):
         self.dpi = dpi
 
     @classmethod
-    def result_keys(cls) -> list[str]:
+    def result_keys(cls) -> dict[str, Any]:
         """Keys of the evaluate config that define this evaluation's result, hence its run ID.
 
         ``eval`` (every setting of the evaluation, with the catalogue and seed it interpolates), the model
         and dataset settings when it reads images, and its run-ID keys. What only changes how fast or
         where a result is computed (``batch_size``, ``device``) is left out by ``the evaluate stage's declaration``.
         """
-        return ["eval", *(MODEL_SETTINGS if cls.reads_images else ()), *cls.parents]
+        return {
+            "eval": Built,
+            **(MODEL_SETTINGS if cls.reads_images else {}),
+            **dict.fromkeys(cls.parents, str),
+        }
 
     @classmethod
     def check_inputs(cls, given: Collection[str]) -> None:

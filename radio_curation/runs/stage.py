@@ -29,8 +29,8 @@ Example::
         name="example",
         work=_work,
         parents={"source_id": "merge"},
-        settings=("threshold", "seed"),
-        execution=("num_workers",),
+        settings={"threshold": float, "seed": int},
+        execution={"num_workers": NonNegativeInt},
         headline="metrics.kept",
     )
 
@@ -53,12 +53,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_object
-from lightning_fabric.connector import _PRECISION_INPUT
 from omegaconf import DictConfig, OmegaConf
 
 import radio_curation
@@ -77,23 +76,11 @@ from radio_curation.runs.manifest import (
     sha256sum,
     write_manifest,
 )
+from radio_curation.runs.settings import check_settings
 from radio_curation.runs.store import RunRecord, RunStore, check_artifact, first_open_run_id
 from radio_curation.tracking.base import TrackedRun, Trackers
 
 log = logging.getLogger(__name__)
-
-
-def check_precision(value: Any, key: str, extra: tuple[str, ...] = ()) -> None:
-    """Refuse a Lightning precision Lightning would not accept, before a run is claimed.
-
-    Raises
-    ------
-    RadioCurationError
-        Naming ``key`` and the values it accepts.
-    """
-    accepted = [*extra, *(str(v) for group in get_args(_PRECISION_INPUT) for v in get_args(group))]
-    if str(value) not in accepted:
-        raise RadioCurationError(f"{key}={value} is not a precision; use one of {', '.join(accepted)}")
 
 
 def _now() -> str:
@@ -112,7 +99,12 @@ class Stage:
         Does the stage's work through the :class:`Run` handle, in ``run.dir``. Called again on an
         incomplete run (resume), so it must pick up what an earlier attempt left.
     settings
-        Dotted config keys whose values define the result (a whole group, e.g. ``backbone``, or one key).
+        Dotted config keys whose values define the result (a whole group, e.g. ``backbone``, or one key),
+        each with its type (:mod:`radio_curation.runs.settings`): an annotation (``int``,
+        ``Annotated[int, Ge(1)] | None``, ``Literal[...]``), :data:`~radio_curation.runs.settings.Built`
+        for a group Hydra instantiates (typed by its target's parameters), or a mapping of the keys of a
+        plain group to their types. Checked, and written in their canonical form, before the run ID is
+        computed.
     headline
         The run's headline figure, a dotted path into the result of :func:`run_stage` (e.g.
         ``metrics.loss``, ``counts.windows``): what the entry point returns, for Hydra sweepers to optimise.
@@ -122,8 +114,9 @@ class Stage:
         identity as the resolved parent IDs, not as the text given.
     execution
         Dotted keys the stage may read that never change its result (workers, devices, batch size for
-        inference ...). Inside a setting they are left out of the identity; elsewhere they are added to
-        the view. Keys the config does not have (an option without them) are skipped.
+        inference ...), with their types as ``settings``. Inside a setting they are left out of the
+        identity (their type is the setting's); elsewhere they are added to the view. Keys the config does
+        not have (an option without them) are skipped.
     derived
         Identity entries computed from the view, for an execution setting that changes the result in some
         cases (with ``limit_batches`` the features stage's row count is ``limit_batches × batch_size``).
@@ -141,34 +134,44 @@ class Stage:
 
     name: str
     work: Callable[[Run], None]
-    settings: tuple[str, ...]
+    settings: Mapping[str, Any]
     headline: str
     parents: Mapping[str, str] = field(default_factory=dict)
-    execution: tuple[str, ...] = ()
+    execution: Mapping[str, Any] = field(default_factory=dict)
     derived: Mapping[str, Callable[[DictConfig], Any]] = field(default_factory=dict)
     derive_parents: Mapping[str, Stage] = field(default_factory=dict)
     check: Callable[[Inputs], None] | None = None
     resumable: tuple[str, ...] = ()
     distributed: bool = False
 
-    def view(self, cfg: DictConfig) -> DictConfig:
-        """The read-only, struct-mode part of ``cfg`` this stage may read (resolved).
-
-        Parent and execution keys the config does not have (an option without them) are left out.
+    def values(self, cfg: DictConfig, execution: bool = True) -> dict[str, Any]:
+        """The declared keys' values in ``cfg`` (nested, resolved), each checked against its type and in
+        its canonical form; parent and execution keys the config does not have are left out, and all of
+        them without ``execution`` (the settings alone, for the run's identity).
 
         Raises
         ------
         RadioCurationError
-            A declared setting is not in ``cfg``.
+            A declared setting is not in ``cfg``;
+            :class:`~radio_curation.runs.settings.SettingError`: a value of the wrong type or range.
         """
-        view = OmegaConf.create(select_keys(cfg, self.settings, [*self.parents, *self.execution]))
+        if not execution:
+            return check_settings(select_keys(cfg, self.settings), self.settings)
+        values = select_keys(cfg, self.settings, [*self.parents, *self.execution])
+        return check_settings(values, {**self.settings, **self.execution})
+
+    def view(self, cfg: DictConfig) -> DictConfig:
+        """The read-only, struct-mode part of ``cfg`` this stage may read (:meth:`values`)."""
+        view = OmegaConf.create(self.values(cfg))
         OmegaConf.set_struct(view, True)
         OmegaConf.set_readonly(view, True)
         return view
 
     def identity(self, cfg: DictConfig, parents: Mapping[str, list[str]]) -> StageIdentity:
         """The identity of this stage's run under ``cfg`` with the resolved ``parents`` (key -> run IDs)."""
-        config = semantic_config(cfg, self.settings, [*self.execution, *self.parents])
+        config = semantic_config(
+            self.values(cfg, execution=False), self.settings, [*self.execution, *self.parents]
+        )
         if self.derived:
             view = self.view(cfg)
             config["derived"] = {name: compute(view) for name, compute in self.derived.items()}
