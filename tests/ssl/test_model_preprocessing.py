@@ -21,7 +21,7 @@ def _probe_model(cfg):
 
 
 def test_a_model_trained_on_48_px_views_is_probed_and_used_at_48_px(compose, merge_id, runs_dir):
-    # experiment=demo sets resize: 64 for features and probes, and 48 px training views.
+    # 48 px training views; the probes are configured at resize=64, which the model's own 48 px overrides.
     views = ["experiment=demo", "augmentation.global_size=48", "augmentation.local_size=24"]
     trained = train_task.run(
         compose("train", tiny("byol", f"source_id={merge_id}", *views, "++trainer.fast_dev_run=1"))
@@ -31,14 +31,19 @@ def test_a_model_trained_on_48_px_views_is_probed_and_used_at_48_px(compose, mer
     assert stored["input_size"] == 48 and stored["in_chans"] == 1
     assert stored["normalization"]["_target_"].endswith("IntervalStretch")  # minmax, the default
 
-    probe = compose("evaluate", ["experiment=demo", f"model_id={model_id}", "normalization=zscore"])
+    probe = compose(
+        "evaluate", ["experiment=demo", f"model_id={model_id}", "normalization=zscore", "resize=64"]
+    )
     assert probe.resize == 64
     _, preprocess, info = _probe_model(probe)
     assert (preprocess.resize, info["resize"], info["preprocess_from"]) == (48, 48, f"train run {model_id}")
     assert info["normalization"] == stored["normalization"]
     # The user overrides it explicitly.
     _, preprocess, info = _probe_model(
-        compose("evaluate", ["experiment=demo", f"model_id={model_id}", "preprocess_from_model=false"])
+        compose(
+            "evaluate",
+            ["experiment=demo", f"model_id={model_id}", "preprocess_from_model=false", "resize=64"],
+        )
     )
     assert preprocess.resize == 64 and info["preprocess_from"] == "evaluate config"
 
