@@ -54,13 +54,13 @@ def instantiate_user(node: Any) -> Any:
     try:
         return instantiate(node)
     except InstantiationException as err:
-        cause = _user_cause(err)
+        cause = user_cause(err)
         if cause is not None:
             raise cause from err
         raise
 
 
-def _user_cause(err: BaseException) -> RadioCurationError | None:
+def user_cause(err: BaseException) -> RadioCurationError | None:
     """The :class:`RadioCurationError` ``err`` is or wraps (Hydra wraps errors of the objects it builds;
     OmegaConf those of a resolver, as the exception it was handling)."""
     cause: BaseException | None = err
@@ -99,7 +99,7 @@ def exit_on_user_error() -> Iterator[None]:
     try:
         yield
     except (RadioCurationError, InstantiationException, OmegaConfBaseException) as err:
-        cause = _user_cause(err)
+        cause = user_cause(err)
         if cause is None:
             raise
         _remove_unstarted_run_dir()
@@ -157,7 +157,7 @@ def run_main(main: Callable[[], None]) -> None:
     try:
         main()
     except Exception as err:
-        user = _user_cause(err)
+        user = user_cause(err)
         line = str(user) if user is not None else config_error_line(err)
         if line is None and isinstance(err, OSError) and not _task_started:
             line = (

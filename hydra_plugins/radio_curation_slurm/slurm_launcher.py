@@ -23,7 +23,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
-from radio_curation.errors import RadioCurationError, UserErrorExit
+from radio_curation.errors import RadioCurationError, UserErrorExit, user_cause
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,18 @@ class RadioCurationSlurmLauncher(SlurmLauncher):
         try:
             return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
         except UserErrorExit as stop:
-            return JobReturn(
-                overrides=list(sweep_overrides),
-                status=JobStatus.FAILED,
-                _return_value=RadioCurationError(stop.message),
-            )
+            message = stop.message
+        except Exception as err:
+            # A setting refused while Hydra resolves the job's run directory (before the entry point runs).
+            cause = user_cause(err)
+            if cause is None:
+                raise
+            message = str(cause)
+        return JobReturn(
+            overrides=list(sweep_overrides),
+            status=JobStatus.FAILED,
+            _return_value=RadioCurationError(message),
+        )
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         with _job_states():
