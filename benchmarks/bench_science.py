@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -66,7 +67,7 @@ QUICK = [
     "trainer.max_epochs=1",
     "bootstrap.seeds=[0,1,2]",
     "bootstrap.method_seeds=[0,1]",
-    "bootstrap.common_windows=256",
+    "bootstrap.common_windows=128",
     "clustering.n_clusters=[100,20,4]",
     "clustering.sample_size=[3,3,3]",
     "clustering.n_resampling_steps=[1,10,10]",
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mirabest",
         type=Path,
-        default=ROOT.parent / "shared" / "data" / "mirabest",
+        default=Path("data") / "mirabest",
         help="MiraBest folder (FITS + labels.csv); the MiraBest probe is skipped when it is not there",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write every figure (per seed) here")
@@ -104,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     register_resolvers()
+    progress = logging.getLogger("radio_curation.bootstrap")
+    progress.setLevel(logging.INFO)
+    progress.addHandler(logging.StreamHandler(sys.stderr))
     base = [
         f"experiment={args.experiment}",
         f"paths.runs_dir={args.runs_dir.resolve()}",

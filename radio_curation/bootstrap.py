@@ -19,10 +19,12 @@ the probe's domain (``bn=common``), the same for every arm and for random weight
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +192,9 @@ class BootstrapLoop:
         self.recluster = bool(s.recluster)
         self.probe_sky = _strings(s.probe_sky)
         self.common_windows = int(s.common_windows)
+        self.probe_grid = bool(s.probe_grid)
         self.mirabest_arcsec = float(s.mirabest_pixel_arcsec)
+        self.mirabest_crop = None if s.mirabest_crop is None else int(s.mirabest_crop)
         self.launcher = None if s.launcher is None else OmegaConf.to_container(s.launcher, resolve=True)
         self.arms = {
             str(name): Arm(
@@ -221,9 +225,19 @@ class BootstrapLoop:
         """The root config ``config_name`` with the loop's overrides and ``extra``."""
         return self.compose(config_name, [*self.overrides, *extra])
 
-    @property
+    @cached_property
     def store(self) -> RunStore:
         return RunStore(self.cfg("extract").paths.runs_dir)
+
+    @cached_property
+    def catalogue(self) -> Any:
+        """The ``catalogue`` config's window labels (truth classes of the synthetic skies)."""
+        return instantiate(self.cfg("evaluate").catalogue)
+
+    @cached_property
+    def linear_probe(self) -> DictConfig:
+        """``eval=linear_probe``'s settings: the MiraBest probe's."""
+        return self.cfg("evaluate", "eval=linear_probe").eval
 
     def plan(self) -> Iterator[tuple[str, int, list[str]]]:
         """``(method, seed, arms)``: every arm with the recipe's seeds, and the reference and
@@ -357,15 +371,22 @@ class BootstrapLoop:
         averages over the set's batches), weights untouched: a random network otherwise keeps its initial
         statistics (mean 0, variance 1), which suit no real input, and a trained one those of its subsample.
         """
+        extractor, preprocess = self._network(model, size, seed, resize)
+        extractor = copy.deepcopy(extractor)
+        if batch_norm_from is not None:
+            recalibrate_batch_norm(extractor, preprocess, batch_norm_from, batch)
+        return extractor, preprocess
+
+    @lru_cache(maxsize=16)  # noqa: B019 (the loop lives as long as its measurement; a model is probed 4-6 times)
+    def _network(
+        self, model: str | None, size: int, seed: int, resize: int | None
+    ) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
         run = [] if model is None else ["backbone=run", f"backbone.model_id={model}"]
         extra = [f"seed={seed}", *([] if resize is None else [f"resize={resize}"])]
         inputs = resolve_inputs(
             self.cfg("extract", "stage=features", *run, *extra), features_task.FEATURES_STAGE
         )
-        extractor, preprocess = features_task._models(inputs, np.array([size]))
-        if batch_norm_from is not None:
-            recalibrate_batch_norm(extractor, preprocess, batch_norm_from, batch)
-        return extractor, preprocess
+        return features_task._models(inputs, np.array([size]))
 
     def embed(
         self,
@@ -389,33 +410,38 @@ class BootstrapLoop:
         merged = self.store.resolve(merge, stage="merge").artifact("merged.h5")
         ids = np.asarray(WindowReader(merged).cutout_ids, dtype=np.int64)
         table = window_table(merged, ids)
-        labels, _, groups = instantiate(self.cfg("evaluate").catalogue).labels(merged, table)
+        labels, _, groups = self.catalogue.labels(merged, table)
         return ids, labels, groups
 
     def sources(self, merge: str, cutout_ids: np.ndarray) -> np.ndarray:
         """Catalogue rows of every truth source within half a window side of a window ``cutout_ids`` of
         merge run ``merge`` (the sources a model trained on these windows has seen)."""
         merged = self.store.resolve(merge, stage="merge").artifact("merged.h5")
-        return instantiate(self.cfg("evaluate").catalogue).sources(merged, window_table(merged, cutout_ids))
+        return self.catalogue.sources(merged, window_table(merged, cutout_ids))
 
     def labelled_sky(self, merge: str) -> Labelled:
-        """The labelled windows of a merge run, and ``bootstrap.common_windows`` of its windows at random."""
+        """The labelled windows of a merge run (with ``bootstrap.probe_grid``, only those on the
+        non-overlapping grid of each mosaic), and ``bootstrap.common_windows`` of its windows at random."""
         empty = str(self.cfg("evaluate").catalogue.empty_label)
         ids, labels, groups = self.truth(merge)
-        labelled = labels != empty
+        merged = self.store.resolve(merge, stage="merge").artifact("merged.h5")
+        probed = labels != empty
+        if self.probe_grid:
+            col = window_table(merged, ids)
+            probed &= (col["y0"] % col["size"] == 0) & (col["x0"] % col["size"] == 0)
         common = np.sort(
             np.random.default_rng(0).choice(ids, size=min(self.common_windows, len(ids)), replace=False)
         )
-        with WindowReader(self.store.resolve(merge, stage="merge").artifact("merged.h5")) as reader:
-            return Labelled(
-                reader.read(ids[labelled]), labels[labelled], groups[labelled], reader.read(common)
-            )
+        with WindowReader(merged) as reader:
+            return Labelled(reader.read(ids[probed]), labels[probed], groups[probed], reader.read(common))
 
     def mirabest_set(self, root: Path, merge: str) -> Labelled:
-        """MiraBest (the ``dataset`` config's subset), resized so that a pixel spans the arcseconds of a
-        pixel of the models' probe inputs (``pixel_scale × window_size / resize`` of the pool's windows);
-        grouped by sky position (36″ cells) where ``labels.csv`` gives one. Its common set: its images."""
-        cfg = self.cfg("evaluate", "dataset=mirabest", f"dataset.root={root}")
+        """MiraBest (the ``dataset`` config's subset, the central ``bootstrap.mirabest_crop`` pixels), resized
+        so that a pixel spans the arcseconds of a pixel of the models' probe inputs (``pixel_scale ×
+        window_size / resize`` of the pool's windows); grouped by sky position (36″ cells) where ``labels.csv`` gives one. Its common set:
+        ``bootstrap.common_windows`` of its images at random (all of them when there are fewer)."""
+        crop = "null" if self.mirabest_crop is None else self.mirabest_crop
+        cfg = self.cfg("evaluate", "dataset=mirabest", f"dataset.root={root}", f"dataset.center_crop={crop}")
         images = instantiate(cfg.dataset).load()
         merged = self.store.resolve(merge, stage="merge").artifact("merged.h5")
         index = read_index(merged, ["cutout_id", "size", "mosaic"])
@@ -434,24 +460,27 @@ class BootstrapLoop:
             resize,
             arcsec,
         )
+        n = len(images.images)
+        common = np.sort(np.random.default_rng(0).choice(n, size=min(self.common_windows, n), replace=False))
         return Labelled(
             images.images,
             images.labels,
             mirabest_groups(root, images.names),
-            images.images,
+            images.images[common],
             resize=resize,
             split=images.split,
         )
 
     def measure(self, runs: BootstrapRuns, mirabest: Path | None = None) -> Measurement:
         """Score the loop's runs (see the module docstring); ``mirabest`` adds the MiraBest probes."""
-        folds = int(self.cfg("evaluate", "eval=linear_probe").eval.folds)
+        folds = int(self.linear_probe.folds)
         heldout = self.labelled_sky(runs.probe_merge)
         pool = self.labelled_sky(runs.merge)
         mira = None if mirabest is None else self.mirabest_set(mirabest, runs.merge)
         features, mirabest_baselines, gap = self._features(runs, heldout, mira, folds)
         scores: dict[tuple[str, str, str, str], tuple[list[float], list[float]]] = {}
         for method, seed, _ in self.plan():
+            log.info("probing the %s models of seed %d", method, seed)
             models = {m.arm: m for m in runs.models if m.method == method and m.seed == seed}
             self._score_seed(models, heldout, pool, mira, folds, scores, method)
         return Measurement(
@@ -515,7 +544,7 @@ class BootstrapLoop:
 
     def mirabest_probe(self, x: np.ndarray, data: Labelled, folds: int, seed: int = 0) -> dict[str, float]:
         """Linear-probe accuracy on MiraBest: the published split and grouped ``folds``-fold CV."""
-        probe = self.cfg("evaluate", "eval=linear_probe").eval
+        probe = self.linear_probe
         classify = logistic_classifier(list(probe.cs), int(probe.inner_folds), int(probe.max_iter), seed=seed)
         result = evaluate_probe(x, data.labels, classify, folds, data.split, seed, data.groups)
         return {"split": float(result.split_accuracy), "cv": float(np.mean(result.accuracy))}
