@@ -30,8 +30,8 @@ Runs are kept in ``--runs-dir`` (default ``runs/bench_science``): a second invoc
 
 Usage::
 
-    python benchmarks/bench_science.py                    # the scored study (≈ 60 min on 2 idle cores)
-    python benchmarks/bench_science.py --quick            # the tuning sky, small, 2 epochs (≈ 4 min)
+    python benchmarks/bench_science.py                    # the scored study: 81 models (see docs/science.md)
+    python benchmarks/bench_science.py --quick            # the tuning skies, small, 1 epoch: 28 models
     python benchmarks/bench_science.py --mirabest /data/mirabest --json science.json
 """
 
