@@ -56,6 +56,7 @@ TINY = [
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_bootstrap_loop_draws_every_arm_per_seed_and_no_probe_source_is_trained_on(compose, runs_dir):
     loop = BootstrapLoop(compose, TINY)
     runs = loop.run()
@@ -205,6 +206,7 @@ def test_mirabest_groups_put_one_source_in_one_group(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_bench_science_quick_prints_every_result_line_for_every_arm_and_method(tmp_path, shared_data):
     done = subprocess.run(
         [
