@@ -1,33 +1,12 @@
 #!/usr/bin/env bash
-# experiment=curation_ablation: random vs balanced vs dedup+balanced subsamples of one features run, each
-# pretrained with the same SSL recipe and scored by the same MiraBest linear probe, over several seeds
-# (SEEDS, default "0 1 2": the seed of the subsample and of the training); one table at the end with each
-# setting's mean ± std over seeds and its paired difference to random with a 95% interval.
-#   [SEEDS="0 1 2 3 4"] scripts/curation_ablation.sh FEATURES_ID MIRABEST_DIR [extra overrides for every stage...]
-# On a cluster, run the same three steps as sweeps instead (-m hydra/launcher=slurm_gpu, see docs/slurm.md).
+# experiment=curation_ablation: does curation help, at cluster scale. Every arm (random, detections, size_cut,
+# balanced_stats, balanced) and every SSL method (simclr, byol, dino, vicreg), 10 seeds each; every model is
+# trained as one submitit job array on SLURM (bootstrap.launcher), then probed on a held-out sky, the pool
+# without the sources the models saw, and MiraBest (published split and grouped CV). The RESULT lines and the
+# Markdown tables are those of benchmarks/bench_science.py (docs/science.md explains them).
+#   scripts/curation_ablation.sh [overrides...]     e.g. bootstrap.launcher.slurm_partition=gpu
+# A rerun reuses every finished run (also after an interrupted job array).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ $# -lt 2 ]; then
-    echo "usage: [SEEDS=\"0 1 2\"] $0 FEATURES_ID MIRABEST_DIR [overrides...]" >&2
-    exit 2
-fi
-features=$1
-mirabest=$(cd "$2" && pwd)
-shift 2
-seeds=${SEEDS:-0 1 2}
-last_id() { tail -n1 | cut -d= -f2; }
-
-groups=()
-for sampler in random balanced dedup_then_balanced; do
-    probes=()
-    for seed in $seeds; do
-        echo ">> $sampler, seed $seed" >&2
-        subsample=$(python curate.py experiment=curation_ablation features_id="$features" sampler="$sampler" \
-            seed="$seed" "$@" | last_id)
-        model=$(python train.py experiment=curation_ablation subsample_id="$subsample" seed="$seed" "$@" | last_id)
-        probes+=("$(python evaluate.py experiment=curation_ablation eval=linear_probe model_id="$model" \
-            dataset=mirabest dataset.root="$mirabest" "$@" | last_id)")
-    done
-    groups+=("--group" "$sampler=$(IFS=,; echo "${probes[*]}")")
-done
-radio-curation runs compare "${groups[@]}" --out curation_ablation.json
+python benchmarks/bench_science.py --experiment curation_ablation --runs-dir runs/curation_ablation \
+    --json curation_ablation.json --markdown curation_ablation.md "$@"

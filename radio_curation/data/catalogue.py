@@ -94,6 +94,19 @@ class WindowCatalogue:
         """The class of each window centred at ``(ra, dec)`` (degrees); see :meth:`match`."""
         return self.match(ra, dec, radius_arcsec)[0]
 
+    def within(self, ra: np.ndarray, dec: np.ndarray, radius_arcsec: np.ndarray) -> np.ndarray:
+        """Sorted catalogue rows of every source within ``radius_arcsec[i]`` of some window centre
+        ``(ra[i], dec[i])``: all the sources the windows show, not only those that label them."""
+        radius = np.broadcast_to(np.asarray(radius_arcsec, dtype=np.float64), np.shape(ra))
+        if len(ra) == 0 or len(self.ra) == 0:
+            return np.zeros(0, dtype=np.int64)
+        windows = SkyCoord(
+            np.asarray(ra, dtype=np.float64) * u.deg, np.asarray(dec, dtype=np.float64) * u.deg
+        )
+        sources = SkyCoord(self.ra * u.deg, self.dec * u.deg)
+        win, src, sep, _ = search_around_sky(windows, sources, float(radius.max()) * u.arcsec)
+        return np.unique(src[sep.to_value(u.arcsec) <= radius[win]]).astype(np.int64)
+
     def match(
         self, ra: np.ndarray, dec: np.ndarray, radius_arcsec: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:

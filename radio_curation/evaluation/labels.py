@@ -80,6 +80,21 @@ class WindowLabels:
         RadioCurationError
             No catalogue is configured, ``auto`` finds none for these windows, or the file is unusable.
         """
+        catalogue = self.catalogue(merged)
+        radius = 0.5 * table["size"] * table["pixel_scale"]
+        labels, groups = catalogue.match(table["ra"], table["dec"], radius)
+        unmatched = groups < 0
+        groups[unmatched] = -1 - np.arange(int(unmatched.sum()))
+        return labels, str(catalogue.path), groups
+
+    def sources(self, merged: Path, table: dict[str, np.ndarray]) -> np.ndarray:
+        """Sorted catalogue rows of every source within half a window side of a window centre of
+        ``table`` (the windows' sources, labelling or not; rows as :meth:`labels`' groups number them)."""
+        radius = 0.5 * table["size"] * table["pixel_scale"]
+        return self.catalogue(merged).within(table["ra"], table["dec"], radius)
+
+    def catalogue(self, merged: Path) -> WindowCatalogue:
+        """The catalogue that labels the windows of ``merged`` (see :meth:`labels` for the errors)."""
         path = self.path
         if path is None:
             raise RadioCurationError(
@@ -94,12 +109,7 @@ class WindowLabels:
                 )
             if self._options["peak_column"]:
                 path = ensure_truth_peaks(path.parent)  # a sky cached before truth catalogues had peaks
-        catalogue = WindowCatalogue(path, **self._options)
-        radius = 0.5 * table["size"] * table["pixel_scale"]
-        labels, groups = catalogue.match(table["ra"], table["dec"], radius)
-        unmatched = groups < 0
-        groups[unmatched] = -1 - np.arange(int(unmatched.sum()))
-        return labels, str(path), groups
+        return WindowCatalogue(path, **self._options)
 
     def labels_if_any(
         self, merged: Path, table: dict[str, np.ndarray], info: dict[str, object]

@@ -196,7 +196,7 @@ class SyntheticSurvey(LotssDR2Survey):
     ----------
     data_dir
         Cache directory for generated data (``paths.data_dir``).
-    mosaics, size, seed, overlap, dtype, class_fractions
+    mosaics, size, seed, overlap, dtype, class_fractions, ra, dec
         Sky parameters (see :class:`radio_curation.sky.synthetic.SkyParams`).
     **kwargs
         ``on_error``, ``shard``, ``n_shards``, ``num_workers`` (see :class:`Survey`).
@@ -211,13 +211,22 @@ class SyntheticSurvey(LotssDR2Survey):
         overlap: float = 0.35,
         dtype: str = "float64",
         class_fractions: Mapping[str, float] | None = None,
+        ra: float = 180.0,
+        dec: float = 50.0,
         **kwargs,
     ) -> None:
         fractions = (
             None if class_fractions is None else {str(k): float(v) for k, v in class_fractions.items()}
         )
         self.params = SkyParams(
-            mosaics=mosaics, size=size, seed=seed, overlap=overlap, dtype=dtype, class_fractions=fractions
+            mosaics=mosaics,
+            size=size,
+            seed=seed,
+            overlap=overlap,
+            dtype=dtype,
+            class_fractions=fractions,
+            ra=float(ra),
+            dec=float(dec),
         )
         name = f"sky-n{mosaics}-px{size}-seed{seed}-{self.params.digest}"
         super().__init__(root=str(Path(data_dir) / "synthetic" / name), **kwargs)
