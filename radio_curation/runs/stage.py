@@ -87,6 +87,11 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+#: Settings every root config carries, checked for the stages that do not read them too, so that a
+#: mistyped value is refused wherever it is given (``extract.py stage=cutouts seed=x``).
+ROOT_SETTINGS: Mapping[str, Any] = {"seed": int}
+
+
 @dataclass(frozen=True)
 class Stage:
     """The declaration of one stage: what defines its runs, what it reads, how it works.
@@ -155,6 +160,10 @@ class Stage:
             A declared setting is not in ``cfg``;
             :class:`~radio_curation.runs.settings.SettingError`: a value of the wrong type or range.
         """
+        unread = {
+            key: kind for key, kind in ROOT_SETTINGS.items() if key not in {**self.settings, **self.execution}
+        }
+        check_settings(select_keys(cfg, (), unread), unread)
         if not execution:
             return check_settings(select_keys(cfg, self.settings), self.settings)
         values = select_keys(cfg, self.settings, [*self.parents, *self.execution])

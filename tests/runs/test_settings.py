@@ -218,6 +218,7 @@ def _run(*args: str, store: Path) -> subprocess.CompletedProcess:
         (["extract.py", "stage=cutouts", "cutouts.overlap=half"], "cutouts.overlap"),
         (["curate.py", "features_id=F", "target_size=abc"], "target_size"),
         (["extract.py", "stage=features", "source_id=merge-0", "seed=x"], "seed"),
+        (["extract.py", "stage=cutouts", "seed=x"], "seed"),
         (["train.py", "source_id=merge-0", "trainer.precision=banana"], "trainer.precision"),
     ],
 )
