@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Every GPU throughput figure in one command, sized to finish within 8 minutes on one GPU:
+# Every GPU throughput figure in one command, sized to finish within 9 minutes on one GPU:
 #   1. features, ResNet-18 at 224 px: pipeline vs model-only, data path, loader (bench_features.py)
 #   2. features, ViT-S/14 at 224 px: the same
 #   3. training, BYOL ResNet-18 at 128 px: images/s, GPU busy, data path (bench_train.py)
 #   4. k-means 1M x 384, k = 10,000, 20 iterations, and hierarchical 1M x 384 (bench_curation.py)
+#   5. distributed hierarchical k-means, one rank on the GPU, 1M x 384 float16 (bench_distributed.py)
 # It prints the RESULT lines (the full output goes to the log named at the end) and exits non-zero if a
 # step failed or ran out of its time.
 #
@@ -43,6 +44,7 @@ if [[ $MODE == tiny ]]; then
             --datapath-workers 1 --num-workers 1)
   TRAIN=(--device cpu --batch-size 8 --steps 1 --warmup 1 --num-workers 1 --datapath-workers 1)
   CURATION=(--backend torch --device cpu --n 4000 --k 40 --levels 40 8 2 --iters 2 --no-sklearn)
+  DISTRIBUTED=(--device cpu --ranks 2 --n 4000 --n-clusters 40 8 2 --iters 2)
   LIMIT=300
 else
   SKY=(--mosaics 2 --size 2048 --overlap 0.875 --repeats 2)
@@ -50,6 +52,7 @@ else
             --datapath-workers 1 8)
   TRAIN=(--device cuda --batch-size 256 --steps 30 --warmup 5 --num-workers 8 --datapath-workers 1 8)
   CURATION=(--backend torch --device cuda --n 1000000 --k 10000 --levels 2000 200 20 --iters 20 --no-sklearn)
+  DISTRIBUTED=(--device cuda --ranks 1 --n 1000000 --n-clusters 2000 200 20 --iters 10 --baseline-threads 16)
   LIMIT=0
 fi
 
@@ -58,6 +61,7 @@ STEPS=(
   "110|features vit_small_dinov2|$B/bench_features.py --backbone vit_small_dinov2 --windows 12000 ${SKY[*]} ${FEATURES[*]}"
   "120|training byol resnet18|$B/bench_train.py ${SKY[*]} ${TRAIN[*]}"
   "100|k-means and hierarchical|$B/bench_curation.py ${CURATION[*]} --only kmeans hierarchical"
+  "100|distributed k-means|$B/bench_distributed.py ${DISTRIBUTED[*]}"
 )
 
 LOG=/dev/null
