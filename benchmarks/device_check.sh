@@ -61,7 +61,7 @@ STEPS=(
   "110|features vit_small_dinov2|$B/bench_features.py --backbone vit_small_dinov2 --windows 12000 ${SKY[*]} ${FEATURES[*]}"
   "120|training byol resnet18|$B/bench_train.py ${SKY[*]} ${TRAIN[*]}"
   "100|k-means and hierarchical|$B/bench_curation.py ${CURATION[*]} --only kmeans hierarchical"
-  "100|distributed k-means|$B/bench_distributed.py ${DISTRIBUTED[*]}"
+  "80|distributed k-means|$B/bench_distributed.py ${DISTRIBUTED[*]}"
 )
 
 LOG=/dev/null
