@@ -14,19 +14,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch.distributed as dist
 
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.data.datamodule import TrainingWindows
 from radio_curation.errors import RadioCurationError
-
-
-def rss_bytes() -> int:
-    """This process's resident set size."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def main(merged: str, shared_dir: str, out: str, n: int) -> None:
@@ -41,9 +34,9 @@ def main(merged: str, shared_dir: str, out: str, n: int) -> None:
     except RadioCurationError as err:
         report["error"] = str(err)
     dm = TrainingWindows(merged, ids, batch_size=16, resident_gb=1, shared_dir=shared_dir)
-    before = rss_bytes()
+    before = psutil.Process().memory_info().rss
     dm.setup("fit")
-    report["rss_growth"] = rss_bytes() - before
+    report["rss_growth"] = psutil.Process().memory_info().rss - before
     dist.barrier()
     report["files_after_setup"] = sorted(os.listdir(shared_dir))
     pixels = dm._pixels
