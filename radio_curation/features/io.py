@@ -171,7 +171,9 @@ class BlockShards:
         offset, dim, dtype = self._extent()
         rows = np.ascontiguousarray(features, dtype=dtype)
         if rows.shape[1:] != (dim,):
-            raise RadioCurationError(f"block {block} has {rows.shape[1:]} features per row, the file {dim}")
+            raise RadioCurationError(
+                f"block {block} has {rows.shape[1:]} features per row, the file holds {dim}"
+            )
         data = memoryview(rows).cast("B")
         at = offset + start * dim * dtype.itemsize
         fd = os.open(self.data_path, os.O_WRONLY)
