@@ -28,6 +28,13 @@ On a synthetic sky cut into windows (cutouts + merge stages, in a temporary run 
     loader workers; the least of a pass), which a machine loaded by other work inflates far less than
     the rate: ``c`` idle cores could deliver about ``c / cpu_us_per_window`` windows per µs.
 
+(d) join (``--only-join``, no sky or model): ``--join-rows`` synthetic rows of ``--join-dim`` float16
+    features in blocks of 2048 rows, as two ranks leave them, joined into ``features.h5``: the serial join
+    this project had before (``serial_join``, the baseline: rank 0 reads every block file and copies its
+    rows into one chunked dataset) against the join now (the ranks wrote their rows in place: the blocks'
+    markers checked, the file renamed). Also the time the ranks took to write the blocks either way, and
+    the bytes each join wrote (``write_chars`` of this process).
+
 Usage::
 
     python benchmarks/bench_features.py                                   # CPU, ResNet-18 at 224 px
@@ -38,7 +45,9 @@ Prints ``RESULT loader ours=<r> naive=<r> ratio=<x>`` (with the decomposition li
 ``RESULT extraction pipeline=<r> model_only=<r> ratio=<x>``,
 ``RESULT datapath windows_per_s=<r> gb_per_s=<r> memcpy_gb_per_s=<r> fraction=<f> workers=<n>
 cpu_us_per_window=<t>`` (one per worker count, then the stage's default count again; all printed after the
-last pass, against the run's best memcpy) and ``RESULT datapath_before ...`` likewise.
+last pass, against the run's best memcpy) and ``RESULT datapath_before ...`` likewise;
+``RESULT join rows=<n> serial_join_s=<t> join_s=<t> ratio=<x> serial_join_gb_written=<g>
+join_gb_written=<g> write_s_before=<t> write_s=<t>`` with ``--only-join``.
 """
 
 from __future__ import annotations
@@ -46,10 +55,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import psutil
 import torch
@@ -58,12 +69,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
+from radio_curation.atomic import atomic_path
 from radio_curation.backbones import build_backbone, instantiate_user
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.cutouts.resident import ResidentMosaics
 from radio_curation.data.preprocess import Preprocess
 from radio_curation.features.extraction import LOADER_PREFETCH, WindowBatches, cpu_threads
-from radio_curation.features.io import Plan
+from radio_curation.features.io import BlockShards, Plan, join
 from radio_curation.runs.store import RunStore
 from radio_curation.tasks import cutouts as cutouts_task
 from radio_curation.tasks import features as features_task
@@ -362,6 +374,84 @@ def model_only_rate(cfg: DictConfig, args: argparse.Namespace, n: int) -> float:
     return steps * args.batch_size / (time.perf_counter() - start)
 
 
+#: Rows per block in the join figures (8 batches of 256, the stage's default).
+JOIN_BLOCK_ROWS = 2048
+
+
+def join_rows(block: int, start: int, stop: int, dim: int) -> np.ndarray:
+    """The synthetic float16 rows of one block (the same for both joins)."""
+    return (
+        np.random.default_rng(block).standard_normal((stop - start, dim), dtype=np.float32).astype(np.float16)
+    )
+
+
+def serial_join(directory: Path, plan: Plan, dim: int, path: Path) -> None:
+    """The join before the ranks wrote in place (the baseline): rank 0 reads every block file, rows included,
+    and copies them into one chunked dataset of about 1 MiB chunks."""
+    chunk = max(1, min(plan.n_rows, (1 << 20) // (dim * 2)))
+    with h5py.File(path, "w") as out:
+        features = out.create_dataset(
+            "features", shape=(plan.n_rows, dim), dtype=np.float16, chunks=(chunk, dim)
+        )
+        ids = out.create_dataset("cutout_id", shape=(plan.n_rows,), dtype=np.int64)
+        for block in range(plan.n_blocks):
+            start, stop = plan.block_range(block)
+            with h5py.File(directory / f"block-{block:08d}.h5", "r") as f:
+                features[start:stop] = f["features"][:]
+                ids[start:stop] = f["cutout_id"][:]
+
+
+def timed_written(work) -> tuple[float, float]:
+    """Wall seconds of ``work()`` and the GB this process passed to write calls meanwhile."""
+    written, began = psutil.Process().io_counters().write_chars, time.perf_counter()
+    work()
+    return time.perf_counter() - began, (psutil.Process().io_counters().write_chars - written) / 1e9
+
+
+def join_benchmark(args: argparse.Namespace, work: Path) -> None:
+    """(d): the serial join against the join of rows written in place, on the same synthetic blocks."""
+    n, dim = args.join_rows, args.join_dim
+    plan = Plan(n, JOIN_BLOCK_ROWS, "merge-synthetic")
+    ids = np.arange(n, dtype=np.int64)
+    before, now = work / "before", work / "now"
+    before.mkdir(parents=True)
+
+    def write_before() -> None:
+        for block in range(plan.n_blocks):
+            start, stop = plan.block_range(block)
+            # As the blocks were written before: whole files, flushed, renamed.
+            with atomic_path(before / f"block-{block:08d}.h5", fsync=True) as tmp, h5py.File(tmp, "w") as f:
+                f.create_dataset("features", data=join_rows(block, start, stop, dim))
+                f.create_dataset("cutout_id", data=ids[start:stop])
+
+    shards = BlockShards(now)
+    shards.load_or_create_plan(n, JOIN_BLOCK_ROWS, plan.source_id)
+    shards.create_data(plan, ids, dim, np.float16, {})
+
+    def write_now() -> None:
+        for block in range(plan.n_blocks):
+            start, stop = plan.block_range(block)
+            shards.write(block, start, ids[start:stop], join_rows(block, start, stop, dim), rank=block % 2)
+
+    write_s_before, _ = timed_written(write_before)
+    write_s, _ = timed_written(write_now)
+    serial_s, serial_gb = timed_written(lambda: serial_join(before, plan, dim, work / "serial.h5"))
+    join_s, join_gb = timed_written(lambda: join(shards, plan, ids, work / "features.h5"))
+    with h5py.File(work / "serial.h5", "r") as a, h5py.File(work / "features.h5", "r") as b:
+        step = max(1, n // 1000)
+        if not np.array_equal(a["features"][::step], b["features"][::step]):
+            raise RuntimeError("the two joins disagree")
+    print(
+        f"RESULT join rows={n} dim={dim} dtype=float16 blocks={plan.n_blocks} serial_join_s={serial_s:.3f} "
+        f"join_s={join_s:.3f} ratio={serial_s / join_s:.1f} serial_join_gb_written={serial_gb:.3f} "
+        f"join_gb_written={join_gb:.3f} write_s_before={write_s_before:.2f} write_s={write_s:.2f} "
+        "baseline=serial_join",
+        flush=True,
+    )
+    for path in (before, now, work / "serial.h5", work / "features.h5"):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -402,6 +492,9 @@ def main() -> None:
     parser.add_argument(
         "--only-datapath", action="store_true", help="only the data path figures (c), not (a) and (b)"
     )
+    parser.add_argument("--only-join", action="store_true", help="only the join figures (d)")
+    parser.add_argument("--join-rows", type=int, default=2_000_000, help="rows in the join figures")
+    parser.add_argument("--join-dim", type=int, default=384, help="feature width in the join figures")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes of each; the best counts")
@@ -413,6 +506,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
+        if args.only_join:
+            join_benchmark(args, work / "join")
+            return
         common = [f"paths.runs_dir={work / 'runs'}", f"paths.data_dir={work / 'data'}", "logger=none"]
         sky = [f"survey.mosaics={args.mosaics}", f"survey.size={args.size}"]
         windows = [f"cutouts.window_size={args.window}", f"cutouts.overlap={args.overlap}"]

@@ -33,6 +33,13 @@ on idle cores); then ``RESULT datapath_before ...`` likewise for the data path b
 (``data.resident_gb=0``), and ``RESULT datapath_views_before ...`` for the views as they were made before
 (:class:`GroupedConvViews`). First ``RESULT views ours_us=<t> before_us=<t> ratio=<x>``: CPU time of one
 thread per view pair of the augmentation alone, ours against :class:`GroupedConvViews`, on one batch.
+
+With ``--only-resident`` (no training): ``RESULT resident ranks=<R> windows=<n> data_gb=<g> node_gb=<g>
+per_rank_copies_node_gb=<g> ratio=<x> setup_s=<t> per_rank_copies_setup_s=<t>``: the memory the resident
+windows take on a node of ``--resident-ranks`` gloo ranks (the sum over the ranks of the growth of their
+proportional set size, every window read by every rank), held once per node through
+``data.resident_shared_dir`` against the named baseline ``per_rank_copies`` (``resident_shared_dir=null``:
+each rank reads its own copy, as before), and the wall time of the datamodule's setup.
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ import numpy as np
 import psutil
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 import torchvision.transforms as T
 from hydra import compose, initialize_config_dir
@@ -59,6 +68,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks.bench_distributed import free_port
 from radio_curation.backbones import build_backbone, instantiate_user
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.data.augmentation import (
@@ -380,6 +390,53 @@ def datapath_figures(
         windows.num_workers, windows.augmentation = args.num_workers, in_workers
 
 
+def pss_bytes() -> int:
+    """This process's proportional set size (shared pages split among the processes mapping them)."""
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no Pss in /proc/self/smaps_rollup")
+
+
+def resident_rank(
+    rank: int, world: int, port: int, merged: Path, ids: np.ndarray, shared: str | None, out
+) -> None:
+    """One rank of ``RESULT resident``: its datamodule's setup time and PSS growth, every window read."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    before = pss_bytes()
+    datamodule = TrainingWindows(merged, ids, batch_size=32, resident_gb=1e3, shared_dir=shared)
+    began = time.perf_counter()
+    datamodule.setup("fit")
+    setup_s = time.perf_counter() - began
+    float(datamodule._pixels.sum())  # every page of the windows read by this rank
+    dist.barrier()
+    out.put((rank, setup_s, pss_bytes() - before))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def resident_figures(merged: Path, n_windows: int, ranks: int) -> None:
+    """``RESULT resident``: the node's memory for the resident windows, one copy per node vs per rank."""
+    ids = np.resize(WindowReader(merged).cutout_ids, n_windows)
+    figures = {}
+    for name, shared in (("per_rank_copies", None), ("shared", "/dev/shm")):
+        queue = mp.get_context("spawn").SimpleQueue()
+        mp.spawn(resident_rank, args=(ranks, free_port(), merged, ids, shared, queue), nprocs=ranks)
+        got = [queue.get() for _ in range(ranks)]
+        figures[name] = (max(g[1] for g in got), sum(g[2] for g in got) / 1e9)
+    side = WindowReader(merged).positions(ids[:1])["size"][0]
+    data_gb = n_windows * side * side * 4 / 1e9
+    (setup_s, node_gb), (base_setup_s, base_gb) = figures["shared"], figures["per_rank_copies"]
+    print(
+        f"RESULT resident ranks={ranks} windows={n_windows} data_gb={data_gb:.3f} node_gb={node_gb:.3f} "
+        f"per_rank_copies_node_gb={base_gb:.3f} ratio={base_gb / node_gb:.2f} setup_s={setup_s:.2f} "
+        f"per_rank_copies_setup_s={base_setup_s:.2f} baseline=per_rank_copies",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -396,6 +453,11 @@ def main() -> None:
         "--repeats", type=int, default=2, help="interleaved repeats; the best of each is kept"
     )
     parser.add_argument("--cache", action="store_true", help="ours reads the HDF5 pixel cache")
+    parser.add_argument("--only-resident", action="store_true", help="only RESULT resident (no training)")
+    parser.add_argument("--resident-windows", type=int, default=8192, help="windows held in RESULT resident")
+    parser.add_argument(
+        "--resident-ranks", type=int, default=2, help="gloo ranks of one node in RESULT resident"
+    )
     parser.add_argument(
         "--datapath-workers",
         type=int,
@@ -428,6 +490,9 @@ def main() -> None:
         cut = cutouts_task.run(config("extract", [*common, "stage=cutouts", *sky, *windows]))
         merge = merge_task.run(config("extract", [*common, "stage=merge", f"cutouts_ids=[{cut['run_id']}]"]))
         merged = RunStore(work / "runs").resolve(merge["run_id"], stage="merge").artifact("merged.h5")
+        if args.only_resident:
+            resident_figures(merged, args.resident_windows, args.resident_ranks)
+            return
         reader = WindowReader(merged)
         needed = (args.warmup + args.steps) * args.batch_size
         if len(reader.cutout_ids) < needed:

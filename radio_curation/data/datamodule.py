@@ -3,7 +3,8 @@
 When the windows take at most ``resident_gb`` they are read once (through the cutout reader in
 ``cutout_id`` order, or from the pixel cache) into one float32 tensor, and every batch is one index gather
 from it: on the GPU itself when the views are made there (the loader then only hands out row numbers), or
-by the DataLoader workers from shared memory otherwise. Larger subsamples are read a batch at a time (one
+by the DataLoader workers from shared memory otherwise. Under DDP the ranks of a node map one copy (the
+node's first rank reads it). Larger subsamples are read a batch at a time (one
 batched read through the cutout reader, or one fancy-indexed read from the cache). Views are made for whole
 batches, never per sample: on the model's device (GPUs), or in the DataLoader workers when training on
 CPUs. A batch holds its windows in ``cutout_id`` order whichever way they are read.
@@ -30,6 +31,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from radio_curation.atomic import atomic_path
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.data.augmentation import batch_seed, views_generator
+from radio_curation.data.node_shared import one_copy_per_node
 from radio_curation.errors import RadioCurationError
 from radio_curation.progress import progress
 
@@ -204,34 +206,32 @@ class ReaderWindows(Dataset):
         return self.__getitems__([index])[0]
 
 
-def load_windows(merged_path: str | Path, cutout_ids: np.ndarray, nan_fill: float = 0.0) -> Tensor:
-    """The pixels of ``cutout_ids`` as one float32 ``[N, 1, S, S]`` tensor in shared memory, rows in that order.
+def read_windows_into(
+    pixels: Tensor, merged_path: str | Path, cutout_ids: np.ndarray, nan_fill: float = 0.0
+) -> None:
+    """Read the pixels of ``cutout_ids`` into ``pixels`` (``[N, 1, S, S]`` float32), rows in that order.
 
     Read in ``cutout_id`` order (sequential reads of each mosaic), bitwise what the reader returns.
     """
     reader = WindowReader(str(merged_path), nan_fill=nan_fill)
     ids = np.asarray(cutout_ids, dtype=np.int64)
-    size = int(reader.positions(ids[:1])["size"][0])
-    pixels = torch.empty((len(ids), 1, size, size), dtype=torch.float32).share_memory_()
     order = np.argsort(ids, kind="stable")
     with progress(len(ids), "loading windows", unit="win") as bar:
         for start in range(0, len(ids), CACHE_READ_BATCH):
             rows = torch.from_numpy(order[start : start + CACHE_READ_BATCH])
             pixels[rows] = torch.from_numpy(reader.read(ids[rows.numpy()]))
             bar.advance(len(rows))
-    return pixels
 
 
-def load_cache(path: str | Path) -> Tensor:
-    """The whole pixel cache written by :func:`write_cache` as one float32 tensor in shared memory."""
+def read_cache_into(pixels: Tensor, path: str | Path) -> None:
+    """Read the whole pixel cache written by :func:`write_cache` into ``pixels``."""
     with h5py.File(path, "r") as f:
-        pixels = torch.empty(f["pixels"].shape, dtype=torch.float32).share_memory_()
         f["pixels"].read_direct(pixels.numpy())
-    return pixels
 
 
 class ResidentWindows(Dataset):
-    """Windows held in one tensor (in shared memory, so DataLoader workers read it in place).
+    """Windows held in one tensor (in shared memory, so DataLoader workers and the other ranks of the node
+    read it in place).
 
     Parameters
     ----------
@@ -376,6 +376,10 @@ class TrainingWindows(pl.LightningDataModule):
     resident_gb
         Hold the windows in memory when they take at most this many GB (0: never); on a GPU that makes the
         views (no ``augmentation`` here) they are moved there if its free memory allows.
+    shared_dir
+        Under a process group of several ranks, the ranks of a node hold one copy of the resident windows,
+        filled by the node's first rank through a file in this node-local folder (removed once every rank
+        has mapped it; see :mod:`radio_curation.data.node_shared`). None: a copy per rank.
     seed
         Seed of the shuffle of every epoch and of the views made in the workers.
     """
@@ -392,6 +396,7 @@ class TrainingWindows(pl.LightningDataModule):
         prefetch_factor: int = 2,
         augmentation: nn.Module | None = None,
         resident_gb: float = 0.0,
+        shared_dir: str | Path | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -405,6 +410,7 @@ class TrainingWindows(pl.LightningDataModule):
         self.prefetch_factor = int(prefetch_factor)
         self.augmentation = augmentation
         self.resident_gb = float(resident_gb)
+        self.shared_dir = None if shared_dir is None else Path(shared_dir)
         self.seed = int(seed)
         self.dataset: Dataset | None = None
         self._pixels: Tensor | None = None
@@ -430,19 +436,28 @@ class TrainingWindows(pl.LightningDataModule):
         if self.cache_path is not None and not self._cache_is_current():
             write_cache(self.merged_path, self.cutout_ids, self.cache_path, nan_fill=self.nan_fill)
 
+    def resident_shape(self) -> tuple[int, int, int, int]:
+        """``[N, 1, S, S]`` of the windows held in memory."""
+        size = int(WindowReader(self.merged_path).positions(self.cutout_ids[:1])["size"][0])
+        return (len(self.cutout_ids), 1, size, size)
+
     def resident_bytes(self) -> int:
         """Bytes the windows take in memory as float32."""
-        size = int(WindowReader(self.merged_path).positions(self.cutout_ids[:1])["size"][0])
-        return len(self.cutout_ids) * size * size * 4
+        return int(np.prod(self.resident_shape())) * 4
+
+    def _fill(self, pixels: Tensor) -> None:
+        if self.cache_path is not None:
+            read_cache_into(pixels, self.cache_path)
+        else:
+            read_windows_into(pixels, self.merged_path, self.cutout_ids, self.nan_fill)
 
     def setup(self, stage: str) -> None:
         if self.dataset is not None:
             return
         if self.resident_bytes() <= self.resident_gb * 1e9:
-            if self.cache_path is not None:
-                self._pixels = load_cache(self.cache_path)
-            else:
-                self._pixels = load_windows(self.merged_path, self.cutout_ids, self.nan_fill)
+            self._pixels = one_copy_per_node(
+                self.resident_shape(), self._fill, self.shared_dir, "data.resident_shared_dir"
+            )
             self.dataset = ResidentWindows(self._pixels)
         elif self.cache_path is not None:
             self.dataset = CachedWindows(self.cache_path)

@@ -33,6 +33,9 @@ class TrainingData:
         Value for blank (NaN) pixels.
     resident_gb
         Hold the windows in memory when they take at most this many GB (0: never).
+    resident_shared_dir
+        Node-local folder through which the DDP ranks of a node share one copy of the resident windows
+        (None: a copy per rank).
     pin_memory
         Pin host memory when training on a GPU.
     prefetch_factor
@@ -47,6 +50,7 @@ class TrainingData:
     window_size: int | None
     nan_fill: float
     resident_gb: float
+    resident_shared_dir: str | None
     pin_memory: bool
     prefetch_factor: int
     augment_on: str
@@ -73,5 +77,6 @@ class TrainingData:
             pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor,
             resident_gb=self.resident_gb,
+            shared_dir=self.resident_shared_dir,
             seed=seed,
         )

@@ -419,7 +419,7 @@ class BlockWriter(Callback):
         entry["features"][np.searchsorted(block_ids, ids)] = feats
         entry["filled"] += len(ids)
         if entry["filled"] == len(block_ids):
-            datamodule.shards.write(block, block_ids, entry["features"], trainer.global_rank)
+            datamodule.shards.write(block, start, block_ids, entry["features"], trainer.global_rank)
             self.rows_written += len(block_ids)
             del self._open[block]
         if trainer.received_sigterm:
@@ -434,7 +434,7 @@ class BlockWriter(Callback):
             raise RadioCurationError(
                 f"blocks {sorted(self._open)} were left incomplete on rank {trainer.global_rank}"
             )
-        # Rank 0 joins the blocks into features.h5 right after: every rank's blocks must be on disk.
+        # Rank 0 checks the blocks and renames the file into place right after: every rank's rows must be on disk.
         trainer.strategy.barrier("features-blocks-written")
 
 

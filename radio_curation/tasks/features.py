@@ -2,8 +2,8 @@
 
 Resumable: rows are computed in fixed blocks written atomically under ``<run>/shards/`` (see
 :mod:`radio_curation.features.io`); a run stopped at any moment (SIGKILL included) and started again
-with the same command computes only the missing blocks, then joins them into ``features.h5`` (rows in
-``cutout_id`` order) and removes the shards.
+with the same command computes only the missing blocks, then renames the file the ranks wrote their rows
+into to ``features.h5`` (rows in ``cutout_id`` order; no row copied) and removes the shards.
 
 Distributed: with ``devices``/``num_nodes`` > 1 and ``strategy=ddp`` every rank runs this entry point
 (Lightning starts them, or SLURM / torchrun does). Rank 0 owns the run (lease, manifest, final file);
@@ -39,7 +39,7 @@ from radio_curation.features.extraction import (
     FeatureModule,
     RateBar,
 )
-from radio_curation.features.io import BlockShards, Plan, consolidate
+from radio_curation.features.io import BlockShards, Plan, join
 from radio_curation.features.matrix import FeatureFile
 from radio_curation.runs.settings import Built, NonNegativeInt, PositiveInt
 from radio_curation.runs.stage import Inputs, Run, Stage, run_stage
@@ -237,6 +237,10 @@ def _work(run: Run) -> None:
     extractor, preprocess = _models(run, sizes[:n_rows])
     weights = weights_digest(extractor)
     plan = shards.load_or_create_plan(n_rows, BATCHES_PER_BLOCK * int(cfg.batch_size), source.run_id, weights)
+    dtype = _dtype(cfg)
+    shards.create_data(
+        plan, ids, extractor.feature_dim, dtype, _attrs(run, extractor, source.run_id, dtype, weights)
+    )
     run.info["weights_sha256"] = weights
     pending = shards.pending(plan)
     run.info["blocks"] = plan.n_blocks
@@ -253,10 +257,8 @@ def _work(run: Run) -> None:
         rows = sum(stop - start for start, stop in map(plan.block_range, pending))
         run.metrics["windows_per_s"] = round(rows / elapsed, 2)
         run.info["world_size"] = world_size
-    dtype = _dtype(cfg)
     with run.timer("join"), run.artifact(FEATURES) as tmp:
-        attrs = _attrs(run, extractor, source.run_id, dtype, weights)
-        run.info["blocks_by_rank"] = consolidate(shards, plan, ids, tmp, extractor.feature_dim, dtype, attrs)
+        run.info["blocks_by_rank"] = join(shards, plan, ids, tmp)
     _finish(run, final, shards)
 
 
@@ -340,7 +342,7 @@ FEATURES_STAGE = Stage(
     },
     derived={"limit_rows": limit_rows},
     check=_check,
-    resumable=("shards/block-*.h5", FEATURES),
+    resumable=("shards/block-*.h5", "shards/features.h5", FEATURES),
     headline="counts.rows",
     distributed=True,
 )

@@ -336,6 +336,7 @@ TRAIN = Stage(
                 "data.num_workers",
                 "data.cache",
                 "data.resident_gb",
+                "data.resident_shared_dir",
                 "data.pin_memory",
                 "data.prefetch_factor",
                 "data.augment_on",

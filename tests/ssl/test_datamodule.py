@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -18,6 +22,8 @@ from radio_curation.data.datamodule import (
 )
 from radio_curation.errors import RadioCurationError
 from radio_curation.runs.store import RunStore
+from tests.curation.test_distributed_kmeans import torchrun
+from tests.ssl import resident_worker
 
 
 @pytest.fixture
@@ -199,3 +205,24 @@ def test_a_loader_resumed_mid_epoch_hands_out_the_rest_of_that_epoch_with_the_sa
     resumed.batch_sampler.sampler.set_epoch(3)
     later = [batch["views"][0] for batch in resumed]
     assert len(later) == len(want) and not torch.equal(later[0], want[0][0])
+
+
+def test_the_ranks_of_a_node_share_one_copy_of_the_resident_windows(merged, tmp_path):
+    shared, out = tmp_path / "shm", tmp_path / "out"
+    shared.mkdir()
+    out.mkdir()
+    n = 16384  # 64 MiB of 32 px windows: far above the noise of a process's RSS
+    done = torchrun(2, str(Path(resident_worker.__file__)), str(merged), str(shared), str(out), str(n))
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    ids = np.resize(WindowReader(merged).cutout_ids, n)
+    want = hashlib.sha256(WindowReader(merged).read(ids).tobytes()).hexdigest()
+    assert [r["sha256"] for r in ranks] == [want, want]
+    assert ranks[0]["bytes"] == n * 32 * 32 * 4 and ranks[0]["batch_shape"] == [16, 1, 32, 32]
+    # One copy: both ranks map the same file, and the second rank's memory did not grow by the windows.
+    assert ranks[1]["rss_growth"] < 0.1 * ranks[0]["bytes"]
+    assert ranks[0]["filename"] == ranks[1]["filename"]
+    assert Path(ranks[0]["filename"]).parent == shared
+    # The file is gone as soon as every rank has mapped it; a folder without room fails on every rank.
+    assert [r["files_after_setup"] for r in ranks] == [[], []] and not list(shared.iterdir())
+    assert all("failed on rank 0" in r["error"] and "missing" in r["error"] for r in ranks)
