@@ -76,11 +76,23 @@ def test_inplace_conditioning_keeps_float16_and_matches_float32():
         np.testing.assert_allclose(out, expected, atol=2e-3)
 
 
-def test_auto_init_is_kmeanspp_up_to_the_threshold_and_random_above():
-    algo = HierarchicalKMeans(n_clusters=[500, 40, 4], init="auto", kmeanspp_max_k=40)
-    assert [algo.level_init(level) for level in (1, 2, 3)] == ["random", "kmeans++", "kmeans++"]
-    forced = HierarchicalKMeans(n_clusters=[500, 40], init=["kmeans++", "random"], kmeanspp_max_k=40)
-    assert [forced.level_init(level) for level in (1, 2)] == ["kmeans++", "random"]
+def test_auto_init_is_kmeanspp_while_its_work_is_small_then_kmeans_parallel_then_random():
+    # Work: training points x k for k-means++; rounds x oversampling x k^2 (10 k^2) for k-means||.
+    algo = HierarchicalKMeans(n_clusters=[100, 40, 4], init="auto", kmeanspp_max_work=100_000)
+    assert [algo.level_init(level, 900) for level in (1, 2, 3)] == ["kmeans++"] * 3
+    # 10,000 points x 100 = 1e6 > 1e5 >= 10 x 100^2 = 1e5: k-means||; level 2: 100 x 40 = 4000.
+    assert [algo.level_init(level, 10_000) for level in (1, 2, 3)] == [
+        "kmeans_parallel",
+        "kmeans++",
+        "kmeans++",
+    ]
+    # The training sample bounds the points: 100 x 5 = 500 points x 100 clusters = 5e4.
+    sampled = HierarchicalKMeans(n_clusters=[100, 4], kmeanspp_max_work=100_000, max_points_per_centroid=5)
+    assert sampled.level_init(1, 10_000) == "kmeans++"
+    wide = HierarchicalKMeans(n_clusters=[500, 40], init="auto", kmeanspp_max_work=100_000)
+    assert [wide.level_init(level, 10_000) for level in (1, 2)] == ["random", "kmeans++"]
+    forced = HierarchicalKMeans(n_clusters=[500, 40], init=["kmeans++", "random"], kmeanspp_max_work=10)
+    assert [forced.level_init(level, 10_000) for level in (1, 2)] == ["kmeans++", "random"]
     x, _ = planted(SIZES, dim=8, seed=4)
     assert np.array_equal(init_centroids(RowView(x, np.arange(0, 1600, 2)), 5, "random", 1), x[::2][
         np.sort(np.random.default_rng(1).choice(800, size=5, replace=False))
@@ -119,10 +131,11 @@ def test_clustering_that_cannot_fit_says_so_before_it_starts(compose, features_r
         RadioCurationError, match=r"needs about .* GB .*features_dtype=float16.*memory_limit_gb"
     ):
         curate.run(compose("curate", [*overrides, "memory_limit_gb=0.0001"]))
-    result = curate.run(compose("curate", [*overrides, "clustering.kmeanspp_max_k=10"]))
+    # Level 1: 1600 points x 20 > 10,000 >= 10 x 20^2: k-means||, recorded in the run.
+    result = curate.run(compose("curate", [*overrides, "clustering.kmeanspp_max_work=10000"]))
     clusters_dir = Path(result["run_dir"]).parents[1] / "cluster" / result["clusters_id"]
     info = read_manifest(clusters_dir)["info"]
-    assert info["init"] == ["random", "kmeans++"]
+    assert info["init"] == ["kmeans_parallel", "kmeans++"]
     assert 0 < info["memory_estimate_gb"] < 0.01
     sampling = [f"clusters_id={result['clusters_id']}", "sampler=prototypicality", "target_size=100"]
     with pytest.raises(RadioCurationError, match=r"sampling from 1600 x 12 float32 features needs about"):
