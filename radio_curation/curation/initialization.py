@@ -163,7 +163,7 @@ def _greedy(
 
 
 def kmeans_parallel(
-    x: Points, k: int, seed: int, backend: KMeansBackend, rounds: int = 5, oversampling: float = 2.0
+    x: Points, k: int, seed: int, backend: KMeansBackend, rounds: int = 5, oversampling: float = 1.0
 ) -> np.ndarray:
     """``k`` initial centroids of ``x`` (rows of ``x``) by k-means‖ (Bahmani et al. 2012).
 

@@ -59,7 +59,7 @@ def init_centroids(
     seed: int,
     backend: KMeansBackend | None = None,
     rounds: int = 5,
-    oversampling: float = 2.0,
+    oversampling: float = 1.0,
 ) -> np.ndarray:
     """Initial centroids: ``k`` distinct rows of ``x`` (``random``), greedy k-means++ (``kmeans++``) or
     k-means‖ (``kmeans_parallel``).
@@ -119,7 +119,7 @@ def kmeans(
     backend: KMeansBackend | None = None,
     max_points_per_centroid: int | None = None,
     init_rounds: int = 5,
-    oversampling: float = 2.0,
+    oversampling: float = 1.0,
 ) -> KMeansResult:
     """k-means of ``x`` into ``k`` clusters, then every point assigned to its nearest centroid.
 
@@ -321,7 +321,7 @@ class HierarchicalKMeans:
     max_points_per_centroid: PositiveInt | None = None
     kmeanspp_max_work: PositiveInt = 250_000_000
     kmeans_parallel_rounds: PositiveInt = 5
-    kmeans_parallel_oversampling: PositiveFloat = 2.0
+    kmeans_parallel_oversampling: PositiveFloat = 1.0
     backend: KMeansBackend = field(default_factory=lambda: FaissBackend("cpu"))
 
     def __post_init__(self) -> None:

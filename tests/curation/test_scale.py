@@ -77,10 +77,10 @@ def test_inplace_conditioning_keeps_float16_and_matches_float32():
 
 
 def test_auto_init_is_kmeanspp_while_its_work_is_small_then_kmeans_parallel_then_random():
-    # Work: training points x k for k-means++; rounds x oversampling x k^2 (10 k^2) for k-means||.
+    # Work: training points x k for k-means++; rounds x oversampling x k^2 (5 k^2) for k-means||.
     algo = HierarchicalKMeans(n_clusters=[100, 40, 4], init="auto", kmeanspp_max_work=100_000)
     assert [algo.level_init(level, 900) for level in (1, 2, 3)] == ["kmeans++"] * 3
-    # 10,000 points x 100 = 1e6 > 1e5 >= 10 x 100^2 = 1e5: k-means||; level 2: 100 x 40 = 4000.
+    # 10,000 points x 100 = 1e6 > 1e5 >= 5 x 100^2: k-means||; level 2: 100 x 40 = 4000.
     assert [algo.level_init(level, 10_000) for level in (1, 2, 3)] == [
         "kmeans_parallel",
         "kmeans++",
@@ -131,7 +131,7 @@ def test_clustering_that_cannot_fit_says_so_before_it_starts(compose, features_r
         RadioCurationError, match=r"needs about .* GB .*features_dtype=float16.*memory_limit_gb"
     ):
         curate.run(compose("curate", [*overrides, "memory_limit_gb=0.0001"]))
-    # Level 1: 1600 points x 20 > 10,000 >= 10 x 20^2: k-means||, recorded in the run.
+    # Level 1: 1600 points x 20 > 10,000 >= 5 x 20^2: k-means||, recorded in the run.
     result = curate.run(compose("curate", [*overrides, "clustering.kmeanspp_max_work=10000"]))
     clusters_dir = Path(result["run_dir"]).parents[1] / "cluster" / result["clusters_id"]
     info = read_manifest(clusters_dir)["info"]
