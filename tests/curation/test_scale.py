@@ -3,17 +3,25 @@ float16, an initialisation chosen by k, fixed-size update blocks, a memory check
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import radio_curation.curation.samplers as samplers
 from radio_curation.curation.backends import FaissBackend, RowView, TorchBackend
 from radio_curation.curation.clusters import Hierarchy
 from radio_curation.curation.conditioning import FeatureConditioning, normalize_rows
 from radio_curation.curation.kmeans import HierarchicalKMeans, init_centroids, kmeans
-from radio_curation.curation.samplers import ClusteredPool, SemDedupSampler, priority_dedup, split_clusters
+from radio_curation.curation.samplers import (
+    ClusteredPool,
+    SemDedupSampler,
+    near_duplicate_pairs,
+    priority_dedup,
+    split_clusters,
+)
 from radio_curation.errors import RadioCurationError
 from radio_curation.runs.manifest import read_manifest
 from radio_curation.suppression import greedy_keep
@@ -162,6 +170,28 @@ def test_semdedup_streamed_through_one_large_cluster_in_blocks_equals_the_in_mem
     for block_rows in (7, 64, len(x)):
         kept = priority_dedup(RowView(x, np.arange(len(x))), clusters, 0.99, rank, block_rows=block_rows)
         np.testing.assert_array_equal(kept, expected)
+
+
+@pytest.mark.parametrize("rule", ["priority", "components"])
+def test_semdedup_holds_one_float32_copy_of_a_cluster_not_its_stored_rows_and_temporaries(monkeypatch, rule):
+    # One cluster of 8192 float16 rows: its float32 unit rows are 16 MiB. Gathering the stored rows whole,
+    # then converting and normalising them, held twice that at once. Similarity blocks of 16
+    # rows (0.6 MiB), so that the copies show.
+    m, dim = 8192, 512
+    monkeypatch.setattr(samplers, "SIMILARITY_BLOCK", 16 * m)
+    x = np.random.default_rng(0).standard_normal((m, dim)).astype(np.float16)
+    clusters = np.zeros(m, dtype=np.int64)
+    float32_bytes = m * dim * 4
+    tracemalloc.start()
+    try:
+        if rule == "priority":
+            priority_dedup(RowView(x, np.arange(m)), clusters, 0.9, np.arange(m))
+        else:
+            list(near_duplicate_pairs(RowView(x, np.arange(m)), clusters, 0.9))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert float32_bytes < peak < 1.5 * float32_bytes
 
 
 def test_clusters_above_the_size_cap_are_split_contiguously_in_key_order():
