@@ -174,11 +174,12 @@ def test_semdedup_streamed_through_one_large_cluster_in_blocks_equals_the_in_mem
 
 @pytest.mark.parametrize("rule", ["priority", "components"])
 def test_semdedup_holds_one_float32_copy_of_a_cluster_not_its_stored_rows_and_temporaries(monkeypatch, rule):
-    # One cluster of 8192 float16 rows: its float32 unit rows are 16 MiB. Gathering the stored rows whole,
-    # then converting and normalising them, held twice that at once. Similarity blocks of 16
-    # rows (0.6 MiB), so that the copies show.
-    m, dim = 8192, 512
+    # One cluster of 2048 float16 rows of 2048 dimensions: its float32 unit rows are 16 MiB. Gathering the
+    # stored rows whole, then converting and normalising them, held twice that at once. Similarity blocks
+    # and gathers of 16 and 128 rows (0.2 and 2.5 MiB), so that the copies show.
+    m, dim = 2048, 2048
     monkeypatch.setattr(samplers, "SIMILARITY_BLOCK", 16 * m)
+    monkeypatch.setattr(samplers, "GATHER_ROWS", 128)
     x = np.random.default_rng(0).standard_normal((m, dim)).astype(np.float16)
     clusters = np.zeros(m, dtype=np.int64)
     float32_bytes = m * dim * 4
