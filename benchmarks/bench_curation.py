@@ -1,5 +1,5 @@
-"""Curation benchmarks: GEMM rate, k-means and k-means++ vs scikit-learn, hierarchical k-means vs a plain
-per-level loop, balanced sampling vs a plain per-cluster loop.
+"""Curation benchmarks: GEMM rate, k-means and k-means++ vs scikit-learn, k-means‖ vs greedy k-means++,
+hierarchical k-means vs a plain per-level loop, balanced sampling vs a plain per-cluster loop.
 
 k-means is bound by its distance computations, which are matrix products, so the float32 GEMM rate of the
 device the k-means runs on (numpy ``matmul`` on the CPU; torch ``matmul`` on a GPU, with and without TF32),
@@ -11,6 +11,7 @@ Usage::
     python benchmarks/bench_curation.py                      # 200,000 x 384, k = 2,000, 20 iterations
     python benchmarks/bench_curation.py --n 1000000          # the large setting
     python benchmarks/bench_curation.py --only kmeanspp --n 20000 --k 200 --iters 50 --threads 1
+    python benchmarks/bench_curation.py --only init --n 100000 --init-ks 64 256 1024
     python benchmarks/bench_curation.py --backend torch --device cuda --n 1000000 --k 10000
 
 Prints one ``RESULT`` line per benchmark.
@@ -181,6 +182,42 @@ def bench_kmeanspp(x: np.ndarray, k: int, iters: int, backend: KMeansBackend, se
         f"init_ours={ours_init_s / seeds:.2f} init_sklearn={sk_init_s / seeds:.2f} "
         f"init_speedup={sk_init_s / ours_init_s:.2f}"
     )
+
+
+def _potential(x: np.ndarray, centres: np.ndarray, backend: KMeansBackend) -> float:
+    return float(backend.assign(x, centres, False)[1].sum(dtype=np.float64))
+
+
+def bench_init(x: np.ndarray, ks: list[int], backend: KMeansBackend) -> None:
+    """k-means‖ against greedy k-means++ (the baseline) at fixed ``n`` and growing ``k``.
+
+    Per ``k``: each one's seconds (wall and CPU) and rate (points × k per wall second), their ratio, and
+    the potential (sum of squared distances to the nearest initial centroid) of k-means‖ over k-means++'s;
+    then the log-log slope of each one's wall time in ``k`` (k-means++ takes ``k`` sequential steps).
+    """
+    seconds: dict[str, list[float]] = {"kmeans++": [], "kmeans_parallel": []}
+    for k in ks:
+        potential, cpu = {}, {}
+        for method in seconds:
+            start = time.perf_counter(), time.process_time()
+            centres = init_centroids(x, k, method, derive_seed(0, k), backend)
+            seconds[method].append(time.perf_counter() - start[0])
+            cpu[method] = time.process_time() - start[1]
+            potential[method] = _potential(x, centres, backend)
+        base, ours = seconds["kmeans++"][-1], seconds["kmeans_parallel"][-1]
+        print(
+            f"RESULT init n={len(x)} k={k} kmeanspp_s={base:.2f} kmeanspp_cpu_s={cpu['kmeans++']:.2f} "
+            f"kmeans_parallel_s={ours:.2f} kmeans_parallel_cpu_s={cpu['kmeans_parallel']:.2f} "
+            f"kmeanspp_rate={len(x) * k / base:.3g} kmeans_parallel_rate={len(x) * k / ours:.3g} "
+            f"speedup={base / ours:.2f} potential_ratio={potential['kmeans_parallel'] / potential['kmeans++']:.4f}"
+        )
+    if len(ks) > 1:
+        scale = np.log(ks[-1] / ks[0])
+        slopes = {m: np.log(t[-1] / t[0]) / scale for m, t in seconds.items()}
+        print(
+            f"RESULT init_growth n={len(x)} k={ks[0]}..{ks[-1]} alpha_kmeanspp={slopes['kmeans++']:.2f} "
+            f"alpha_kmeans_parallel={slopes['kmeans_parallel']:.2f}"
+        )
 
 
 def _status_bytes(field: str) -> int:
@@ -401,12 +438,16 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=1, help="seeds of the k-means++ comparison")
     parser.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn comparison")
+    parser.add_argument(
+        "--init-ks", type=int, nargs="+", default=[64, 256, 1024], help="k of the k-means‖ comparison"
+    )
     parser.add_argument("--balanced-n", type=int, default=3_000_000)
     parser.add_argument("--balanced-target", type=int, default=200_000)
     parser.add_argument("--balanced-levels", type=int, nargs=3, default=[60000, 4000, 300])
-    parser.add_argument("--only", choices=["kmeans", "kmeanspp", "hierarchical", "balanced"], nargs="*")
+    benches = ["kmeans", "kmeanspp", "init", "hierarchical", "balanced"]
+    parser.add_argument("--only", choices=benches, nargs="*")
     args = parser.parse_args()
-    only = set(args.only or ["kmeans", "kmeanspp", "hierarchical", "balanced"])
+    only = set(args.only or benches)
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
 
@@ -419,7 +460,7 @@ def main() -> None:
     # The yardstick is the rate of the products the backend runs: TF32 only where torch is told to use it.
     tf32 = backend.device.startswith("cuda") and torch.backends.cuda.matmul.allow_tf32
     exact = True
-    if only & {"kmeans", "kmeanspp", "hierarchical"}:
+    if only & {"kmeans", "kmeanspp", "init", "hierarchical"}:
         x = planted_features(args.n, args.dim, n_true=max(args.k // 4, 2))
         print(f"features: {args.n} x {args.dim} float32 ({x.nbytes / 2**20:.0f} MiB)")
         if "kmeans" in only:
@@ -428,6 +469,8 @@ def main() -> None:
             )
         if "kmeanspp" in only:
             bench_kmeanspp(x, args.k, args.iters, backend, args.seeds)
+        if "init" in only:
+            bench_init(x, args.init_ks, backend)
         if "hierarchical" in only:
             exact &= bench_hierarchical(x, args.levels, args.iters, args.backend, args.device, args.threads)
         del x

@@ -18,6 +18,7 @@ Stages (``--stages``; names end in the features' dtype where both are run)::
     lloyd_faiss_kn, lloyd_torch_kn   one Lloyd iteration at k = n / ROWS_PER_CLUSTER
     init_kmeanspp             greedy k-means++ at k = INIT_K (its time per step extrapolates to larger k)
     init_random               random rows at k = n / ROWS_PER_CLUSTER
+    init_kmeans_parallel      k-means‖ at k = n / ROWS_PER_CLUSTER (init=auto's choice at DR2-like k)
     hierarchical              the whole hierarchical k-means, DR2's [60000, 4000, 300] scaled to the rows
     semdedup, prototypicality, balanced   the samplers on the planted clusters (largest cluster logged)
     neighbours                adjacent window pairs of the merged index (evaluation/neighbours.py)
@@ -72,7 +73,7 @@ ROWS_PER_PLANTED = 500
 ZIPF = 1.1
 DEFAULT_STAGES = (
     "merge checksum load_f16 load_f32 center_l2_f16 center_l2_f32 pca_whiten_f16 lloyd_faiss lloyd_torch "
-    "lloyd_faiss_kn lloyd_torch_kn init_kmeanspp init_random hierarchical semdedup prototypicality balanced neighbours"
+    "lloyd_faiss_kn lloyd_torch_kn init_kmeanspp init_random init_kmeans_parallel hierarchical semdedup prototypicality balanced neighbours"
 ).split()
 DEFAULT_HEADERS = ROOT.parent / "shared" / "data" / "lotss_dr2_headers"
 
@@ -264,6 +265,9 @@ def run_stage(stage: str, work: Path, n: int, threads: int) -> dict:
         elif stage == "init_random":
             init_centroids(x, k, "random", 0)
             details["k"] = k
+        elif stage == "init_kmeans_parallel":
+            init_centroids(x, k, "kmeans_parallel", 0, faiss)
+            details["k"] = k
         else:
             ks = [max(2, n // r) for r in HIERARCHY_ROWS_PER_CLUSTER]
             algo = HierarchicalKMeans(
@@ -272,6 +276,7 @@ def run_stage(stage: str, work: Path, n: int, threads: int) -> dict:
             )  # fmt: skip
             algo.fit(x, seed=0)
             details["n_clusters"] = ks
+            details["init"] = [algo.level_init(level, n) for level in range(1, len(ks) + 1)]
     elif stage in ("semdedup", "prototypicality", "balanced"):
         from radio_curation.curation.samplers import (
             BalancedSampler,

@@ -18,10 +18,9 @@ import numpy as np
 
 from radio_curation.atomic import atomic_path
 from radio_curation.curation.backends import FaissBackend, KMeansBackend, Points, RowView
-from radio_curation.curation.initialization import greedy_kmeans_plusplus
+from radio_curation.curation.initialization import greedy_kmeans_plusplus, kmeans_parallel
 from radio_curation.curation.sharded import (
-    LOCAL,
-    Collective,
+    derive_seed,
     gather_rows,
     local_rows,
     random_keys,
@@ -30,32 +29,40 @@ from radio_curation.curation.sharded import (
 )
 from radio_curation.errors import RadioCurationError
 from radio_curation.progress import progress
-from radio_curation.runs.settings import NonNegativeInt, PositiveInt
+from radio_curation.runs.settings import NonNegativeInt, PositiveFloat, PositiveInt
 
 log = logging.getLogger(__name__)
 
-Init = Literal["kmeans++", "random", "auto"]
+Init = Literal["kmeans++", "kmeans_parallel", "random", "auto"]
 INITS = get_args(Init)
 
 
-def derive_seed(seed: int, *parts: int) -> int:
-    """A 31-bit seed for one step (level, resampling step ...) of a run seeded with ``seed``."""
-    return int(np.random.SeedSequence([int(seed), *map(int, parts)]).generate_state(1)[0] % (2**31 - 1))
+def resolve_init(method: str, k: int, n: int, max_work: int, oversampling_rounds: float) -> str:
+    """The initialisation a k-means of ``k`` clusters on ``n`` training points runs.
 
-
-def resolve_init(method: str, k: int, kmeanspp_max_k: int) -> str:
-    """The initialisation a k-means of ``k`` clusters runs: ``auto`` is ``kmeans++`` up to
-    ``kmeanspp_max_k`` clusters and ``random`` above (greedy k-means++ takes ``k`` sequential steps, each
-    a pass over the points its candidates reach: hours at tens of thousands of clusters)."""
-    if method == "auto":
-        return "kmeans++" if k <= kmeanspp_max_k else "random"
-    return method
+    ``auto`` is greedy ``kmeans++`` while its work, ``n × k`` point-steps (``k`` sequential steps over the
+    points), is at most ``max_work``; above it ``kmeans_parallel`` while the greedy k-means++ that reduces
+    its ``oversampling_rounds × k`` drawn points (rounds × oversampling) to ``k``, ``oversampling_rounds ×
+    k²`` point-steps, is at most ``max_work``; ``random`` above both (tens of thousands of clusters).
+    """
+    if method != "auto":
+        return method
+    if n * k <= max_work:
+        return "kmeans++"
+    return "kmeans_parallel" if oversampling_rounds * k * k <= max_work else "random"
 
 
 def init_centroids(
-    x: Points, k: int, method: str, seed: int, device: str = "cpu", comm: Collective = LOCAL
+    x: Points,
+    k: int,
+    method: str,
+    seed: int,
+    backend: KMeansBackend | None = None,
+    rounds: int = 5,
+    oversampling: float = 1.0,
 ) -> np.ndarray:
-    """Initial centroids: ``k`` distinct rows of ``x`` (``random``) or greedy k-means++ (``kmeans++``).
+    """Initial centroids: ``k`` distinct rows of ``x`` (``random``), greedy k-means++ (``kmeans++``) or
+    k-means‖ (``kmeans_parallel``).
 
     Parameters
     ----------
@@ -65,19 +72,27 @@ def init_centroids(
         Number of centroids.
     method
         ``kmeans++`` (:func:`~radio_curation.curation.initialization.greedy_kmeans_plusplus`, which holds a
-        float32 copy of ``x``) or ``random`` (no copy).
+        float32 copy of ``x``), ``kmeans_parallel``
+        (:func:`~radio_curation.curation.initialization.kmeans_parallel`: ``rounds`` searches of the
+        points, no copy) or ``random`` (no copy).
     seed
         Seed of the random choices; the same seed gives the same centroids on every backend.
-    device
-        torch device of the k-means++ distance computations.
-    comm
-        The ranks ``x`` is sharded over (``x`` is then this rank's rows): every rank gets the centroids of
-        all the rows, the ones a single process would pick. k-means++ copies all rows onto every rank.
+    backend
+        Runs k-means‖'s searches; its ``init_device`` runs the k-means++ distance computations, and its
+        ``comm`` is the ranks ``x`` is sharded over (``x`` is then this rank's rows): every rank gets the
+        centroids of all the rows, the ones a single process would pick. k-means++ copies all rows onto
+        every rank. Default: faiss on the CPU.
+    rounds, oversampling
+        k-means‖'s sampling rounds and the points it draws per round, as a multiple of ``k``.
     """
+    backend = backend or FaissBackend("cpu")
+    comm = backend.comm
     if method == "random":
         return gather_rows(x, random_rows(comm.layout(x.shape[0])[1], k, seed), comm)
     if method == "kmeans++":
-        return greedy_kmeans_plusplus(comm.gather_all(x), k, seed, device=device)
+        return greedy_kmeans_plusplus(comm.gather_all(x), k, seed, device=backend.init_device)
+    if method == "kmeans_parallel":
+        return kmeans_parallel(x, k, seed, backend, rounds=rounds, oversampling=oversampling)
     raise RadioCurationError(f"unknown k-means init {method!r}; use one of {', '.join(INITS)}")
 
 
@@ -103,6 +118,8 @@ def kmeans(
     spherical: bool = False,
     backend: KMeansBackend | None = None,
     max_points_per_centroid: int | None = None,
+    init_rounds: int = 5,
+    oversampling: float = 1.0,
 ) -> KMeansResult:
     """k-means of ``x`` into ``k`` clusters, then every point assigned to its nearest centroid.
 
@@ -117,7 +134,7 @@ def kmeans(
     n_iters
         Lloyd iterations.
     init
-        ``kmeans++`` or ``random``.
+        ``kmeans++``, ``kmeans_parallel`` or ``random``.
     seed
         Seed of the initialisation and of the training subsample.
     spherical
@@ -127,6 +144,8 @@ def kmeans(
     max_points_per_centroid
         Train on a random subsample of at most ``k * max_points_per_centroid`` points (``None``: all),
         held as an index into ``x``, not a copy. Every point is assigned either way.
+    init_rounds, oversampling
+        k-means‖'s rounds and points drawn per round (a multiple of ``k``).
 
     Returns
     -------
@@ -150,7 +169,7 @@ def kmeans(
             max_points_per_centroid,
         )
     start = init_centroids(
-        train, k, init, derive_seed(seed, 0), device=backend.init_device, comm=backend.comm
+        train, k, init, derive_seed(seed, 0), backend, rounds=init_rounds, oversampling=oversampling
     )
     fit = backend.fit(train, start, n_iters, spherical)
     assignment, distance = backend.assign(x, fit.centroids, spherical)
@@ -271,17 +290,23 @@ class HierarchicalKMeans:
     n_iters
         Lloyd iterations of every k-means run.
     init
-        ``kmeans++`` (greedy), ``random`` or ``auto``, for all levels or one per level. k-means++ takes
-        ``k`` sequential steps, each over the points near its candidates, and holds a float32 copy of the
-        points it starts from; ``auto`` runs it up to ``kmeanspp_max_k`` clusters and ``random`` above
-        (see :func:`resolve_init`; the choice per level is :meth:`level_init`).
+        ``kmeans++`` (greedy), ``kmeans_parallel`` (k-means‖), ``random`` or ``auto``, for all levels or
+        one per level. k-means++ takes ``k`` sequential steps, each over the points near its candidates,
+        and holds a float32 copy of the points it starts from; k-means‖ takes ``kmeans_parallel_rounds``
+        searches of the points, then a k-means++ over the points it drew; ``auto`` picks by
+        ``kmeanspp_max_work`` (see :func:`resolve_init`; the choice per level is :meth:`level_init`).
     metric
         ``l2``, or ``cosine`` (features L2-normalised, spherical k-means).
     max_points_per_centroid
         Train each k-means on at most ``k * max_points_per_centroid`` random points (``None``: all);
         every point is still assigned.
-    kmeanspp_max_k
-        Above this many clusters ``init: auto`` starts from random rows instead of k-means++.
+    kmeanspp_max_work
+        ``init: auto`` runs greedy k-means++ while training points × k is at most this, k-means‖ while
+        its reduction (``kmeans_parallel_rounds × kmeans_parallel_oversampling × k²``) is, random above.
+    kmeans_parallel_rounds
+        k-means‖'s sampling rounds.
+    kmeans_parallel_oversampling
+        Points k-means‖ draws per round, as a multiple of ``k``.
     backend
         A :class:`~radio_curation.curation.backends.KMeansBackend`.
     """
@@ -294,7 +319,9 @@ class HierarchicalKMeans:
     init: Sequence[Init] | Init = "kmeans++"
     metric: Literal["l2", "cosine"] = "l2"
     max_points_per_centroid: PositiveInt | None = None
-    kmeanspp_max_k: PositiveInt = 4096
+    kmeanspp_max_work: PositiveInt = 250_000_000
+    kmeans_parallel_rounds: PositiveInt = 5
+    kmeans_parallel_oversampling: PositiveFloat = 1.0
     backend: KMeansBackend = field(default_factory=lambda: FaissBackend("cpu"))
 
     def __post_init__(self) -> None:
@@ -344,9 +371,16 @@ class HierarchicalKMeans:
         configured = self.sample_size[level - 1]
         return configured if configured is not None else max(1, (n_inputs + k) // (2 * k))
 
-    def level_init(self, level: int) -> str:
-        """The initialisation level ``level`` (1-based) runs (``auto`` resolved by its k)."""
-        return resolve_init(self.init[level - 1], self.n_clusters[level - 1], self.kmeanspp_max_k)
+    def level_init(self, level: int, n_points: int) -> str:
+        """The initialisation level ``level`` (1-based) runs on ``n_points`` level-1 points (all ranks'):
+        ``auto`` resolved by the level's k and training points (its inputs, at most ``k ×
+        max_points_per_centroid``)."""
+        k = self.n_clusters[level - 1]
+        n = n_points if level == 1 else self.n_clusters[level - 2]
+        if self.max_points_per_centroid is not None:
+            n = min(n, k * self.max_points_per_centroid)
+        rounds = self.kmeans_parallel_rounds * self.kmeans_parallel_oversampling
+        return resolve_init(self.init[level - 1], k, n, self.kmeanspp_max_work, rounds)
 
     @property
     def n_levels(self) -> int:
@@ -375,15 +409,21 @@ class HierarchicalKMeans:
                 f"level {level} asks for {k} clusters but there are only {n} {what}: "
                 f"lower clustering.n_clusters[{i}]"
             )
+        init = self.level_init(level, n)
+        parallel = {
+            "init_rounds": self.kmeans_parallel_rounds,
+            "oversampling": self.kmeans_parallel_oversampling,
+        }
         first = kmeans(
             x,
             k,
             n_iters=self.n_iters,
-            init=self.level_init(level),
+            init=init,
             seed=derive_seed(seed, level, 0),
             spherical=self.spherical,
             backend=backend,
             max_points_per_centroid=self.max_points_per_centroid,
+            **parallel,
         )
         centroids, assignment, distance = first.centroids, first.assignment, first.distance
         resampling_objective = [comm.total(distance)]
@@ -416,10 +456,11 @@ class HierarchicalKMeans:
                 sample,
                 k,
                 n_iters=self.n_iters,
-                init=self.level_init(level),
+                init=init,
                 seed=step_seed,
                 spherical=self.spherical,
                 backend=backend,
+                **parallel,
             )
             centroids = again.centroids
             assignment, distance = backend.assign(x, centroids, self.spherical)

@@ -28,8 +28,10 @@ from radio_curation.suppression import greedy_keep
 
 log = logging.getLogger(__name__)
 
-#: Elements of a similarity block computed at once in semdedup (64 MiB in float32).
-SIMILARITY_BLOCK = 1 << 24
+#: Elements of a similarity block computed at once in semdedup (16 MiB in float32).
+SIMILARITY_BLOCK = 1 << 22
+#: Rows of a cluster gathered and normalised at once in semdedup.
+GATHER_ROWS = 1024
 #: Edges gathered before semdedup settles them (components: compressed to one star per component).
 EDGE_BUDGET = 1 << 22
 
@@ -248,6 +250,16 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
 
 
+def _cluster_unit_rows(x: np.ndarray | RowView, members: np.ndarray) -> np.ndarray:
+    """Rows ``members`` of ``x`` as float32 unit rows, gathered and normalised :data:`GATHER_ROWS` at a
+    time into the one output (the cluster in its stored dtype and the normalisation's temporaries would
+    otherwise come on top of it, 2.5x its float32 size)."""
+    out = np.empty((len(members), x.shape[1]), dtype=np.float32)
+    for start in range(0, len(members), GATHER_ROWS):
+        out[start : start + GATHER_ROWS] = _unit_rows(x[members[start : start + GATHER_ROWS]])
+    return out
+
+
 def split_clusters(clusters: np.ndarray, key: np.ndarray, max_size: int | None) -> np.ndarray:
     """Cluster labels with every cluster above ``max_size`` rows cut into pieces of at most ``max_size``,
     contiguous in ``key`` order (e.g. the distance to the centroid, which near-duplicates share to within
@@ -281,7 +293,7 @@ def near_duplicate_pairs(
             m = len(members)
             if m < 2:
                 continue
-            xc = _unit_rows(x[members])
+            xc = _cluster_unit_rows(x, members)
             step = max(1, SIMILARITY_BLOCK // m)
             pi, pj = [], []
             for start in range(0, m, step):
@@ -371,7 +383,7 @@ def priority_dedup(
             bar.advance(1)
             if len(members) > 1:
                 members = members[np.argsort(rank[members])]
-                keep[members] = _priority_dedup_cluster(_unit_rows(x[members]), threshold, block_rows)
+                keep[members] = _priority_dedup_cluster(_cluster_unit_rows(x, members), threshold, block_rows)
     return keep
 
 

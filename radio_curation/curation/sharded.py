@@ -113,8 +113,8 @@ class TorchCollective(Collective):
         if size > self.max_gather_bytes:
             raise RadioCurationError(
                 f"k-means++ on {n} rows would copy {size / 1e9:.1f} GB onto every rank, above "
-                f"clustering.backend.max_gather_gb={self.max_gather_bytes / 1e9:g}: use clustering.init=random "
-                "for this level (e.g. init=[random,kmeans++]), set clustering.max_points_per_centroid, or "
+                f"clustering.backend.max_gather_gb={self.max_gather_bytes / 1e9:g}: use clustering.init="
+                "kmeans_parallel or random for this level (e.g. init=[kmeans_parallel,kmeans++]), set clustering.max_points_per_centroid, or "
                 "raise max_gather_gb"
             )
         return np.concatenate(self.gather(np.ascontiguousarray(x[:])))
@@ -136,6 +136,11 @@ def gather_rows(x: np.ndarray, rows: np.ndarray, comm: Collective) -> np.ndarray
     out = np.zeros((len(rows), x.shape[1]), dtype=np.float32)
     out[mine] = x[rows[mine] - offset]
     return comm.sum(out)
+
+
+def derive_seed(seed: int, *parts: int) -> int:
+    """A 31-bit seed for one step (level, resampling step ...) of a run seeded with ``seed``."""
+    return int(np.random.SeedSequence([int(seed), *map(int, parts)]).generate_state(1)[0] % (2**31 - 1))
 
 
 def random_rows(n: int, k: int, seed: int) -> np.ndarray:

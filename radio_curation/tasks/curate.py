@@ -186,7 +186,7 @@ def cluster(run: Run) -> None:
     run.info["conditioning"] = fit.describe()
     run.counts["points"] = len(cutout_id)
     run.info["backend"] = algo.backend.describe()
-    run.info["init"] = [algo.level_init(level) for level in range(1, algo.n_levels + 1)]
+    run.info["init"] = [algo.level_init(level, len(cutout_id)) for level in range(1, algo.n_levels + 1)]
     run.info["max_points_per_centroid"] = algo.max_points_per_centroid
     started = time.perf_counter()
 
@@ -238,7 +238,7 @@ def _check_cluster_memory(
         n, dim, dtype = source.n, source.dim, stored_dtype(source)
     k, per_centroid = algo.n_clusters[0], algo.max_points_per_centroid
     kmeanspp_rows = 0
-    if algo.level_init(1) == "kmeans++":
+    if algo.level_init(1, n) == "kmeans++":
         kmeanspp_rows = n if per_centroid is None else min(n, k * per_centroid)
     n_rank = -(-n // algo.backend.comm.world_size)
     parts = clustering_memory(
@@ -250,8 +250,8 @@ def _check_cluster_memory(
         hints.append(_FLOAT16_HINT)
     if kmeanspp_rows:
         hints.append(
-            f"start level 1 from random rows (clustering.init=random, or init=auto with "
-            f"clustering.kmeanspp_max_k below {k})"
+            f"start level 1 with k-means‖ or random rows (clustering.init=kmeans_parallel or random, or "
+            f"init=auto with clustering.kmeanspp_max_work below {kmeanspp_rows * k})"
         )
         if per_centroid is None:
             hints.append("or bound k-means++'s rows with clustering.max_points_per_centroid")

@@ -21,10 +21,15 @@ POINTS = {"sizes": [1500, 600, 300, 120, 60, 30], "dim": 16, "separation": 8.0, 
 COMMON = {"n_clusters": [40, 8, 3], "n_resampling_steps": [2, 2, 1], "sample_size": [10, 3, 2], "n_iters": 15}
 #: Random init with resampling of the closest points; k-means++ on a training subsample with random
 #: resampling; random init on points half of which are one row, so that clusters start empty and take
-#: the farthest points.
+#: the farthest points; k-means‖ (its rounds' draws and D² sums over the ranks) on a training subsample.
 CASES = {
     "random_closest": {"init": "random", "sampling_strategy": "closest"},
     "kmeans++_random": {"init": "kmeans++", "sampling_strategy": "random", "max_points_per_centroid": 5},
+    "kmeans_parallel": {
+        "init": "kmeans_parallel",
+        "sampling_strategy": "closest",
+        "max_points_per_centroid": 20,
+    },
     "empty_clusters": {"init": "random", "sampling_strategy": "closest"},
 }
 

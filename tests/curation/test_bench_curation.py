@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 import radio_curation.curation.samplers as samplers
@@ -9,6 +11,7 @@ from benchmarks.bench_curation import (
     RESAMPLING_STEPS,
     SAMPLE_SIZE,
     bench_balanced,
+    bench_init,
     gemm_gflops,
     plain_hierarchy,
 )
@@ -55,3 +58,12 @@ def test_balanced_benchmark_fails_when_the_sampler_is_not_exact(monkeypatch, cap
     monkeypatch.setattr(samplers, "water_fill", skewed)
     assert not bench_balanced(20_000, 1_000, [400, 40, 6])
     assert "exact=False" in capsys.readouterr().out
+
+
+def test_init_benchmark_compares_kmeans_parallel_with_kmeanspp_at_each_k(capsys):
+    x, _ = planted([600, 300, 150, 80, 40], dim=8, separation=10.0, seed=1)
+    bench_init(x, [5, 20], FaissBackend("cpu"))
+    out = capsys.readouterr().out
+    for k in (5, 20):
+        assert re.search(rf"RESULT init n=1170 k={k} kmeanspp_s=\S+ .* speedup=\S+ potential_ratio=\S+", out)
+    assert "RESULT init_growth n=1170 k=5..20 alpha_kmeanspp=" in out

@@ -16,7 +16,7 @@ import pytest
 
 from radio_curation.curation.backends import FaissBackend, TorchBackend
 from radio_curation.curation.distributed import DistributedBackend
-from radio_curation.curation.kmeans import select_per_cluster
+from radio_curation.curation.kmeans import init_centroids, select_per_cluster
 from radio_curation.curation.sharded import (
     Collective,
     farthest_rows,
@@ -116,6 +116,20 @@ def test_sharded_steps_pick_the_single_process_rows(n_ranks):
         np.testing.assert_array_equal(farthest, x[np.argsort(-dist, kind="stable")[:12]])
         np.testing.assert_array_equal(rows, x[[999, 3, 500]])
         np.testing.assert_array_equal(keys, np.random.default_rng(4).random(1000))
+
+
+@pytest.mark.parametrize("n_ranks", [2, 3])
+def test_kmeans_parallel_on_ranks_picks_the_single_process_centroids(n_ranks):
+    x = planted([500, 250, 120, 80, 50], dim=8, separation=6.0, seed=3)[0][:1000].astype(np.float16)
+
+    def work(comm, lo, hi):
+        backend = FaissBackend("cpu", threads=1, block_rows=64)
+        backend.comm = comm
+        return init_centroids(x[lo:hi], 25, "kmeans_parallel", 7, backend)
+
+    want = init_centroids(x, 25, "kmeans_parallel", 7, FaissBackend("cpu"))
+    for got in on_ranks(n_ranks, work):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_two_gloo_ranks_give_the_single_process_hierarchy(tmp_path):

@@ -246,8 +246,10 @@ def test_kmeans_plusplus_on_a_cuda_device_picks_the_cpu_rows():
     x, _ = planted(SIZES, separation=30.0, seed=4)
     backend = TorchBackend("cuda")
     assert backend.init_device == "cuda"
-    on_gpu = init_centroids(x, 6, "kmeans++", seed=2, device=backend.init_device)
-    np.testing.assert_array_equal(on_gpu, init_centroids(x, 6, "kmeans++", seed=2, device="cpu"))
+    on_gpu = init_centroids(x, 6, "kmeans++", seed=2, backend=backend)
+    np.testing.assert_array_equal(
+        on_gpu, init_centroids(x, 6, "kmeans++", seed=2, backend=FaissBackend("cpu"))
+    )
 
 
 def test_per_level_settings_follow_n_clusters():
@@ -303,3 +305,58 @@ def test_select_per_cluster_takes_the_smallest_keys_of_each_cluster():
             expected.extend(ranked[: per_cluster[cluster]])
         got = select_per_cluster(assignment, key, per_cluster)
         np.testing.assert_array_equal(got, np.sort(expected))
+
+
+#: Well separated clusters of very unequal sizes: random rows miss the small ones.
+ZIPF_SIZES = [1500, 600, 300, 120, 60, 30, 20, 12, 8]
+
+
+def test_kmeans_parallel_starts_in_every_planted_cluster_like_kmeanspp_where_random_misses_some():
+    x, labels = planted(ZIPF_SIZES, separation=30.0, seed=1)
+    k = len(ZIPF_SIZES)
+
+    def clusters_hit(centres: np.ndarray) -> int:
+        nearest = ((centres[:, None, :] - x[None]) ** 2).sum(2).argmin(1)
+        return len(set(labels[nearest]))
+
+    starts = {m: [init_centroids(x, k, m, s) for s in range(4)] for m in ("kmeans_parallel", "random")}
+    assert [clusters_hit(c) for c in starts["kmeans_parallel"]] == [k] * 4
+    assert max(clusters_hit(c) for c in starts["random"]) < k
+    parallel = np.mean([_potential(x, c) for c in starts["kmeans_parallel"]])
+    plusplus = np.mean([_potential(x, init_centroids(x, k, "kmeans++", s)) for s in range(4)])
+    assert parallel <= 1.05 * plusplus
+    assert parallel < 0.1 * np.mean([_potential(x, c) for c in starts["random"]])
+
+
+def test_kmeans_parallel_starts_as_low_as_kmeanspp_on_many_unequal_clusters():
+    x, _ = planted([60] * 10 + [15] * 30, dim=10, separation=8.0, seed=11)
+    parallel = np.mean([_potential(x, init_centroids(x, 40, "kmeans_parallel", s)) for s in range(6)])
+    plusplus = np.mean([_potential(x, init_centroids(x, 40, "kmeans++", s)) for s in range(6)])
+    assert parallel <= 1.05 * plusplus
+
+
+def test_kmeans_parallel_is_deterministic_for_a_seed_and_does_not_depend_on_the_search_blocks():
+    x, _ = planted(SIZES, separation=3.0, seed=2)
+    half = x.astype(np.float16)
+    start = init_centroids(half, 30, "kmeans_parallel", 4, FaissBackend("cpu", block_rows=4096))
+    assert start.dtype == np.float32 and start.shape == (30, x.shape[1])
+    assert len(np.unique(start, axis=0)) == 30
+    for backend in (FaissBackend("cpu", threads=1, block_rows=37), FaissBackend("cpu", block_rows=4096)):
+        np.testing.assert_array_equal(init_centroids(half, 30, "kmeans_parallel", 4, backend), start)
+    assert not np.array_equal(init_centroids(half, 30, "kmeans_parallel", 5), start)
+
+
+def test_kmeans_parallel_tops_up_with_random_rows_when_its_rounds_draw_fewer_than_k():
+    x, _ = planted([100, 100], dim=4, seed=3)
+    start = init_centroids(x, 50, "kmeans_parallel", 0, rounds=1, oversampling=0.1)
+    assert len(np.unique(start, axis=0)) == 50
+    assert all((x == c).all(1).any() for c in start)
+
+
+def test_weighted_kmeanspp_never_starts_from_a_weightless_point():
+    x, _ = planted([300, 300, 300], dim=6, separation=20.0, seed=4)
+    weights = np.where(np.arange(len(x)) % 2 == 0, 1.0, 0.0)
+    for seed in range(3):
+        chosen = greedy_kmeans_plusplus(x, 12, seed=seed, weights=weights)
+        rows = [int(np.flatnonzero((x == c).all(1))[0]) for c in chosen]
+        assert all(r % 2 == 0 for r in rows)

@@ -3,17 +3,25 @@ float16, an initialisation chosen by k, fixed-size update blocks, a memory check
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import radio_curation.curation.samplers as samplers
 from radio_curation.curation.backends import FaissBackend, RowView, TorchBackend
 from radio_curation.curation.clusters import Hierarchy
 from radio_curation.curation.conditioning import FeatureConditioning, normalize_rows
 from radio_curation.curation.kmeans import HierarchicalKMeans, init_centroids, kmeans
-from radio_curation.curation.samplers import ClusteredPool, SemDedupSampler, priority_dedup, split_clusters
+from radio_curation.curation.samplers import (
+    ClusteredPool,
+    SemDedupSampler,
+    near_duplicate_pairs,
+    priority_dedup,
+    split_clusters,
+)
 from radio_curation.errors import RadioCurationError
 from radio_curation.runs.manifest import read_manifest
 from radio_curation.suppression import greedy_keep
@@ -76,11 +84,23 @@ def test_inplace_conditioning_keeps_float16_and_matches_float32():
         np.testing.assert_allclose(out, expected, atol=2e-3)
 
 
-def test_auto_init_is_kmeanspp_up_to_the_threshold_and_random_above():
-    algo = HierarchicalKMeans(n_clusters=[500, 40, 4], init="auto", kmeanspp_max_k=40)
-    assert [algo.level_init(level) for level in (1, 2, 3)] == ["random", "kmeans++", "kmeans++"]
-    forced = HierarchicalKMeans(n_clusters=[500, 40], init=["kmeans++", "random"], kmeanspp_max_k=40)
-    assert [forced.level_init(level) for level in (1, 2)] == ["kmeans++", "random"]
+def test_auto_init_is_kmeanspp_while_its_work_is_small_then_kmeans_parallel_then_random():
+    # Work: training points x k for k-means++; rounds x oversampling x k^2 (5 k^2) for k-means||.
+    algo = HierarchicalKMeans(n_clusters=[100, 40, 4], init="auto", kmeanspp_max_work=100_000)
+    assert [algo.level_init(level, 900) for level in (1, 2, 3)] == ["kmeans++"] * 3
+    # 10,000 points x 100 = 1e6 > 1e5 >= 5 x 100^2: k-means||; level 2: 100 x 40 = 4000.
+    assert [algo.level_init(level, 10_000) for level in (1, 2, 3)] == [
+        "kmeans_parallel",
+        "kmeans++",
+        "kmeans++",
+    ]
+    # The training sample bounds the points: 100 x 5 = 500 points x 100 clusters = 5e4.
+    sampled = HierarchicalKMeans(n_clusters=[100, 4], kmeanspp_max_work=100_000, max_points_per_centroid=5)
+    assert sampled.level_init(1, 10_000) == "kmeans++"
+    wide = HierarchicalKMeans(n_clusters=[500, 40], init="auto", kmeanspp_max_work=100_000)
+    assert [wide.level_init(level, 10_000) for level in (1, 2)] == ["random", "kmeans++"]
+    forced = HierarchicalKMeans(n_clusters=[500, 40], init=["kmeans++", "random"], kmeanspp_max_work=10)
+    assert [forced.level_init(level, 10_000) for level in (1, 2)] == ["kmeans++", "random"]
     x, _ = planted(SIZES, dim=8, seed=4)
     assert np.array_equal(init_centroids(RowView(x, np.arange(0, 1600, 2)), 5, "random", 1), x[::2][
         np.sort(np.random.default_rng(1).choice(800, size=5, replace=False))
@@ -119,10 +139,11 @@ def test_clustering_that_cannot_fit_says_so_before_it_starts(compose, features_r
         RadioCurationError, match=r"needs about .* GB .*features_dtype=float16.*memory_limit_gb"
     ):
         curate.run(compose("curate", [*overrides, "memory_limit_gb=0.0001"]))
-    result = curate.run(compose("curate", [*overrides, "clustering.kmeanspp_max_k=10"]))
+    # Level 1: 1600 points x 20 > 10,000 >= 5 x 20^2: k-means||, recorded in the run.
+    result = curate.run(compose("curate", [*overrides, "clustering.kmeanspp_max_work=10000"]))
     clusters_dir = Path(result["run_dir"]).parents[1] / "cluster" / result["clusters_id"]
     info = read_manifest(clusters_dir)["info"]
-    assert info["init"] == ["random", "kmeans++"]
+    assert info["init"] == ["kmeans_parallel", "kmeans++"]
     assert 0 < info["memory_estimate_gb"] < 0.01
     sampling = [f"clusters_id={result['clusters_id']}", "sampler=prototypicality", "target_size=100"]
     with pytest.raises(RadioCurationError, match=r"sampling from 1600 x 12 float32 features needs about"):
@@ -149,6 +170,29 @@ def test_semdedup_streamed_through_one_large_cluster_in_blocks_equals_the_in_mem
     for block_rows in (7, 64, len(x)):
         kept = priority_dedup(RowView(x, np.arange(len(x))), clusters, 0.99, rank, block_rows=block_rows)
         np.testing.assert_array_equal(kept, expected)
+
+
+@pytest.mark.parametrize("rule", ["priority", "components"])
+def test_semdedup_holds_one_float32_copy_of_a_cluster_not_its_stored_rows_and_temporaries(monkeypatch, rule):
+    # One cluster of 2048 float16 rows of 2048 dimensions: its float32 unit rows are 16 MiB. Gathering the
+    # stored rows whole, then converting and normalising them, held twice that at once. Similarity blocks
+    # and gathers of 16 and 128 rows (0.2 and 2.5 MiB), so that the copies show.
+    m, dim = 2048, 2048
+    monkeypatch.setattr(samplers, "SIMILARITY_BLOCK", 16 * m)
+    monkeypatch.setattr(samplers, "GATHER_ROWS", 128)
+    x = np.random.default_rng(0).standard_normal((m, dim)).astype(np.float16)
+    clusters = np.zeros(m, dtype=np.int64)
+    float32_bytes = m * dim * 4
+    tracemalloc.start()
+    try:
+        if rule == "priority":
+            priority_dedup(RowView(x, np.arange(m)), clusters, 0.9, np.arange(m))
+        else:
+            list(near_duplicate_pairs(RowView(x, np.arange(m)), clusters, 0.9))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert float32_bytes < peak < 1.5 * float32_bytes
 
 
 def test_clusters_above_the_size_cap_are_split_contiguously_in_key_order():
