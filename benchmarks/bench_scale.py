@@ -230,9 +230,10 @@ def run_stage(stage: str, work: Path, n: int, threads: int) -> dict:
 
         index = read_index(work / "merged.h5")
         start = time.perf_counter(), time.process_time()
-        removed = cross_mosaic_duplicates(index, np.arange(n), 0.75, "lowest_rms")
+        candidates = np.arange(n)
+        removed = cross_mosaic_duplicates(index, candidates, 0.75, "lowest_rms")
         details["removed"] = len(removed)
-        data = sum(v.nbytes for v in index.columns.values())
+        data = sum(v.nbytes for v in index.columns.values()) + candidates.nbytes  # its inputs
     elif stage == "checksum":
         from radio_curation.runs.manifest import sha256sum
 
