@@ -529,7 +529,8 @@ def main() -> None:
     try:
         for n in sizes:
             work = scratch / str(n)
-            dtypes = {"float32" if s.endswith("_f32") else "float16" for s in args.stages}
+            work.mkdir()
+            dtypes = {"float32" if s.endswith("_f32") else "float16" for s in args.stages if s != "merge"}
             for dtype in sorted(dtypes):
                 (work / dtype).mkdir(parents=True)
                 write_features(work / dtype / "features.h5", n, dtype)
