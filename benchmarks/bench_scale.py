@@ -21,17 +21,24 @@ Stages (``--stages``; names end in the features' dtype where both are run)::
     init_kmeans_parallel      k-means‖ at k = n / ROWS_PER_CLUSTER (init=auto's choice at DR2-like k)
     hierarchical              the whole hierarchical k-means, DR2's [60000, 4000, 300] scaled to the rows
     semdedup, prototypicality, balanced   the samplers on the planted clusters (largest cluster logged)
-    neighbours                adjacent window pairs of the merged index (evaluation/neighbours.py)
+    report                    eval=curation_report's figures, exemplars and enrichment (a quarter of the rows
+                              as the subsample), the eval config's defaults
+    neighbours                eval=neighbours: adjacent pairs sampled to eval.max_pairs, their distance test
+                              and the galleries, the eval config's defaults
+    probes                    eval=knn and eval=linear_probe on a features run's windows (planted clusters as
+                              PROBE_CLASSES classes, WINDOWS_PER_SOURCE windows per source), the defaults
+                              (eval.max_images); each probe's seconds logged
 
 Usage::
 
-    python benchmarks/bench_scale.py --quick                 # 25 k and 100 k rows (a few minutes)
+    python benchmarks/bench_scale.py --quick                 # 25 k and 100 k rows, smaller eval samples
     python benchmarks/bench_scale.py --sizes 100000 1000000  # the development tiers
     nice python benchmarks/bench_scale.py --sizes 10000000 --stages load_f16 center_l2_f16
 
 Prints per stage and size ``RESULT scale stage=<s> rows=<n> wall_s=<t> cpu_s=<t> peak_rss_gb=<m>
 data_gb=<m>`` (the stage's own wall and CPU seconds, excluding imports; the process's peak RSS; the bytes
-the stage must hold: the matrix as stored, or a block of it when it streams) and per stage ``RESULT growth
+the stage must hold: the matrix as stored, or a block of it when it streams; the ``#`` line after it gives
+``own_gb``, the peak memory the stage added to the process after its imports) and per stage ``RESULT growth
 stage=<s> alpha_time=<a> alpha_rss=<a> at_16M_gb=<m> at_100M_gb=<m>`` (log-log slopes of the wall time
 and of the memory the stage adds to the process between the two largest uncapped sizes; the peak RSS on
 the line through their peaks).
@@ -73,8 +80,20 @@ ROWS_PER_PLANTED = 500
 ZIPF = 1.1
 DEFAULT_STAGES = (
     "merge checksum load_f16 load_f32 center_l2_f16 center_l2_f32 pca_whiten_f16 lloyd_faiss lloyd_torch "
-    "lloyd_faiss_kn lloyd_torch_kn init_kmeanspp init_random init_kmeans_parallel hierarchical semdedup prototypicality balanced neighbours"
+    "lloyd_faiss_kn lloyd_torch_kn init_kmeanspp init_random init_kmeans_parallel hierarchical semdedup "
+    "prototypicality balanced report neighbours probes"
 ).split()
+#: Window labels of the report and probe stages: planted cluster c is class c mod 8 (the catalogue's few
+#: classes, "empty" among them).
+PROBE_CLASSES = np.array(["empty", *(f"class{c}" for c in range(1, 8))])
+#: Windows labelled by one catalogue source (the probes' folds keep them together).
+WINDOWS_PER_SOURCE = 4
+#: Rows per block of the evaluations that stream the features (their ``chunk`` / ``chunk_rows`` default).
+EVAL_BLOCK_ROWS = 262_144
+EVAL_CONFIGS = ROOT / "configs" / "eval"
+EVAL_STAGES = ("report", "neighbours", "probes")
+#: ``--eval-max`` of ``--quick`` (the linear probe's 140 fits on 50,000 windows take minutes).
+QUICK_EVAL_MAX = 2000
 DEFAULT_HEADERS = ROOT.parent / "shared" / "data" / "lotss_dr2_headers"
 
 
@@ -188,16 +207,29 @@ def _hierarchy(n: int, labels: np.ndarray, seed: int = 0):
     return Hierarchy(np.arange(n, dtype=np.int64), levels, "cosine")
 
 
-def _rss() -> int:
-    """This process's resident bytes now (``VmRSS``)."""
+def _rss(field: str = "VmRSS") -> int:
+    """This process's resident bytes now (``VmRSS``) or at most since the last reset (``VmHWM``)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise KeyError("VmRSS")
+    raise KeyError(field)
 
 
-def run_stage(stage: str, work: Path, n: int, threads: int) -> dict:
-    """Do ``stage`` on the ``n``-row files in ``work``; returns the bytes it must hold and details."""
+def _eval_defaults(name: str, eval_max: int | None):
+    """The ``eval=<name>`` config's settings (those that interpolate the root config left unresolved),
+    ``max_images`` and ``max_queries`` replaced by ``eval_max`` when given."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(EVAL_CONFIGS / f"{name}.yaml")
+    for key in ("max_images", "max_queries"):
+        if eval_max and key in cfg:
+            cfg[key] = eval_max
+    return cfg
+
+
+def run_stage(stage: str, work: Path, n: int, threads: int, eval_max: int | None = None) -> dict:
+    """Do ``stage`` on the ``n``-row files in ``work``; returns the bytes it must hold and details.
+    ``eval_max`` replaces the eval configs' ``max_images`` and ``max_queries``."""
     import torch
 
     from radio_curation.curation.backends import FaissBackend, TorchBackend
@@ -222,7 +254,11 @@ def run_stage(stage: str, work: Path, n: int, threads: int) -> dict:
         return fit.transform(x, inplace=True)
 
     faiss = FaissBackend("cpu", threads=threads)
+    if stage in EVAL_STAGES:  # their libraries (scikit-learn, SciPy's statistics) are no part of their memory
+        import radio_curation.evaluation.evals.probe
+        import radio_curation.evaluation.neighbours  # noqa: F401
     base_rss = _rss()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here on: the stage's own peak
     start = time.perf_counter(), time.process_time()
     details: dict = {}
     if stage == "merge":
@@ -231,9 +267,10 @@ def run_stage(stage: str, work: Path, n: int, threads: int) -> dict:
 
         index = read_index(work / "merged.h5")
         start = time.perf_counter(), time.process_time()
-        removed = cross_mosaic_duplicates(index, np.arange(n), 0.75, "lowest_rms")
+        candidates = np.arange(n)
+        removed = cross_mosaic_duplicates(index, candidates, 0.75, "lowest_rms")
         details["removed"] = len(removed)
-        data = sum(v.nbytes for v in index.columns.values())
+        data = sum(v.nbytes for v in index.columns.values()) + candidates.nbytes  # its inputs
     elif stage == "checksum":
         from radio_curation.runs.manifest import sha256sum
 
@@ -297,14 +334,83 @@ def run_stage(stage: str, work: Path, n: int, threads: int) -> dict:
         }[stage]
         Compose([sampler])(pool, n // 4, 0)
         data = n * 8 * len(hierarchy.levels) if stage == "balanced" else matrix  # balanced: cluster paths
+    elif stage == "report":
+        from radio_curation.evaluation.curation_report import curation_figures, top_level_exemplars
+        from radio_curation.evaluation.enrichment import enrichment, rare_classes
+
+        cfg = _eval_defaults("curation_report", eval_max)
+        planted = np.load(work / "float16" / "labels.npy")
+        hierarchy = _hierarchy(n, planted)
+        labels = PROBE_CLASSES[planted % len(PROBE_CLASSES)]
+        rng = np.random.default_rng(0)
+        sets = {"pool": np.arange(n)}
+        sets.update({name: np.sort(rng.choice(n, n // 4, replace=False)) for name in ("subsample", "random")})
+        with FeatureFile(path) as pool:
+            start = time.perf_counter(), time.process_time()
+            paths = hierarchy.paths()
+            figures = curation_figures(
+                pool, sets, paths=paths, labels=labels, duplicate_threshold=cfg.duplicate_threshold,
+                max_queries=cfg.max_queries, seed=0,
+            )  # fmt: skip
+            top_level_exemplars(
+                hierarchy.conditioning.source(pool), paths, hierarchy.levels[-1].centroids, cfg.exemplars,
+                metric=hierarchy.metric,
+            )  # fmt: skip
+            rare = rare_classes(labels, exclude=("empty",))
+            ratio = enrichment(labels, sets["subsample"], sets["random"], rare, "empty").ratio
+        details["near_duplicate_rate"] = figures.redundancy["pool"]["near_duplicate_rate"]
+        details["rare_classes"] = len(rare)
+        details["enrichment_ratio"] = ratio
+        per_row = paths.itemsize * paths.shape[1] + labels.itemsize + 8 * 1.5  # paths, labels, the three sets
+        data = n * per_row + EVAL_BLOCK_ROWS * DIM * 4
     elif stage == "neighbours":
         from radio_curation.cutouts.index import read_index
-        from radio_curation.evaluation.neighbours import adjacent_pairs
+        from radio_curation.evaluation.neighbours import adjacent_pairs, distance_test, gallery_neighbours
 
+        cfg = _eval_defaults("neighbours", eval_max)
         col = read_index(work / "merged.h5").columns
-        start = time.perf_counter(), time.process_time()
-        details["pairs"] = len(adjacent_pairs(col["mosaic"], col["y0"], col["x0"], col["size"], 0.5))
-        data = sum(col[c].nbytes for c in ("mosaic", "y0", "x0", "size"))
+        with FeatureFile(path) as features:
+            start = time.perf_counter(), time.process_time()
+            pairs = adjacent_pairs(
+                col["mosaic"], col["y0"], col["x0"], col["size"], cfg.max_offset, cfg.max_pairs, 0
+            )
+            test = distance_test(features, pairs, max_pairs=cfg.max_pairs, seed=0)
+            queries = np.sort(np.random.default_rng(0).choice(n, min(cfg.n_queries, n), replace=False))
+            gallery_neighbours(features, queries, cfg.k)
+        details["pairs"] = len(pairs)
+        details["prob_adjacent_closer"] = test.metrics()["neighbours/prob_adjacent_closer"]
+        columns = sum(col[c].nbytes for c in ("mosaic", "y0", "x0", "size"))
+        data = columns + 2 * cfg.max_pairs * 16 + EVAL_BLOCK_ROWS * DIM * 4  # the pairs kept, a block
+    elif stage == "probes":
+        from radio_curation.evaluation.evals.probe import probe_rows
+        from radio_curation.evaluation.probes import evaluate_probe, knn_classifier, logistic_classifier
+
+        planted = np.load(work / "float16" / "labels.npy")
+        labels = PROBE_CLASSES[planted % len(PROBE_CLASSES)]
+        groups = np.arange(n) // WINDOWS_PER_SOURCE
+        knn, linear = _eval_defaults("knn", eval_max), _eval_defaults("linear_probe", eval_max)
+        probes = {
+            "knn": (knn, knn_classifier(k=knn.k, temperature=knn.temperature)),
+            "linear_probe": (
+                linear,
+                logistic_classifier(
+                    cs=list(linear.cs), inner_folds=linear.inner_folds, max_iter=linear.max_iter
+                ),
+            ),
+        }
+        data = 0
+        with FeatureFile(path) as source:
+            start = time.perf_counter(), time.process_time()
+            for name, (cfg, classify) in probes.items():
+                began = time.perf_counter()
+                keep = probe_rows(labels, list(cfg.exclude_labels), cfg.max_images, 0)
+                _, codes = np.unique(labels[keep], return_inverse=True)
+                evaluate_probe(
+                    source.read(keep), codes, classify, folds=cfg.folds, seed=0, groups=groups[keep]
+                )
+                details[f"{name}_s"] = time.perf_counter() - began
+                details[f"{name}_images"] = len(keep)
+                data = max(data, len(keep) * DIM * 4)  # the probed windows' features in float32
     else:
         raise SystemExit(f"unknown stage {stage!r}; stages: {' '.join(DEFAULT_STAGES)}")
     return {
@@ -312,13 +418,14 @@ def run_stage(stage: str, work: Path, n: int, threads: int) -> dict:
         "cpu_s": time.process_time() - start[1],
         "data_gb": data / 1e9,
         "base_rss_gb": base_rss / 1e9,
+        "own_gb": (_rss("VmHWM") - base_rss) / 1e9,
         **details,
     }
 
 
 def child(args: argparse.Namespace) -> None:
     """The subprocess side: one stage, then one JSON line with its figures."""
-    result = run_stage(args.child, Path(args.work), args.rows, args.threads)
+    result = run_stage(args.child, Path(args.work), args.rows, args.threads, args.eval_max)
     print(json.dumps(result), flush=True)
 
 
@@ -346,7 +453,7 @@ def measure(stage: str, work: Path, n: int, args: argparse.Namespace) -> dict:
     }
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     command = [sys.executable, __file__, "--child", stage, "--work", str(work), "--rows", str(n)]
-    command += ["--threads", threads]
+    command += ["--threads", threads] + (["--eval-max", str(args.eval_max)] if args.eval_max else [])
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, preexec_fn=_limit(args.mem_cap_gb))
         deadline = time.monotonic() + args.time_cap_s
@@ -399,7 +506,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--quick", action="store_true", help="25 k and 100 k rows")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"25 k and 100 k rows, --eval-max {QUICK_EVAL_MAX}"
+    )
+    parser.add_argument(
+        "--eval-max", type=int, default=None,
+        help="probe images and report queries at most (default: the eval configs' max_images, max_queries)",
+    )  # fmt: skip
     parser.add_argument("--stages", nargs="+", default=DEFAULT_STAGES)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mem-cap-gb", type=float, default=20.0)
@@ -414,12 +527,15 @@ def main() -> None:
         child(args)
         return
     sizes = [25_000, 100_000] if args.quick else sorted(args.sizes)
+    if args.quick:
+        args.eval_max = args.eval_max or QUICK_EVAL_MAX
     scratch = Path(tempfile.mkdtemp(prefix="bench_scale_", dir=args.scratch))
     results: dict[str, list[dict]] = {stage: [] for stage in args.stages}
     try:
         for n in sizes:
             work = scratch / str(n)
-            dtypes = {"float32" if s.endswith("_f32") else "float16" for s in args.stages}
+            work.mkdir()
+            dtypes = {"float32" if s.endswith("_f32") else "float16" for s in args.stages if s != "merge"}
             for dtype in sorted(dtypes):
                 (work / dtype).mkdir(parents=True)
                 write_features(work / dtype / "features.h5", n, dtype)

@@ -84,24 +84,101 @@ def _unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
 #: Smallest window stride [px] a match radius is derived from: windows on no grid (catalogue cutouts) are
 #: copies when their centres differ by the pixel rounding of the two mosaics.
 MIN_STRIDE_PX = 2
+#: Windows per step of the deduplication's sweep through declination (a KD-tree over them and the windows
+#: within the match radius beyond them), and per block of :func:`window_stride`.
+SWEEP_ROWS = 1 << 16
+#: Degrees added to the sweep's declination margin: covers the float32 rounding of the sort key.
+DEC_MARGIN_DEG = 1e-4
 
 
-def window_stride(y0: np.ndarray, x0: np.ndarray, mosaic: np.ndarray, size: int) -> int:
+def window_stride(
+    y0: np.ndarray,
+    x0: np.ndarray,
+    mosaic: np.ndarray,
+    size: int,
+    rows: np.ndarray | None = None,
+    block_rows: int = SWEEP_ROWS,
+) -> int:
     """Spacing [px] of the grid that windows of one size lie on: the gcd of their corner offsets within
-    each mosaic (``size`` when no mosaic has two windows; at least :data:`MIN_STRIDE_PX`)."""
+    each mosaic (``size`` when no mosaic has two windows; at least :data:`MIN_STRIDE_PX`).
+
+    ``rows`` (default: all) selects the windows; they are read ``block_rows`` at a time, each offset taken
+    from the first window seen of its mosaic (the gcd of the offsets from any one window of a mosaic is
+    the gcd of all its windows' differences).
+    """
     stride = 0
-    for m in np.unique(mosaic):
-        mine = mosaic == m
+    first: dict[int, tuple[int, int]] = {}
+    n = len(mosaic) if rows is None else len(rows)
+    for start in range(0, n, block_rows):
+        take = slice(start, start + block_rows) if rows is None else rows[start : start + block_rows]
+        m, y, x = np.asarray(mosaic[take]), np.asarray(y0[take]), np.asarray(x0[take])
+        codes, where, inverse = np.unique(m, return_index=True, return_inverse=True)
+        for code, i in zip(codes.tolist(), where.tolist(), strict=True):
+            first.setdefault(code, (int(y[i]), int(x[i])))
+        ref = np.array([first[code] for code in codes.tolist()], dtype=np.int64).reshape(-1, 2)
         stride = math.gcd(
             stride,
-            int(np.gcd.reduce(y0[mine] - y0[mine].min())),
-            int(np.gcd.reduce(x0[mine] - x0[mine].min())),
+            int(np.gcd.reduce(y - ref[inverse, 0])),
+            int(np.gcd.reduce(x - ref[inverse, 1])),
         )
     return max(stride or int(size), MIN_STRIDE_PX)
 
 
+def _badness(col: dict[str, np.ndarray], rows: np.ndarray, prefer: str) -> np.ndarray:
+    """How much less a window is preferred (NaN: least preferred)."""
+    values = (
+        col["rms"][rows].astype(float)
+        if prefer == "lowest_rms"
+        else -col["edge_distance"][rows].astype(float)
+    )
+    return np.where(np.isnan(values), np.inf, values)
+
+
+def _matches(
+    col: dict[str, np.ndarray], group: np.ndarray, chord: float, angle: float, prefer: str, block_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The match graph of ``group``'s windows: ``(better, worse)`` edges, as positions in ``group``, between
+    windows of different mosaics whose centres are within ``chord`` (``angle`` degrees) of each other.
+
+    The windows are swept in declination order ``block_rows`` at a time: a KD-tree over a block and the
+    windows less than ``angle`` beyond its last declination finds once every pair whose first window is in
+    the block (a window's partners are never farther in declination than in angle), so besides the edges
+    memory stays at the order (8 bytes per window) and one block's tree whatever the rows.
+    """
+    key = col["dec"][group].astype(np.float32)
+    order = np.argsort(key, kind="stable").astype(np.int32 if len(group) < 2**31 else np.int64)
+    key = key[order]
+    margin = angle + DEC_MARGIN_DEG
+    better, worse = [], []
+    for start in range(0, len(order), block_rows):
+        core = min(block_rows, len(order) - start)
+        # A float32 bound: a float64 one would convert the whole key.
+        stop = int(np.searchsorted(key, np.float32(key[start + core - 1] + margin), side="right"))
+        local = order[start:stop]
+        rows = group[local]
+        pairs = cKDTree(_unit_vectors(col["ra"][rows], col["dec"][rows])).query_pairs(
+            chord, output_type="ndarray"
+        )
+        a, b = pairs[:, 0], pairs[:, 1]
+        mine = (a < core) & (col["mosaic"][rows[a]] != col["mosaic"][rows[b]])
+        a, b = a[mine], b[mine]
+        # The order of preference: badness, then cutout_id, then row.
+        bad_a, bad_b = _badness(col, rows[a], prefer), _badness(col, rows[b], prefer)
+        id_a, id_b = col["cutout_id"][rows[a]], col["cutout_id"][rows[b]]
+        a_first = (bad_a < bad_b) | (
+            (bad_a == bad_b) & ((id_a < id_b) | ((id_a == id_b) & (rows[a] < rows[b])))
+        )
+        better.append(local[np.where(a_first, a, b)])
+        worse.append(local[np.where(a_first, b, a)])
+    del order, key
+    # One list at a time becomes an array: the edges are held at most one and a half times.
+    better = np.concatenate(better)
+    worse = np.concatenate(worse)
+    return better, worse
+
+
 def cross_mosaic_duplicates(
-    index: WindowIndex, rows: np.ndarray, tolerance: float, prefer: str
+    index: WindowIndex, rows: np.ndarray, tolerance: float, prefer: str, block_rows: int = SWEEP_ROWS
 ) -> np.ndarray:
     """Rows (among ``rows``) that duplicate a preferred window of another mosaic.
 
@@ -113,6 +190,9 @@ def cross_mosaic_duplicates(
     preference (ties broken by ``cutout_id``); one is kept unless it matches a window already kept. So no
     two kept windows of different mosaics match, and every removed window matches a kept, preferred one.
 
+    Memory: besides the index and ``rows``, 8 bytes per row and 8 per match (:func:`_matches`), and one
+    ``block_rows`` block of the sweep at a time.
+
     Parameters
     ----------
     index
@@ -123,6 +203,8 @@ def cross_mosaic_duplicates(
         Matching radius as a fraction of the window stride.
     prefer
         ``lowest_rms`` or ``farthest_from_edge``.
+    block_rows
+        Windows per step of the sweep.
 
     Returns
     -------
@@ -131,28 +213,21 @@ def cross_mosaic_duplicates(
     """
     col = index.columns
     scale = np.asarray(index.mosaics["pixel_scale"], dtype=float)
-    badness = col["rms"].astype(float) if prefer == "lowest_rms" else -col["edge_distance"].astype(float)
-    badness = np.where(np.isnan(badness), np.inf, badness)
-    rank = np.empty(len(badness), dtype=np.int64)
-    rank[np.lexsort((col["cutout_id"], badness))] = np.arange(len(badness))
     removed = []
-    for size in np.unique(col["size"][rows]):
-        group = rows[col["size"][rows] == size]
+    sizes = np.unique(col["size"][rows])
+    for size in sizes:
+        group = rows if len(sizes) == 1 else rows[col["size"][rows] == size]
         if len(group) < 2:
             continue
-        stride = window_stride(col["y0"][group], col["x0"][group], col["mosaic"][group], int(size))
-        angle = tolerance * stride * float(np.max(scale[col["mosaic"][group]])) / 3600.0
+        stride = window_stride(col["y0"], col["x0"], col["mosaic"], int(size), group, block_rows)
+        used = np.zeros(len(scale), dtype=bool)
+        for start in range(0, len(group), block_rows):
+            used[col["mosaic"][group[start : start + block_rows]]] = True
+        angle = tolerance * stride * float(np.max(scale[used])) / 3600.0
         chord = 2.0 * math.sin(math.radians(angle) / 2.0)
-        tree = cKDTree(_unit_vectors(col["ra"][group], col["dec"][group]))
-        pairs = tree.query_pairs(chord, output_type="ndarray")
-        if len(pairs) == 0:
-            continue
-        a, b = pairs[:, 0], pairs[:, 1]
-        other = col["mosaic"][group[a]] != col["mosaic"][group[b]]
-        a, b = a[other], b[other]
-        a_first = rank[group[a]] < rank[group[b]]
-        keep = greedy_keep(np.where(a_first, a, b), np.where(a_first, b, a), len(group))
-        removed.append(group[~keep])
+        better, worse = _matches(col, group, chord, angle, prefer, block_rows)
+        removed.append(group[~greedy_keep(better, worse, len(group))])
+        del better, worse
     return np.unique(np.concatenate(removed)) if removed else np.zeros(0, dtype=np.int64)
 
 

@@ -135,7 +135,7 @@ def logistic_classifier(
     return classify
 
 
-def knn_classifier(k: int = 20, temperature: float = 0.07, chunk: int = 4096) -> Classifier:
+def knn_classifier(k: int = 20, temperature: float = 0.07, block_elements: int = 1 << 22) -> Classifier:
     """Cosine-similarity kNN with temperature-weighted votes (weight ``exp(sim / T)``).
 
     Parameters
@@ -144,8 +144,10 @@ def knn_classifier(k: int = 20, temperature: float = 0.07, chunk: int = 4096) ->
         Number of neighbours (capped at the training-set size).
     temperature : float
         Vote temperature ``T``; small values trust the closest neighbours most.
-    chunk : int
-        Test rows per similarity block (bounds memory at ``chunk × n_train``).
+    block_elements : int
+        Similarities per block: test rows are scored ``block_elements // n_train`` (at least one) at a time,
+        so memory stays at about 16 bytes per element (the similarities, their negation, argpartition's
+        indices) however many training rows there are.
 
     Returns
     -------
@@ -165,17 +167,27 @@ def knn_classifier(k: int = 20, temperature: float = 0.07, chunk: int = 4096) ->
         n_classes = int(y_train.max()) + 1
         kk = min(k, len(train))
         predictions = np.empty(len(x_test), dtype=np.int64)
+        chunk = max(1, block_elements // len(train))
         for start in range(0, len(x_test), chunk):
-            sim = l2_normalise(x_test[start : start + chunk]) @ train.T
-            top = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
-            top_sim = np.take_along_axis(sim, top, axis=1)
-            weights = np.exp((top_sim - 1.0) / temperature)  # shifted by the max possible sim: no overflow
-            votes = np.zeros((len(sim), n_classes))
-            np.add.at(votes, (np.arange(len(sim))[:, None], y_train[top]), weights)
-            predictions[start : start + chunk] = votes.argmax(axis=1)
+            predictions[start : start + chunk] = _knn_votes(
+                l2_normalise(x_test[start : start + chunk]), train, y_train, kk, temperature, n_classes
+            ).argmax(axis=1)
         return predictions
 
     return classify
+
+
+def _knn_votes(
+    query: np.ndarray, train: np.ndarray, y_train: np.ndarray, k: int, temperature: float, n_classes: int
+) -> np.ndarray:
+    """``[Q, n_classes]`` votes of each query's ``k`` most similar training rows (unit rows both)."""
+    sim = query @ train.T
+    top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    top_sim = np.take_along_axis(sim, top, axis=1)
+    weights = np.exp((top_sim - 1.0) / temperature)  # shifted by the max possible sim: no overflow
+    votes = np.zeros((len(sim), n_classes))
+    np.add.at(votes, (np.arange(len(sim))[:, None], y_train[top]), weights)
+    return votes
 
 
 def evaluate_probe(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from radio_curation.cutouts.strategies import SlidingWindow
 from radio_curation.errors import RadioCurationError
 from radio_curation.sky.fitsio import MosaicFiles
 from radio_curation.sky.survey import SyntheticSurvey
+from radio_curation.suppression import greedy_keep
 from tests.cutouts.helpers import cutout_index
 from tests.sky.helpers import sin_header, write_image
 
@@ -199,3 +201,85 @@ def test_grid_windows_a_full_side_apart_find_their_overlap_zone_copies(tmp_path)
     assert (names == "A").sum() == 3 * 4
     # The radius follows the stride: at 50% overlap the same tolerance is 0.375 of the side.
     assert window_stride(index.columns["y0"], index.columns["x0"], index.columns["mosaic"], 64) == 32
+
+
+def _four_mosaics(side: int, seed: int = 0) -> WindowIndex:
+    """Four mosaics of side × side windows (32-px stride, 1.5″ pixels) on a 2 × 2 layout, each overlapping
+    its neighbours by half its width, their grids shifted by random sub-stride offsets; every fifth window
+    128 px wide, rms values with ties and NaNs."""
+    rng = np.random.default_rng(seed)
+    i, j = np.divmod(np.arange(side * side), side)
+    parts = []
+    for m in range(4):
+        oy, ox = (m // 2) * side * 16 + rng.integers(0, 32), (m % 2) * side * 16 + rng.integers(0, 32)
+        dec = 40 + (oy + 32 * i + 32) * 1.5 / 3600
+        ra = 180 + (ox + 32 * j + 32) * 1.5 / 3600 / np.cos(np.radians(dec))
+        edge = np.minimum.reduce([i, j, side - 1 - i, side - 1 - j]) * 32
+        parts.append((ra, dec, 32 * i, 32 * j, np.full(side * side, m, dtype=np.int32), edge))
+    columns = dict(
+        zip(
+            ("ra", "dec", "y0", "x0", "mosaic", "edge_distance"),
+            map(np.concatenate, zip(*parts, strict=True)),
+            strict=True,
+        )
+    )
+    n = len(columns["ra"])
+    columns["size"] = np.where(rng.random(n) < 0.2, 128, 64).astype(np.int32)
+    columns["rms"] = rng.choice([1.0, 2.0, 3.0, np.nan], n).astype(np.float32)
+    columns["cutout_id"] = np.arange(n)
+    mosaics = {"name": list("ABCD"), "path": [""] * 4, "mask_path": [""] * 4, "pixel_scale": [1.5] * 4}
+    return WindowIndex(mosaics, columns)
+
+
+def _one_search(index, rows, tolerance, prefer):
+    """The deduplication rule with one KD-tree over all windows and every pair at once."""
+    col = index.columns
+    bad = col["rms"].astype(float) if prefer == "lowest_rms" else -col["edge_distance"].astype(float)
+    bad = np.where(np.isnan(bad), np.inf, bad)
+    rank = np.empty(len(bad), dtype=np.int64)
+    rank[np.lexsort((col["cutout_id"], bad))] = np.arange(len(bad))
+    removed = []
+    for size in np.unique(col["size"][rows]):
+        group = rows[col["size"][rows] == size]
+        stride = window_stride(col["y0"][group], col["x0"][group], col["mosaic"][group], int(size))
+        chord = 2 * math.sin(math.radians(tolerance * stride * 1.5 / 3600) / 2)
+        table = {key: col[key][group] for key in ("ra", "dec")}
+        a, b = cKDTree(_unit(table)).query_pairs(chord, output_type="ndarray").T
+        other = col["mosaic"][group[a]] != col["mosaic"][group[b]]
+        a, b = a[other], b[other]
+        first = rank[group[a]] < rank[group[b]]
+        removed.append(group[~greedy_keep(np.where(first, a, b), np.where(first, b, a), len(group))])
+    return np.unique(np.concatenate(removed))
+
+
+@pytest.mark.parametrize("prefer", ["lowest_rms", "farthest_from_edge"])
+@pytest.mark.parametrize("block_rows", [997, 1 << 16])
+def test_dedup_swept_in_declination_blocks_equals_one_search_over_all_windows(prefer, block_rows):
+    index = _four_mosaics(60)
+    rows = np.sort(np.random.default_rng(1).choice(len(index), len(index) * 4 // 5, replace=False))
+    expected = _one_search(index, rows, 0.75, prefer)
+    assert len(expected) > len(rows) // 4  # most of the sky is in two to four mosaics
+    assert np.array_equal(cross_mosaic_duplicates(index, rows, 0.75, prefer, block_rows=block_rows), expected)
+
+
+def test_dedup_memory_per_window_stays_under_a_third_of_the_index(monkeypatch):
+    # Memory besides the index grows by 8 bytes per window and 8 per match (here 1.3 matches per window):
+    # under a third of the index's 60 bytes per window, instead of a KD-tree of all windows, their unit
+    # vectors and every candidate pair at once. Small blocks make the per-block part negligible.
+    monkeypatch.setattr("radio_curation.suppression.EDGE_BLOCK", 1 << 12)
+
+    def peak(side):
+        index = _four_mosaics(side)
+        index.columns["size"][:] = 64
+        rows = np.arange(len(index))
+        tracemalloc.start()
+        try:
+            cross_mosaic_duplicates(index, rows, 0.75, "lowest_rms", block_rows=4096)
+            return len(index), tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    (n1, p1), (n2, p2) = peak(150), peak(300)
+    index_bytes_per_window = sum(v.nbytes for v in _four_mosaics(1).columns.values()) / 4
+    assert index_bytes_per_window == 60
+    assert (p2 - p1) / (n2 - n1) < index_bytes_per_window / 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -77,6 +79,32 @@ def test_knn_votes_are_temperature_weighted():
     query = np.array([[1.0, 0.05]], dtype=np.float32)
     assert knn_classifier(k=3, temperature=0.05)(train, labels, query)[0] == 1
     assert knn_classifier(k=3, temperature=100.0)(train, labels, query)[0] == 0
+
+
+def test_knn_memory_does_not_grow_with_the_training_rows():
+    # A block of similarities of every test row against every training row would grow by 16 bytes per
+    # training row and test row (82 MB from 20,000 to 40,000 training rows for 256 test rows).
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(256, 8)).astype(np.float32)
+
+    def peak(n_train):
+        train = rng.normal(size=(n_train, 8)).astype(np.float32)
+        labels = np.arange(n_train) % 3
+        tracemalloc.start()
+        try:
+            knn_classifier(k=5)(train, labels, query)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(20_000), peak(40_000)
+    assert large - small < 8e6, (small, large)
+    train = rng.normal(size=(3000, 8)).astype(np.float32)
+    labels = np.arange(3000) % 3
+    assert np.array_equal(  # blocks of one test row score like one block of all
+        knn_classifier(k=5, block_elements=1)(train, labels, query),
+        knn_classifier(k=5, block_elements=1 << 30)(train, labels, query),
+    )
 
 
 def test_probe_rejects_too_small_classes():

@@ -8,7 +8,7 @@ catalogue source labelling each window, so overlapping windows of one source nev
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,6 +28,17 @@ SPREAD_OVER_FOLDS = (
     "stable the probe is, not how much another training seed would change the result (for that, compare "
     "runs of several seeds with `radio-curation runs compare --group NAME=ID,ID,...`)"
 )
+
+
+def probe_rows(
+    labels: np.ndarray, exclude_labels: Sequence[str], max_images: int | None, seed: int
+) -> np.ndarray:
+    """Sorted rows of a features run that a probe scores: the windows whose label is not excluded, at most
+    ``max_images`` of them (a random choice; None: all)."""
+    keep = np.flatnonzero(~np.isin(labels, exclude_labels))
+    if max_images is not None and len(keep) > max_images:
+        keep = np.sort(np.random.default_rng(seed).choice(keep, max_images, replace=False))
+    return keep
 
 
 class Probe(Evaluation):
@@ -130,10 +141,7 @@ class Probe(Evaluation):
                 "features_id"
             )
         labels, groups = matched
-        keep = np.flatnonzero(~np.isin(labels, self.exclude_labels))
-        if self.max_images is not None and len(keep) > self.max_images:
-            rng = np.random.default_rng(self.seed)
-            keep = np.sort(rng.choice(keep, self.max_images, replace=False))
+        keep = probe_rows(labels, self.exclude_labels, self.max_images, self.seed)
         class_names, codes = np.unique(labels[keep], return_inverse=True)
         data = LabelledImages(
             images=np.zeros((len(keep), 1, 0, 0), dtype=np.float32),
