@@ -39,3 +39,34 @@ def greedy_keep(better: np.ndarray, worse: np.ndarray, n: int) -> np.ndarray:
         for block in blocks:
             dropped = worse[block][state[better[block]] == 1]
             state[dropped[state[dropped] == 0]] = 2
+
+
+def settle(
+    better: np.ndarray, worse: np.ndarray, state: np.ndarray, lo: int, hi: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decide in ``state`` what a partly known graph already decides of :func:`greedy_keep`'s answer.
+
+    ``state`` holds each node's decision (0 undecided, 1 kept, 2 dropped); nodes below ``lo`` are decided,
+    and those from ``lo`` to ``hi`` are complete: every edge into them is among ``better -> worse`` or
+    was left out of an earlier call's answer. A complete node is kept once every better neighbour is
+    dropped; any node is dropped as soon as a better neighbour is kept. Both follow from the greedy
+    pass's rule whatever edges are still to come, so calls made as the graph grows, the last with every
+    node complete, decide every node as :func:`greedy_keep` does.
+
+    Returns
+    -------
+    tuple
+        The edges still needed: those into undecided nodes from nodes not dropped.
+    """
+    while True:
+        free = state[lo:hi] == 0
+        inside = (worse >= lo) & (worse < hi) & (state[better] != 2)
+        free[worse[inside] - lo] = False
+        state[lo:hi][free] = 1
+        dropped = worse[state[better] == 1]
+        dropped = dropped[state[dropped] == 0]
+        state[dropped] = 2
+        live = (state[worse] == 0) & (state[better] != 2)
+        better, worse = better[live], worse[live]
+        if not free.any() and not len(dropped):
+            return better, worse

@@ -8,6 +8,7 @@ from its mosaic's edge.
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Annotated, Any, Literal
 
@@ -17,7 +18,7 @@ from scipy.spatial import cKDTree
 
 from radio_curation.cutouts.index import WindowIndex
 from radio_curation.errors import RadioCurationError
-from radio_curation.suppression import greedy_keep
+from radio_curation.suppression import settle
 
 __all__ = ["Merger", "Preference", "concatenate", "cross_mosaic_duplicates", "window_stride"]
 
@@ -134,47 +135,78 @@ def _badness(col: dict[str, np.ndarray], rows: np.ndarray, prefer: str) -> np.nd
     return np.where(np.isnan(values), np.inf, values)
 
 
-def _matches(
-    col: dict[str, np.ndarray], group: np.ndarray, chord: float, angle: float, prefer: str, block_rows: int
+def _pair_edges(
+    col: dict[str, np.ndarray], rows: np.ndarray, core: int, chord: float, prefer: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The match graph of ``group``'s windows: ``(better, worse)`` edges, as positions in ``group``, between
-    windows of different mosaics whose centres are within ``chord`` (``angle`` degrees) of each other.
+    """``(better, worse)`` edges, as positions in ``rows``, between windows of different mosaics whose
+    centres are within ``chord`` of each other and the first of which is among the first ``core`` rows."""
+    pairs = cKDTree(_unit_vectors(col["ra"][rows], col["dec"][rows])).query_pairs(
+        chord, output_type="ndarray"
+    )
+    a, b = pairs[:, 0], pairs[:, 1]
+    mine = (a < core) & (col["mosaic"][rows[a]] != col["mosaic"][rows[b]])
+    a, b = a[mine], b[mine]
+    # The order of preference: badness, then cutout_id, then row.
+    bad_a, bad_b = _badness(col, rows[a], prefer), _badness(col, rows[b], prefer)
+    id_a, id_b = col["cutout_id"][rows[a]], col["cutout_id"][rows[b]]
+    a_first = (bad_a < bad_b) | ((bad_a == bad_b) & ((id_a < id_b) | ((id_a == id_b) & (rows[a] < rows[b]))))
+    return np.where(a_first, a, b), np.where(a_first, b, a)
+
+
+def _declination_order(col: dict[str, np.ndarray], group: np.ndarray, block_rows: int) -> np.ndarray:
+    """Positions in ``group`` in order of float32 declination (int32 below 2**31 windows)."""
+    key = np.empty(len(group), dtype=np.float32)
+    for start in range(0, len(group), block_rows):
+        key[start : start + block_rows] = col["dec"][group[start : start + block_rows]]
+    # Any order of the key sweeps the same pairs; the default sort needs no workspace, a stable one would.
+    order = np.argsort(key)
+    del key
+    return order.astype(np.int32 if len(group) < 2**31 else np.int64)
+
+
+def _block_stop(dec: np.ndarray, group: np.ndarray, order: np.ndarray, end: int, margin: float) -> int:
+    """The first position from ``end`` on whose float32 declination exceeds that at ``end - 1`` by more than
+    ``margin`` (a binary search that reads the few declinations it compares)."""
+
+    def dec_at(position: int) -> np.float32:
+        return np.float32(dec[group[order[position]]])
+
+    bound = np.float32(float(dec_at(end - 1)) + margin)
+    return bisect.bisect_right(range(len(order)), bound, lo=end, key=dec_at)
+
+
+def _swept_duplicates(
+    col: dict[str, np.ndarray], group: np.ndarray, chord: float, angle: float, prefer: str, block_rows: int
+) -> np.ndarray:
+    """Rows of ``group`` that match a preferred, kept window of another mosaic within ``chord`` (``angle``
+    degrees), sorted.
 
     The windows are swept in declination order ``block_rows`` at a time: a KD-tree over a block and the
     windows less than ``angle`` beyond its last declination finds once every pair whose first window is in
-    the block (a window's partners are never farther in declination than in angle), so besides the edges
-    memory stays at the order (8 bytes per window) and one block's tree whatever the rows.
+    the block (a window's partners are never farther in declination than in angle), after which every
+    window up to the block's end has all its matches, and :func:`~radio_curation.suppression.settle`
+    decides what they allow. Only the matches of undecided windows are carried to the next block (those
+    near its start), so memory stays at the order (4 bytes per window), one byte per window of decisions
+    and one block's tree and matches whatever the rows.
     """
-    key = col["dec"][group].astype(np.float32)
-    order = np.argsort(key, kind="stable").astype(np.int32 if len(group) < 2**31 else np.int64)
-    key = key[order]
-    margin = angle + DEC_MARGIN_DEG
-    better, worse = [], []
+    order = _declination_order(col, group, block_rows)
+    state = np.zeros(len(order), dtype=np.int8)
+    better = worse = np.zeros(0, dtype=np.intp)
+    lo = 0
     for start in range(0, len(order), block_rows):
         core = min(block_rows, len(order) - start)
-        # A float32 bound: a float64 one would convert the whole key.
-        stop = int(np.searchsorted(key, np.float32(key[start + core - 1] + margin), side="right"))
-        local = order[start:stop]
-        rows = group[local]
-        pairs = cKDTree(_unit_vectors(col["ra"][rows], col["dec"][rows])).query_pairs(
-            chord, output_type="ndarray"
+        stop = _block_stop(col["dec"], group, order, start + core, angle + DEC_MARGIN_DEG)
+        a, b = _pair_edges(col, group[order[start:stop]], core, chord, prefer)
+        better, worse = settle(
+            np.concatenate([better, a + start]), np.concatenate([worse, b + start]), state, lo, start + core
         )
-        a, b = pairs[:, 0], pairs[:, 1]
-        mine = (a < core) & (col["mosaic"][rows[a]] != col["mosaic"][rows[b]])
-        a, b = a[mine], b[mine]
-        # The order of preference: badness, then cutout_id, then row.
-        bad_a, bad_b = _badness(col, rows[a], prefer), _badness(col, rows[b], prefer)
-        id_a, id_b = col["cutout_id"][rows[a]], col["cutout_id"][rows[b]]
-        a_first = (bad_a < bad_b) | (
-            (bad_a == bad_b) & ((id_a < id_b) | ((id_a == id_b) & (rows[a] < rows[b])))
-        )
-        better.append(local[np.where(a_first, a, b)])
-        worse.append(local[np.where(a_first, b, a)])
-    del order, key
-    # One list at a time becomes an array: the edges are held at most one and a half times.
-    better = np.concatenate(better)
-    worse = np.concatenate(worse)
-    return better, worse
+        undecided = np.flatnonzero(state[lo : start + core] == 0)
+        lo = lo + int(undecided[0]) if len(undecided) else start + core
+    dropped = order[state == 2]
+    del order, state
+    removed = group[dropped]
+    removed.sort()
+    return removed
 
 
 def cross_mosaic_duplicates(
@@ -190,15 +222,16 @@ def cross_mosaic_duplicates(
     preference (ties broken by ``cutout_id``); one is kept unless it matches a window already kept. So no
     two kept windows of different mosaics match, and every removed window matches a kept, preferred one.
 
-    Memory: besides the index and ``rows``, 8 bytes per row and 8 per match (:func:`_matches`), and one
-    ``block_rows`` block of the sweep at a time.
+    Memory: besides the index and ``rows``, 5 bytes per row and one ``block_rows`` block of the sweep
+    (:func:`_swept_duplicates`) at a time, 12 bytes per row while the windows are sorted by declination,
+    and the rows returned.
 
     Parameters
     ----------
     index
         Table with ``ra, dec, size, mosaic, y0, x0, rms, edge_distance, cutout_id``.
     rows
-        Candidate rows (e.g. those that passed the quality filters).
+        Candidate rows, distinct (e.g. those that passed the quality filters).
     tolerance
         Matching radius as a fraction of the window stride.
     prefer
@@ -214,7 +247,7 @@ def cross_mosaic_duplicates(
     col = index.columns
     scale = np.asarray(index.mosaics["pixel_scale"], dtype=float)
     removed = []
-    sizes = np.unique(col["size"][rows])
+    sizes = _sizes(col["size"], rows, block_rows)
     for size in sizes:
         group = rows if len(sizes) == 1 else rows[col["size"][rows] == size]
         if len(group) < 2:
@@ -225,10 +258,20 @@ def cross_mosaic_duplicates(
             used[col["mosaic"][group[start : start + block_rows]]] = True
         angle = tolerance * stride * float(np.max(scale[used])) / 3600.0
         chord = 2.0 * math.sin(math.radians(angle) / 2.0)
-        better, worse = _matches(col, group, chord, angle, prefer, block_rows)
-        removed.append(group[~greedy_keep(better, worse, len(group))])
-        del better, worse
-    return np.unique(np.concatenate(removed)) if removed else np.zeros(0, dtype=np.int64)
+        removed.append(_swept_duplicates(col, group, chord, angle, prefer, block_rows))
+    if not removed:
+        return np.zeros(0, dtype=np.int64)
+    if len(removed) == 1:
+        return removed[0]
+    removed = np.concatenate(removed)
+    removed.sort()
+    return removed
+
+
+def _sizes(size: np.ndarray, rows: np.ndarray, block_rows: int) -> np.ndarray:
+    """The distinct window sizes of ``rows``, read ``block_rows`` at a time."""
+    parts = [np.unique(size[rows[start : start + block_rows]]) for start in range(0, len(rows), block_rows)]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=size.dtype)
 
 
 class Merger:
