@@ -15,7 +15,7 @@ from radio_curation.cutouts.strategies import SlidingWindow
 from radio_curation.errors import RadioCurationError
 from radio_curation.sky.fitsio import MosaicFiles
 from radio_curation.sky.survey import SyntheticSurvey
-from radio_curation.suppression import greedy_keep
+from radio_curation.suppression import greedy_keep, settle
 from tests.cutouts.helpers import cutout_index
 from tests.sky.helpers import sin_header, write_image
 
@@ -253,7 +253,7 @@ def _one_search(index, rows, tolerance, prefer):
 
 
 @pytest.mark.parametrize("prefer", ["lowest_rms", "farthest_from_edge"])
-@pytest.mark.parametrize("block_rows", [997, 1 << 16])
+@pytest.mark.parametrize("block_rows", [31, 997, 1 << 16])
 def test_dedup_swept_in_declination_blocks_equals_one_search_over_all_windows(prefer, block_rows):
     index = _four_mosaics(60)
     rows = np.sort(np.random.default_rng(1).choice(len(index), len(index) * 4 // 5, replace=False))
@@ -262,24 +262,61 @@ def test_dedup_swept_in_declination_blocks_equals_one_search_over_all_windows(pr
     assert np.array_equal(cross_mosaic_duplicates(index, rows, 0.75, prefer, block_rows=block_rows), expected)
 
 
-def test_dedup_memory_per_window_stays_under_a_third_of_the_index(monkeypatch):
-    # Memory besides the index grows by 8 bytes per window and 8 per match (here 1.3 matches per window):
-    # under a third of the index's 60 bytes per window, instead of a KD-tree of all windows, their unit
-    # vectors and every candidate pair at once. Small blocks make the per-block part negligible.
-    monkeypatch.setattr("radio_curation.suppression.EDGE_BLOCK", 1 << 12)
+def test_dedup_holds_a_few_bytes_per_window_not_the_match_graph():
+    # Besides the index and the rows, the dedup holds the declination order while sorting it (12 bytes per
+    # window), then the order and a byte of decision per window, one block's matches and the rows returned
+    # (3.7 bytes per window here): 12 bytes per window at its peak. Holding the whole match graph (8 bytes
+    # per match, 1.3 matches per window here, and the order besides) peaked at 18.8; small blocks make the
+    # per-block part negligible.
+    index = _four_mosaics(225)
+    index.columns["size"][:] = 64
+    rows = np.arange(len(index))
+    tracemalloc.start()
+    try:
+        cross_mosaic_duplicates(index, rows, 0.75, "lowest_rms", block_rows=4096)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(index) == 202_500
+    assert peak / len(index) < 15
 
-    def peak(side):
-        index = _four_mosaics(side)
-        index.columns["size"][:] = 64
-        rows = np.arange(len(index))
-        tracemalloc.start()
-        try:
-            cross_mosaic_duplicates(index, rows, 0.75, "lowest_rms", block_rows=4096)
-            return len(index), tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
 
-    (n1, p1), (n2, p2) = peak(150), peak(300)
-    index_bytes_per_window = sum(v.nbytes for v in _four_mosaics(1).columns.values()) / 4
-    assert index_bytes_per_window == 60
-    assert (p2 - p1) / (n2 - n1) < index_bytes_per_window / 3
+def _sequential_greedy(better: np.ndarray, worse: np.ndarray, priority: np.ndarray) -> np.ndarray:
+    """The greedy pass itself, one node at a time in order of ``priority`` (lowest first)."""
+    kept = np.zeros(len(priority), dtype=bool)
+    above: list[list[int]] = [[] for _ in priority]
+    for b, w in zip(better.tolist(), worse.tolist(), strict=True):
+        above[w].append(b)
+    for node in np.argsort(priority).tolist():
+        kept[node] = not any(kept[b] for b in above[node])
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_settle_as_the_graph_grows_decides_as_the_greedy_pass(seed):
+    # Edges join nodes at most 6 apart and priorities are random: the edges arrive a block of their first
+    # node at a time, as in the declination sweep, and chains of decisions cross blocks.
+    rng = np.random.default_rng(seed)
+    n = 400
+    first = rng.integers(0, n - 1, 1500)
+    second = np.minimum(first + rng.integers(1, 7, len(first)), n - 1)
+    pairs = np.unique(np.stack([first, second], axis=1), axis=0)
+    priority = rng.permutation(n)
+    a_first = priority[pairs[:, 0]] < priority[pairs[:, 1]]
+    better = np.where(a_first, pairs[:, 0], pairs[:, 1])
+    worse = np.where(a_first, pairs[:, 1], pairs[:, 0])
+    expected = _sequential_greedy(better, worse, priority)
+    assert np.array_equal(greedy_keep(better, worse, n), expected)
+
+    state = np.zeros(n, dtype=np.int8)
+    pending_b = pending_w = np.zeros(0, dtype=np.intp)
+    lo = start = 0
+    for end in (37, 38, 150, 290, 301, n):
+        new = (pairs[:, 0] >= start) & (pairs[:, 0] < end)
+        pending_b, pending_w = settle(
+            np.concatenate([pending_b, better[new]]), np.concatenate([pending_w, worse[new]]), state, lo, end
+        )
+        undecided = np.flatnonzero(state[:end] == 0)
+        lo, start = (int(undecided[0]) if len(undecided) else end), end
+    assert len(pending_b) == 0 and (state != 0).all()
+    assert np.array_equal(state == 1, expected)
