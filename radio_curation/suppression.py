@@ -1,7 +1,8 @@
 """Greedy suppression in priority order: which nodes of a "near-duplicate" graph a one-pass greedy keeps.
 
-Shared by the merge stage (overlapping windows of neighbouring mosaics) and SemDeDup (near-duplicate
-features within a cluster).
+SemDeDup (near-duplicate features within a cluster) decides a whole graph at once (:func:`greedy_keep`);
+the merge stage (overlapping windows of neighbouring mosaics) decides its graph as its sweep finds it
+(:func:`settle`), so it never holds all of it.
 """
 
 from __future__ import annotations
