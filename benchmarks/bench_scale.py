@@ -234,7 +234,7 @@ def run_stage(stage: str, work: Path, n: int, threads: int, eval_max: int | None
     from radio_curation.curation.conditioning import FeatureConditioning
     from radio_curation.curation.kmeans import HierarchicalKMeans, init_centroids
     from radio_curation.curation.loading import load_features
-    from radio_curation.evaluation.similarity import BLOCK_BYTES
+    from radio_curation.evaluation.similarity import BLOCK_BYTES, SIMILARITY_BLOCK
     from radio_curation.features.matrix import FeatureFile
 
     torch.set_num_threads(threads)
@@ -361,7 +361,8 @@ def run_stage(stage: str, work: Path, n: int, threads: int, eval_max: int | None
         details["rare_classes"] = len(rare)
         details["enrichment_ratio"] = ratio
         per_row = paths.itemsize * paths.shape[1] + labels.itemsize + 8 * 1.5  # paths, labels, the three sets
-        data = n * per_row + BLOCK_BYTES  # and one block of features in float32
+        # And the redundancy's queries, a block of rows and a block of their similarities, in float32.
+        data = n * per_row + cfg.max_queries * DIM * 4 + BLOCK_BYTES + SIMILARITY_BLOCK * 4
     elif stage == "neighbours":
         from radio_curation.cutouts.index import read_index
         from radio_curation.evaluation.neighbours import adjacent_pairs, distance_test, gallery_neighbours

@@ -57,11 +57,14 @@ def balance(codes: np.ndarray, n_clusters: int) -> float:
     return float(-(p * np.log(p)).sum() / np.log(n_clusters))
 
 
-def class_shares(labels: np.ndarray, rows: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
-    """Share of each class among ``rows`` (classes absent from ``rows`` get 0)."""
-    values, counts = np.unique(np.asarray(labels)[rows], return_counts=True)
-    found = dict(zip(values.astype(str), counts / max(len(rows), 1), strict=True))
-    return {c: float(found.get(c, 0.0)) for c in classes}
+def class_shares(codes: np.ndarray, rows: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """Share of each class among ``rows`` (classes absent from ``rows`` get 0).
+
+    ``codes`` is every pool point's index into ``classes`` (``np.unique(labels, return_inverse=True)``):
+    counting codes needs no per-set copy or sort of the label strings.
+    """
+    counts = np.bincount(codes[rows], minlength=len(classes)) / max(len(rows), 1)
+    return {c: float(share) for c, share in zip(classes, counts, strict=True)}
 
 
 def _set_blocks(features: FeatureMatrix, rows: np.ndarray, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -226,15 +229,15 @@ def curation_figures(
     """
     rng = np.random.default_rng(seed)
     figures = CurationFigures(sizes={name: len(rows) for name, rows in sets.items()})
-    names = None if labels is None else np.asarray(labels).astype(str, copy=False)
-    classes = [] if names is None else sorted(np.unique(names).tolist())
+    if labels is not None:
+        classes, codes = np.unique(np.asarray(labels).astype(str, copy=False), return_inverse=True)
     n_top = 0 if paths is None else len(np.unique(paths[:, -1]))
     for name, rows in sets.items():
         if paths is not None:
             figures.coverage[name] = coverage(paths, rows)
             figures.balance[name] = balance(paths[rows, -1], n_top)
-        if names is not None:
-            figures.shares[name] = class_shares(names, rows, classes)
+        if labels is not None:
+            figures.shares[name] = class_shares(codes, rows, classes.tolist())
         figures.redundancy[name] = redundancy(features, rows, duplicate_threshold, max_queries, rng)
     return figures
 
@@ -262,7 +265,7 @@ def top_level_exemplars(
     metric : {"l2", "cosine"}
         The clustering's metric (``clusters.h5`` attribute ``metric``).
     chunk : int, optional
-        Rows read at a time (default: :func:`~radio_curation.evaluation.similarity.block_rows`).
+        Rows read at a time (default: half of :func:`~radio_curation.evaluation.similarity.block_rows`).
 
     Returns
     -------
@@ -274,7 +277,8 @@ def top_level_exemplars(
     distance = np.empty(features.n, dtype=np.float32)
     if metric == "cosine":
         centroids = l2_normalise(centroids)
-    for start, x in features.iter_chunks(chunk or block_rows(features.dim)):
+    # Half blocks: a block's rows and their centroids together fill one block.
+    for start, x in features.iter_chunks(chunk or max(1, block_rows(features.dim) // 2)):
         mine = centroids[top[start : start + len(x)]]
         if metric == "cosine":
             distance[start : start + len(x)] = 1.0 - np.einsum("ij,ij->i", unit_rows(x), mine)
@@ -282,6 +286,10 @@ def top_level_exemplars(
             mine -= x
             distance[start : start + len(x)] = np.sqrt(np.einsum("ij,ij->i", mine, mine))
     order = np.lexsort((distance, top))
-    boundaries = np.searchsorted(top[order], np.unique(top))
-    groups = np.split(order, boundaries[1:])
-    return {int(top[g[0]]): g[:per_cluster] for g in groups}
+    # The clusters' runs in ``order`` from their sizes: no further per-row array.
+    sizes = np.bincount(top)
+    starts = np.cumsum(sizes) - sizes
+    return {
+        int(c): order[starts[c] : starts[c] + min(sizes[c], per_cluster)].copy()
+        for c in np.flatnonzero(sizes)
+    }
