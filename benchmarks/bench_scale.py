@@ -357,12 +357,17 @@ def run_stage(stage: str, work: Path, n: int, threads: int, eval_max: int | None
             )  # fmt: skip
             rare = rare_classes(labels, exclude=("empty",))
             ratio = enrichment(labels, sets["subsample"], sets["random"], rare, "empty").ratio
-        details["near_duplicate_rate"] = figures.redundancy["pool"]["near_duplicate_rate"]
+        redundancy = figures.redundancy["pool"]
+        details.update({k: v for k, v in redundancy.items() if k.startswith(("nn_", "near_"))})
         details["rare_classes"] = len(rare)
         details["enrichment_ratio"] = ratio
-        per_row = paths.itemsize * paths.shape[1] + labels.itemsize + 8 * 1.5  # paths, labels, the three sets
+        # The hierarchy's per-row arrays, the paths, the labels (and their planted codes), the three sets.
+        clustering = hierarchy.cutout_id.nbytes + hierarchy.levels[0].assignment.nbytes
+        clustering += hierarchy.levels[0].distance.nbytes
+        per_row = paths.itemsize * paths.shape[1] + labels.itemsize + planted.itemsize + 8 * 1.5
+        data = n * per_row + clustering
         # And the redundancy's queries, a block of rows and a block of their similarities, in float32.
-        data = n * per_row + cfg.max_queries * DIM * 4 + BLOCK_BYTES + SIMILARITY_BLOCK * 4
+        data += cfg.max_queries * DIM * 4 + BLOCK_BYTES + SIMILARITY_BLOCK * 4
     elif stage == "neighbours":
         from radio_curation.cutouts.index import read_index
         from radio_curation.evaluation.neighbours import adjacent_pairs, distance_test, gallery_neighbours

@@ -230,7 +230,10 @@ def curation_figures(
     rng = np.random.default_rng(seed)
     figures = CurationFigures(sizes={name: len(rows) for name, rows in sets.items()})
     if labels is not None:
-        classes, codes = np.unique(np.asarray(labels).astype(str, copy=False), return_inverse=True)
+        names = np.asarray(labels).astype(str, copy=False)
+        # searchsorted after unique holds less at once than unique(return_inverse=True).
+        classes = np.unique(names)
+        codes = np.searchsorted(classes, names)
     n_top = 0 if paths is None else len(np.unique(paths[:, -1]))
     for name, rows in sets.items():
         if paths is not None:
