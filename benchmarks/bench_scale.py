@@ -384,9 +384,10 @@ def run_stage(stage: str, work: Path, n: int, threads: int, eval_max: int | None
             gallery_neighbours(features, queries, cfg.k)
         details["pairs"] = len(pairs)
         details["prob_adjacent_closer"] = test.metrics()["neighbours/prob_adjacent_closer"]
-        columns = sum(col[c].nbytes for c in ("mosaic", "y0", "x0", "size"))
         tested = min(len(pairs), cfg.max_pairs)
-        # The pairs kept, the float32 rows of the pairs tested (each read once), a block.
+        # The index columns it read (as merge's data), the pairs kept, the float32 rows of the pairs tested
+        # (each read once), a block.
+        columns = sum(v.nbytes for v in col.values())
         data = columns + 2 * cfg.max_pairs * 16 + 2 * tested * DIM * 4 + BLOCK_BYTES
     elif stage == "probes":
         from radio_curation.evaluation.evals.probe import probe_rows
