@@ -56,6 +56,14 @@ def unit_rows(block: np.ndarray) -> np.ndarray:
     return x
 
 
+def _blocks(base: np.ndarray | Iterable[tuple[int, np.ndarray]]) -> Iterable[tuple[int, np.ndarray]]:
+    """The database as ``(start, block)`` pairs; an array given whole is copied, since blocks are
+    normalised in place."""
+    if isinstance(base, np.ndarray):
+        return [(0, np.array(base, dtype=np.float32))]
+    return base
+
+
 def _search(xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if faiss.get_num_gpus() > 0:
         resources = faiss.StandardGpuResources()
@@ -84,7 +92,7 @@ def cosine_knn(
     index : np.ndarray
         ``[Q, k']`` int64 database rows.
     """
-    chunks = [(0, base)] if isinstance(base, np.ndarray) else base
+    chunks = _blocks(base)
     xq = l2_normalise(queries)
     best_sim = np.full((len(xq), 0), -np.inf, dtype=np.float32)
     best_idx = np.zeros((len(xq), 0), dtype=np.int64)
@@ -122,7 +130,7 @@ def nearest_other_similarity(
     np.ndarray
         ``[Q]`` float32 similarities.
     """
-    chunks = [(0, base)] if isinstance(base, np.ndarray) else base
+    chunks = _blocks(base)
     xq = l2_normalise(queries)
     query_rows = np.asarray(query_rows, dtype=np.int64)
     best = np.full(len(xq), -np.inf, dtype=np.float32)

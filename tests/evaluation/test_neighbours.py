@@ -102,9 +102,10 @@ def test_cosine_knn_streams_chunks_like_one_search():
 
 
 def test_nearest_other_skips_the_query_but_not_its_duplicate():
-    points = np.array([[1, 0], [1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
+    points = np.array([[2, 0], [1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
     sim = nearest_other_similarity(points, np.arange(4), points)
     np.testing.assert_allclose(sim, [1.0, 1.0, 0.8, 0.8], atol=1e-6)
+    assert points[0, 0] == 2  # the database given is not normalised in place
 
 
 def test_gallery_excludes_the_query_itself():
