@@ -88,8 +88,6 @@ DEFAULT_STAGES = (
 PROBE_CLASSES = np.array(["empty", *(f"class{c}" for c in range(1, 8))])
 #: Windows labelled by one catalogue source (the probes' folds keep them together).
 WINDOWS_PER_SOURCE = 4
-#: Rows per block of the evaluations that stream the features (their ``chunk`` / ``chunk_rows`` default).
-EVAL_BLOCK_ROWS = 262_144
 EVAL_CONFIGS = ROOT / "configs" / "eval"
 EVAL_STAGES = ("report", "neighbours", "probes")
 #: ``--eval-max`` of ``--quick`` (the linear probe's 140 fits on 50,000 windows take minutes).
@@ -236,6 +234,7 @@ def run_stage(stage: str, work: Path, n: int, threads: int, eval_max: int | None
     from radio_curation.curation.conditioning import FeatureConditioning
     from radio_curation.curation.kmeans import HierarchicalKMeans, init_centroids
     from radio_curation.curation.loading import load_features
+    from radio_curation.evaluation.similarity import BLOCK_BYTES, SIMILARITY_BLOCK
     from radio_curation.features.matrix import FeatureFile
 
     torch.set_num_threads(threads)
@@ -358,11 +357,17 @@ def run_stage(stage: str, work: Path, n: int, threads: int, eval_max: int | None
             )  # fmt: skip
             rare = rare_classes(labels, exclude=("empty",))
             ratio = enrichment(labels, sets["subsample"], sets["random"], rare, "empty").ratio
-        details["near_duplicate_rate"] = figures.redundancy["pool"]["near_duplicate_rate"]
+        redundancy = figures.redundancy["pool"]
+        details.update({k: v for k, v in redundancy.items() if k.startswith(("nn_", "near_"))})
         details["rare_classes"] = len(rare)
         details["enrichment_ratio"] = ratio
-        per_row = paths.itemsize * paths.shape[1] + labels.itemsize + 8 * 1.5  # paths, labels, the three sets
-        data = n * per_row + EVAL_BLOCK_ROWS * DIM * 4
+        # The hierarchy's per-row arrays, the paths, the labels (and their planted codes), the three sets.
+        clustering = hierarchy.cutout_id.nbytes + hierarchy.levels[0].assignment.nbytes
+        clustering += hierarchy.levels[0].distance.nbytes
+        per_row = paths.itemsize * paths.shape[1] + labels.itemsize + planted.itemsize + 8 * 1.5
+        data = n * per_row + clustering
+        # And the redundancy's queries, a block of rows and a block of their similarities, in float32.
+        data += cfg.max_queries * DIM * 4 + BLOCK_BYTES + SIMILARITY_BLOCK * 4
     elif stage == "neighbours":
         from radio_curation.cutouts.index import read_index
         from radio_curation.evaluation.neighbours import adjacent_pairs, distance_test, gallery_neighbours
@@ -379,8 +384,11 @@ def run_stage(stage: str, work: Path, n: int, threads: int, eval_max: int | None
             gallery_neighbours(features, queries, cfg.k)
         details["pairs"] = len(pairs)
         details["prob_adjacent_closer"] = test.metrics()["neighbours/prob_adjacent_closer"]
-        columns = sum(col[c].nbytes for c in ("mosaic", "y0", "x0", "size"))
-        data = columns + 2 * cfg.max_pairs * 16 + EVAL_BLOCK_ROWS * DIM * 4  # the pairs kept, a block
+        tested = min(len(pairs), cfg.max_pairs)
+        # The index columns it read (as merge's data), the pairs kept, the float32 rows of the pairs tested
+        # (each read once), a block.
+        columns = sum(v.nbytes for v in col.values())
+        data = columns + 2 * cfg.max_pairs * 16 + 2 * tested * DIM * 4 + BLOCK_BYTES
     elif stage == "probes":
         from radio_curation.evaluation.evals.probe import probe_rows
         from radio_curation.evaluation.probes import evaluate_probe, knn_classifier, logistic_classifier

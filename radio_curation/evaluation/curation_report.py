@@ -2,8 +2,8 @@
 
 Figures per set: cluster coverage at each level of the hierarchy, balance of the top-level clusters,
 class shares when windows have labels, and redundancy (mean nearest-neighbour cosine similarity and the
-near-duplicate rate). The functions here work on row indices into the pool's feature matrix, so the pool
-can be streamed from disk.
+near-duplicate rate, each estimated from a random sample of query points, with its standard error). The
+functions here work on row indices into the pool's feature matrix, so the pool can be streamed from disk.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from radio_curation.errors import RadioCurationError
-from radio_curation.evaluation.similarity import l2_normalise, nearest_other_similarity
+from radio_curation.evaluation.similarity import block_rows, l2_normalise, nearest_other_similarity, unit_rows
 from radio_curation.features.matrix import FeatureMatrix
 
 
@@ -57,16 +57,47 @@ def balance(codes: np.ndarray, n_clusters: int) -> float:
     return float(-(p * np.log(p)).sum() / np.log(n_clusters))
 
 
-def class_shares(labels: np.ndarray, rows: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
-    """Share of each class among ``rows`` (classes absent from ``rows`` get 0)."""
-    values, counts = np.unique(np.asarray(labels)[rows], return_counts=True)
-    found = dict(zip(values.astype(str), counts / max(len(rows), 1), strict=True))
-    return {c: float(found.get(c, 0.0)) for c in classes}
+def class_shares(codes: np.ndarray, rows: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """Share of each class among ``rows`` (classes absent from ``rows`` get 0).
+
+    ``codes`` is every pool point's index into ``classes`` (``np.unique(labels, return_inverse=True)``):
+    counting codes needs no per-set copy or sort of the label strings.
+    """
+    counts = np.bincount(codes[rows], minlength=len(classes)) / max(len(rows), 1)
+    return {c: float(share) for c, share in zip(classes, counts, strict=True)}
 
 
-def _row_chunks(features: FeatureMatrix, rows: np.ndarray, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+def _set_blocks(features: FeatureMatrix, rows: np.ndarray, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    """The set's features a block at a time, numbered by position in ``rows``."""
+    if len(rows) == features.n:  # the whole pool (rows are ascending and distinct): contiguous reads
+        yield from features.iter_chunks(chunk)
+        return
     for start in range(0, len(rows), chunk):
         yield start, features.read(rows[start : start + chunk])
+
+
+def sample_mean_se(values: np.ndarray, population: int) -> float:
+    """Standard error of the mean of ``values``, a simple random sample without replacement.
+
+    ``sqrt((1 - q / N) · s² / q)`` for ``q`` values with sample variance ``s²`` (``ddof=1``) drawn from
+    ``N``: 0 when every point is in the sample (the mean is then exact).
+
+    Parameters
+    ----------
+    values : np.ndarray
+        ``[q]`` the sampled values (``q ≥ 2``, or ``q == population``).
+    population : int
+        ``N``, the number of points sampled from.
+
+    Returns
+    -------
+    float
+    """
+    q = len(values)
+    if q >= population:
+        return 0.0
+    variance = float(np.var(np.asarray(values, dtype=np.float64), ddof=1))
+    return float(np.sqrt((1.0 - q / population) * variance / q))
 
 
 def redundancy(
@@ -75,12 +106,14 @@ def redundancy(
     threshold: float,
     max_queries: int,
     rng: np.random.Generator,
-    chunk: int = 262_144,
+    chunk: int | None = None,
 ) -> dict[str, float]:
     """Mean nearest-neighbour cosine similarity within a set and its near-duplicate rate.
 
-    Each query's nearest neighbour is searched among all rows of the set (itself excluded); with more
-    than ``max_queries`` rows a random sample of queries gives an unbiased estimate.
+    Each query's nearest neighbour is searched exactly among all rows of the set (itself excluded), so
+    the time is ``max_queries × len(rows)`` products. With more than ``max_queries`` rows the queries are
+    a random sample: both figures are then unbiased estimates, given with their standard errors
+    (:func:`sample_mean_se`; a rate's is at most ``0.5 / sqrt(max_queries)``).
 
     Parameters
     ----------
@@ -91,25 +124,34 @@ def redundancy(
     threshold : float
         A point whose nearest neighbour is at least this similar is a near-duplicate.
     max_queries : int
-        Largest number of query points.
+        Largest number of query points (at least 2).
     rng : np.random.Generator
         Draws the query sample.
+    chunk : int, optional
+        Rows of the set read at a time (default: :func:`~radio_curation.evaluation.similarity.block_rows`).
 
     Returns
     -------
     dict
-        ``nn_similarity_mean``, ``near_duplicate_rate``, ``n_queries``.
+        ``nn_similarity_mean``, ``nn_similarity_se``, ``near_duplicate_rate``, ``near_duplicate_rate_se``,
+        ``n_queries``.
     """
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) < 2:
         raise RadioCurationError("redundancy needs a set of at least two points")
+    if max_queries < 2:
+        raise RadioCurationError(f"redundancy needs at least two queries (max_queries), got {max_queries}")
     local = np.arange(len(rows))
     if len(rows) > max_queries:
         local = np.sort(rng.choice(len(rows), max_queries, replace=False))
-    sim = nearest_other_similarity(features.read(rows[local]), local, _row_chunks(features, rows, chunk))
+    blocks = _set_blocks(features, rows, chunk or block_rows(features.dim))
+    sim = nearest_other_similarity(features.read(rows[local]), local, blocks)
+    duplicate = (sim >= threshold).astype(np.float64)
     return {
         "nn_similarity_mean": float(sim.mean()),
-        "near_duplicate_rate": float((sim >= threshold).mean()),
+        "nn_similarity_se": sample_mean_se(sim, len(rows)),
+        "near_duplicate_rate": float(duplicate.mean()),
+        "near_duplicate_rate_se": sample_mean_se(duplicate, len(rows)),
         "n_queries": float(len(local)),
     }
 
@@ -157,10 +199,11 @@ class CurationFigures:
 def curation_figures(
     features: FeatureMatrix,
     sets: Mapping[str, np.ndarray],
+    *,
+    duplicate_threshold: float,
+    max_queries: int,
     paths: np.ndarray | None = None,
     labels: np.ndarray | None = None,
-    duplicate_threshold: float = 0.95,
-    max_queries: int = 20_000,
     seed: int = 0,
 ) -> CurationFigures:
     """Compute the report's figures for each named set of pool rows.
@@ -171,12 +214,12 @@ def curation_figures(
         The pool's features (row ``i`` is pool point ``i``).
     sets : mapping of str to np.ndarray
         Sorted pool rows of each set, e.g. ``{"pool": arange(N), "subsample": …, "random": …}``.
+    duplicate_threshold, max_queries
+        See :func:`redundancy`.
     paths : np.ndarray, optional
         ``[N, L]`` cluster of every pool point at each level (:func:`cluster_paths`).
     labels : np.ndarray, optional
         ``[N]`` class name of every pool point.
-    duplicate_threshold, max_queries
-        See :func:`redundancy`.
     seed : int
         Seed of the query samples.
 
@@ -186,14 +229,18 @@ def curation_figures(
     """
     rng = np.random.default_rng(seed)
     figures = CurationFigures(sizes={name: len(rows) for name, rows in sets.items()})
-    classes = sorted(np.unique(np.asarray(labels).astype(str)).tolist()) if labels is not None else []
+    if labels is not None:
+        names = np.asarray(labels).astype(str, copy=False)
+        # searchsorted after unique holds less at once than unique(return_inverse=True).
+        classes = np.unique(names)
+        codes = np.searchsorted(classes, names)
+    n_top = 0 if paths is None else len(np.unique(paths[:, -1]))
     for name, rows in sets.items():
         if paths is not None:
             figures.coverage[name] = coverage(paths, rows)
-            top = paths[:, -1]
-            figures.balance[name] = balance(top[rows], len(np.unique(top)))
+            figures.balance[name] = balance(paths[rows, -1], n_top)
         if labels is not None:
-            figures.shares[name] = class_shares(np.asarray(labels).astype(str), rows, classes)
+            figures.shares[name] = class_shares(codes, rows, classes.tolist())
         figures.redundancy[name] = redundancy(features, rows, duplicate_threshold, max_queries, rng)
     return figures
 
@@ -204,7 +251,7 @@ def top_level_exemplars(
     centroids: np.ndarray,
     per_cluster: int,
     metric: str = "l2",
-    chunk: int = 262_144,
+    chunk: int | None = None,
 ) -> dict[int, np.ndarray]:
     """The pool rows closest to each top-level centroid among the points of that cluster.
 
@@ -220,6 +267,8 @@ def top_level_exemplars(
         Exemplars per cluster.
     metric : {"l2", "cosine"}
         The clustering's metric (``clusters.h5`` attribute ``metric``).
+    chunk : int, optional
+        Rows read at a time (default: half of :func:`~radio_curation.evaluation.similarity.block_rows`).
 
     Returns
     -------
@@ -231,13 +280,19 @@ def top_level_exemplars(
     distance = np.empty(features.n, dtype=np.float32)
     if metric == "cosine":
         centroids = l2_normalise(centroids)
-    for start, x in features.iter_chunks(chunk):
+    # Half blocks: a block's rows and their centroids together fill one block.
+    for start, x in features.iter_chunks(chunk or max(1, block_rows(features.dim) // 2)):
         mine = centroids[top[start : start + len(x)]]
         if metric == "cosine":
-            distance[start : start + len(x)] = 1.0 - np.einsum("ij,ij->i", l2_normalise(x), mine)
+            distance[start : start + len(x)] = 1.0 - np.einsum("ij,ij->i", unit_rows(x), mine)
         else:
-            distance[start : start + len(x)] = np.linalg.norm(x - mine, axis=1)
+            mine -= x
+            distance[start : start + len(x)] = np.sqrt(np.einsum("ij,ij->i", mine, mine))
     order = np.lexsort((distance, top))
-    boundaries = np.searchsorted(top[order], np.unique(top))
-    groups = np.split(order, boundaries[1:])
-    return {int(top[g[0]]): g[:per_cluster] for g in groups}
+    # The clusters' runs in ``order`` from their sizes: no further per-row array.
+    sizes = np.bincount(top)
+    starts = np.cumsum(sizes) - sizes
+    return {
+        int(c): order[starts[c] : starts[c] + min(sizes[c], per_cluster)].copy()
+        for c in np.flatnonzero(sizes)
+    }

@@ -34,7 +34,7 @@ def rare_classes(
     list of str
         The rare classes, sorted.
     """
-    values, counts = np.unique(np.asarray(labels).astype(str), return_counts=True)
+    values, counts = np.unique(np.asarray(labels).astype(str, copy=False), return_counts=True)
     shares = counts / max(len(labels), 1)
     return sorted(str(v) for v, s in zip(values, shares, strict=True) if s < threshold and v not in exclude)
 
@@ -125,7 +125,7 @@ def enrichment(
     -------
     Enrichment
     """
-    labels = np.asarray(labels).astype(str)
+    labels = np.asarray(labels).astype(str, copy=False)
     subsample, random = np.asarray(subsample, dtype=np.int64), np.asarray(random, dtype=np.int64)
     if len(subsample) == 0 or len(random) == 0:
         raise RadioCurationError("enrichment needs a non-empty subsample and random subsample")

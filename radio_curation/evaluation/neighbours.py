@@ -9,7 +9,7 @@ from scipy.spatial import cKDTree
 from scipy.stats import mannwhitneyu
 
 from radio_curation.errors import RadioCurationError
-from radio_curation.evaluation.similarity import cosine_knn, l2_normalise
+from radio_curation.evaluation.similarity import block_rows, cosine_knn, unit_rows
 from radio_curation.features.matrix import FeatureMatrix
 
 
@@ -79,13 +79,22 @@ def random_pairs(n: int, count: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def pair_cosine_distance(features: FeatureMatrix, pairs: np.ndarray) -> np.ndarray:
-    """Cosine distance ``1 − cos`` of each row pair, reading each needed row once."""
+    """Cosine distance ``1 − cos`` of each row pair, reading each needed row once.
+
+    The rows are normalised in place and the pairs' products taken a block of pairs at a time, so the
+    rows (float32) are the only large array held.
+    """
     if len(pairs) == 0:
         return np.zeros(0, dtype=np.float32)
     rows, inverse = np.unique(pairs, return_inverse=True)
-    x = l2_normalise(features.read(rows))
+    x = unit_rows(features.read(rows))
     inverse = inverse.reshape(pairs.shape)
-    return 1.0 - np.einsum("ij,ij->i", x[inverse[:, 0]], x[inverse[:, 1]])
+    out = np.empty(len(pairs), dtype=np.float32)
+    step = block_rows(x.shape[1])
+    for start in range(0, len(pairs), step):
+        first, second = inverse[start : start + step].T
+        out[start : start + len(first)] = 1.0 - np.einsum("ij,ij->i", x[first], x[second])
+    return out
 
 
 @dataclass
@@ -153,18 +162,21 @@ def distance_test(
 
 
 def gallery_neighbours(
-    features: FeatureMatrix, query_rows: np.ndarray, k: int, chunk_rows: int = 262_144
+    features: FeatureMatrix, query_rows: np.ndarray, k: int, chunk_rows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` feature-space neighbours of each query row, the query itself excluded.
 
     Parameters
     ----------
     features : FeatureMatrix
-        All feature rows (streamed in chunks of ``chunk_rows``).
+        All feature rows, streamed in blocks (normalised in place).
     query_rows : np.ndarray
         ``[Q]`` rows to query.
     k : int
         Neighbours per query.
+    chunk_rows : int, optional
+        Rows per block (default: :func:`~radio_curation.evaluation.similarity.block_rows`, a bound in
+        bytes whatever the rows).
 
     Returns
     -------
@@ -174,7 +186,8 @@ def gallery_neighbours(
         ``[Q, k]`` cosine similarities.
     """
     query_rows = np.asarray(query_rows, dtype=np.int64)
-    sim, idx = cosine_knn(features.read(query_rows), features.iter_chunks(chunk_rows), k + 1)
+    chunks = features.iter_chunks(chunk_rows or block_rows(features.dim))
+    sim, idx = cosine_knn(features.read(query_rows), chunks, k + 1)
     keep = idx != query_rows[:, None]
     # Each row drops its own index if found, else its last (k+1-th) neighbour.
     keep[keep.all(axis=1), -1] = False

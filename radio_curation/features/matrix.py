@@ -81,6 +81,11 @@ def positions(
     return rows
 
 
+def _as_float32(f: h5py.File) -> Any:
+    """The ``features`` dataset read as float32: HDF5 converts float16 as it reads, with no float16 copy."""
+    return f["features"].astype(np.float32)
+
+
 class FeatureArray:
     """A feature matrix held in memory.
 
@@ -229,26 +234,28 @@ class FeatureFile:
         if rows is None:
             if self._rows is None:
                 with self._opened() as f:
-                    return f["features"][:].astype(np.float32, copy=False)
+                    return _as_float32(f)[:]
             rows = np.arange(self.n)
         rows = _row_indices(rows, self.n, self.path)
         if self._rows is not None:
             rows = self._rows[rows]
         unique, inverse = np.unique(rows, return_inverse=True)
         with self._opened() as f:
-            return f["features"][unique].astype(np.float32, copy=False)[inverse]
+            x = _as_float32(f)[unique]
+        # Ascending distinct rows (the common case) come out as read, without a second copy.
+        return x if np.array_equal(unique, rows) else x[inverse]
 
     def iter_chunks(self, rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, features of rows start:start + rows)`` as float32, in row order."""
         if rows < 1:
             raise RadioCurationError(f"chunk size must be positive, got {rows}")
         with self._opened() as f:
-            features = f["features"]
+            features = _as_float32(f)
             for start in range(0, self.n, rows):
                 if self._rows is None:
-                    yield start, features[start : start + rows].astype(np.float32, copy=False)
+                    yield start, features[start : start + rows]
                 else:
-                    yield start, features[self._rows[start : start + rows]].astype(np.float32, copy=False)
+                    yield start, features[self._rows[start : start + rows]]
 
     def subset(self, rows: np.ndarray) -> FeatureFile:
         """The ascending ``rows`` of this matrix as a feature file of their own (still read lazily)."""

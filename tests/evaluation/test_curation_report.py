@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from radio_curation.evaluation.curation_report import (
     cluster_paths,
     curation_figures,
     redundancy,
+    sample_mean_se,
     top_level_exemplars,
 )
 from radio_curation.evaluation.html import Section, Table, render_html
@@ -35,7 +38,9 @@ def test_cluster_paths_compose_levels():
 
 
 def test_report_figures_equal_hand_computed_values():
-    figures = curation_figures(FEATURES, SETS, paths=PATHS, labels=LABELS, duplicate_threshold=0.95)
+    figures = curation_figures(
+        FEATURES, SETS, paths=PATHS, labels=LABELS, duplicate_threshold=0.95, max_queries=8
+    )
     assert figures.sizes == {"pool": 8, "subsample": 4, "random": 4}
     assert figures.coverage == {"pool": [1.0, 1.0], "subsample": [1.0, 1.0], "random": [0.5, 0.5]}
     assert figures.balance["subsample"] == pytest.approx(1.0)
@@ -59,6 +64,55 @@ def test_redundancy_samples_queries_when_the_set_is_large():
     result = redundancy(FEATURES, np.arange(8), 0.95, max_queries=3, rng=np.random.default_rng(0))
     assert result["n_queries"] == 3
     assert result["nn_similarity_mean"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_redundancy_standard_errors_match_their_formula():
+    # Eight points whose nearest-neighbour similarities are planted: two pairs of twins (1) and two
+    # pairs at 60° (0.5), every pair orthogonal to the others.
+    axes = np.eye(8, dtype=np.float32)
+    tilted = [0.5 * axes[2] + np.sqrt(0.75) * axes[3], 0.5 * axes[4] + np.sqrt(0.75) * axes[5]]
+    features = FeatureArray(
+        np.stack([axes[0], axes[0], axes[1], axes[1], axes[2], tilted[0], axes[4], tilted[1]])
+    )
+    n, q = 8, 5
+    for seed in range(6):
+        result = redundancy(features, np.arange(n), 0.95, max_queries=q, rng=np.random.default_rng(seed))
+        assert result["n_queries"] == q
+        # The sample's share of twins f follows from its mean (f · 1 + (1 − f) · 0.5); s² = q f (1 − f) / (q − 1)
+        # for the 0/1 duplicate flags, a quarter of that for the similarities.
+        f = (result["nn_similarity_mean"] - 0.5) / 0.5
+        assert result["near_duplicate_rate"] == pytest.approx(f)
+        rate_se = np.sqrt((1 - q / n) * f * (1 - f) / (q - 1))
+        assert result["near_duplicate_rate_se"] == pytest.approx(rate_se, abs=1e-6)
+        assert result["nn_similarity_se"] == pytest.approx(0.5 * rate_se, abs=1e-6)
+    exact = redundancy(features, np.arange(n), 0.95, max_queries=n, rng=np.random.default_rng(0))
+    assert exact["near_duplicate_rate"] == 0.5
+    assert exact["near_duplicate_rate_se"] == 0.0 and exact["nn_similarity_se"] == 0.0
+
+
+def test_sample_mean_se_is_the_finite_population_formula():
+    values = np.array([1.0, 2.0, 4.0, 7.0])
+    assert sample_mean_se(values, 10) == pytest.approx(np.sqrt(0.6 * np.var(values, ddof=1) / 4))
+    assert sample_mean_se(values, 4) == 0.0
+
+
+def test_report_metrics_give_each_redundancy_figure_its_standard_error():
+    metrics = curation_figures(FEATURES, SETS, duplicate_threshold=0.95, max_queries=3).metrics()
+    for name in SETS:
+        assert metrics[f"curation/{name}/n_queries"] == 3
+        assert metrics[f"curation/{name}/nn_similarity_se"] >= 0.0
+        assert metrics[f"curation/{name}/near_duplicate_rate_se"] >= 0.0
+
+
+def test_default_queries_bound_the_redundancy_error_and_time():
+    from omegaconf import OmegaConf
+
+    queries = OmegaConf.load(
+        Path(__file__).parents[2] / "configs" / "eval" / "curation_report.yaml"
+    ).max_queries
+    # A rate's standard error is at most 0.5 / sqrt(queries): a point at most, for ~queries × n products.
+    assert 0.5 / np.sqrt(queries) <= 0.01
+    assert queries <= 5000
 
 
 def test_balance_is_normalised_entropy():

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
+import h5py
 import numpy as np
 import pytest
 
 from radio_curation.errors import RadioCurationError
+from radio_curation.evaluation import similarity
 from radio_curation.evaluation.neighbours import (
     adjacent_pairs,
     distance_test,
     gallery_neighbours,
     random_pairs,
 )
-from radio_curation.evaluation.similarity import cosine_knn, nearest_other_similarity
-from radio_curation.features.matrix import FeatureArray
+from radio_curation.evaluation.similarity import BLOCK_BYTES, cosine_knn, nearest_other_similarity
+from radio_curation.features.matrix import FeatureArray, FeatureFile
 
 
 def _grid(ny: int, nx: int, size: int = 64, step: int = 32, mosaic: str = "P1"):
@@ -98,9 +102,10 @@ def test_cosine_knn_streams_chunks_like_one_search():
 
 
 def test_nearest_other_skips_the_query_but_not_its_duplicate():
-    points = np.array([[1, 0], [1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
+    points = np.array([[2, 0], [1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
     sim = nearest_other_similarity(points, np.arange(4), points)
     np.testing.assert_allclose(sim, [1.0, 1.0, 0.8, 0.8], atol=1e-6)
+    assert points[0, 0] == 2  # the database given is not normalised in place
 
 
 def test_gallery_excludes_the_query_itself():
@@ -114,3 +119,49 @@ def test_gallery_excludes_the_query_itself():
 def test_random_pairs_need_two_rows():
     with pytest.raises(RadioCurationError, match="at least two"):
         random_pairs(1, 3, np.random.default_rng(0))
+
+
+def _feature_file(path, n: int, dim: int, seed: int = 3) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float16)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=x, chunks=(1024, dim))
+        f.create_dataset("cutout_id", data=np.arange(n, dtype=np.int64))
+    return x.astype(np.float32)
+
+
+def test_gallery_streams_blocks_bounded_in_bytes(tmp_path):
+    # 40,000 float32 rows of 384 are 61 MB: read in 262,144-row blocks they were one block, normalised in
+    # a copy (123 MB at the peak); in BLOCK_BYTES blocks normalised in place, one block (34 MB).
+    x = _feature_file(tmp_path / "features.h5", 40_000, 384)
+    queries = np.array([0, 17, 39_999])
+    with FeatureFile(tmp_path / "features.h5") as features:
+        tracemalloc.start()
+        rows, sim = gallery_neighbours(features, queries, k=5)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 1.5 * BLOCK_BYTES
+    expected_sim, expected_idx = cosine_knn(x[queries], x, 6)
+    np.testing.assert_array_equal(rows, expected_idx[:, 1:])
+    np.testing.assert_allclose(sim, expected_sim[:, 1:], rtol=1e-5)
+
+
+def test_in_place_normalisation_leaves_an_in_memory_matrix_alone():
+    x = np.random.default_rng(4).normal(size=(50, 8)).astype(np.float32)
+    features = FeatureArray(x.copy())
+    gallery_neighbours(features, np.array([1, 2]), k=3, chunk_rows=16)
+    distance_test(features, np.array([[0, 1], [2, 3]]), seed=0)
+    np.testing.assert_array_equal(features.features, x)
+
+
+def test_nearest_other_blocks_match_one_product(monkeypatch):
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(90, 6)).astype(np.float32)
+    base[40] = base[3]  # an exact duplicate of a query
+    query_rows = np.array([0, 3, 40, 89])
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+    brute = unit[query_rows] @ unit.T
+    brute[np.arange(len(query_rows)), query_rows] = -np.inf
+    monkeypatch.setattr(similarity, "SIMILARITY_BLOCK", 4 * 7)  # 7 database rows a product
+    sim = nearest_other_similarity(base[query_rows], query_rows, FeatureArray(base).iter_chunks(16))
+    np.testing.assert_allclose(sim, brute.max(axis=1), rtol=1e-6)
+    assert sim[1] == pytest.approx(1.0) and sim[2] == pytest.approx(1.0)

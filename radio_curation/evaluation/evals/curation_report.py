@@ -33,7 +33,8 @@ class CurationReport(Evaluation):
     duplicate_threshold
         Nearest-neighbour cosine similarity at or above which a point is a near-duplicate.
     max_queries
-        Redundancy: nearest neighbours of at most this many points per set.
+        Redundancy: nearest neighbours of at most this many points per set, a random sample (the figures'
+        standard errors are in the metrics and the report).
     exemplars
         Windows shown per top-level cluster.
     clusters_per_page
@@ -184,6 +185,29 @@ class CurationReport(Evaluation):
         return pages
 
 
+def _redundancy_rows(figures: CurationFigures, names: list[str]) -> list[list[Any]]:
+    """The redundancy figures as ``value ± standard error``, and the queries they come from."""
+    figure = figures.redundancy
+
+    def estimate(key: str, se: str) -> list[str]:
+        return [f"{figure[n][key]:.4f} ± {figure[n][se]:.4f}" for n in names]
+
+    return [
+        [
+            "mean nearest-neighbour cosine similarity (± standard error)",
+            *estimate("nn_similarity_mean", "nn_similarity_se"),
+        ],
+        [
+            "near-duplicate rate (± standard error)",
+            *estimate("near_duplicate_rate", "near_duplicate_rate_se"),
+        ],
+        [
+            "nearest-neighbour queries (random points of the set)",
+            *[int(figure[n]["n_queries"]) for n in names],
+        ],
+    ]
+
+
 def _report_sections(
     figures: CurationFigures,
     n_levels: int,
@@ -214,11 +238,7 @@ def _report_sections(
                 for lvl in range(n_levels)
             ],
             ["top-level balance (normalised entropy)", *[figures.balance[n] for n in names]],
-            [
-                "mean nearest-neighbour cosine similarity",
-                *[figures.redundancy[n]["nn_similarity_mean"] for n in names],
-            ],
-            ["near-duplicate rate", *[figures.redundancy[n]["near_duplicate_rate"] for n in names]],
+            *_redundancy_rows(figures, names),
             *rare_rows,
         ],
     )
