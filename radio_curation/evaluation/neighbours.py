@@ -12,6 +12,46 @@ from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation.similarity import block_rows, cosine_knn, unit_rows
 from radio_curation.features.matrix import FeatureMatrix
 
+#: Rows handled at a time while windows are grouped (the temporaries of a block are ~40 bytes per row).
+GROUP_BLOCK_ROWS = 1 << 18
+
+
+def _compact_codes(values: np.ndarray, block: int) -> tuple[np.ndarray, int]:
+    """Each value's index among the sorted distinct values (int32), and how many there are.
+
+    The distinct values are the union of each block's, so no sorted copy of the whole column is made.
+    """
+    distinct = np.unique(
+        np.concatenate([np.unique(values[s : s + block]) for s in range(0, len(values), block)])
+    )
+    codes = np.empty(len(values), dtype=np.int32)
+    for s in range(0, len(values), block):
+        codes[s : s + block] = np.searchsorted(distinct, values[s : s + block])
+    return codes, len(distinct)
+
+
+def _grouped_order(keys: np.ndarray, n_groups: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows stably ordered by ``keys`` (a counting sort, a block at a time) and each key's count.
+
+    The order is int32 while the rows fit, and no per-row temporary beyond a block is made (``np.argsort``
+    of the whole column would return int64 and hold its own buffers).
+    """
+    n = len(keys)
+    counts = np.zeros(n_groups, dtype=np.int64)
+    for s in range(0, n, block):
+        counts += np.bincount(keys[s : s + block], minlength=n_groups)
+    cursor = np.cumsum(counts) - counts
+    order = np.empty(n, dtype=np.int32 if n <= np.iinfo(np.int32).max else np.int64)
+    for s in range(0, n, block):
+        k = keys[s : s + block]
+        local = np.argsort(k, kind="stable")
+        ranked = k[local]
+        # Position of each row within its key's run in this block.
+        within = np.arange(len(ranked)) - np.searchsorted(ranked, ranked)
+        order[cursor[ranked] + within] = s + local
+        cursor += np.bincount(k, minlength=n_groups)
+    return order, counts
+
 
 def adjacent_pairs(
     mosaic: np.ndarray,
@@ -26,7 +66,8 @@ def adjacent_pairs(
 
     The offset is the Chebyshev distance in pixels, so ``max_offset=0.5`` keeps the eight grid neighbours
     of a 50%-overlap sliding window and ``1.0`` every window that overlaps or touches. Windows are grouped
-    by integer (mosaic, size) codes in one sort, and the pairs are found one group at a time.
+    by (mosaic, size) with a counting sort into an int32 order, and the pairs are found one group at a
+    time, so the per-row memory is the int32 keys and order (8 bytes per window) beside the columns.
 
     Parameters
     ----------
@@ -46,27 +87,31 @@ def adjacent_pairs(
     np.ndarray
         ``[P, 2]`` int64 row pairs ``i < j``.
     """
-    size = np.asarray(size, dtype=np.int64)
-    pos = np.stack([np.asarray(y0, np.float64), np.asarray(x0, np.float64)], axis=1)
-    _, mosaic_code = np.unique(np.asarray(mosaic), return_inverse=True)
-    sizes, size_code = np.unique(size, return_inverse=True)
-    keys = mosaic_code.astype(np.int64) * len(sizes) + size_code
-    order = np.argsort(keys, kind="stable")
-    groups = np.split(order, np.flatnonzero(np.diff(keys[order])) + 1)
+    n = len(size)
+    if n < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    mosaic_code, n_mosaics = _compact_codes(np.asarray(mosaic), GROUP_BLOCK_ROWS)
+    size_code, n_sizes = _compact_codes(np.asarray(size), GROUP_BLOCK_ROWS)
+    keys = mosaic_code
+    keys *= n_sizes
+    keys += size_code
+    del size_code
+    order, counts = _grouped_order(keys, n_mosaics * n_sizes, GROUP_BLOCK_ROWS)
+    del keys, mosaic_code
     rng = np.random.default_rng(seed)
     pairs = [np.zeros((0, 2), dtype=np.int64)]
-    for rows in groups:
-        if len(rows) < 2:
+    for start, count in zip(np.cumsum(counts) - counts, counts, strict=True):
+        if count < 2:
             continue
-        tree = cKDTree(pos[rows])
-        local = tree.query_pairs(r=max_offset * size[rows[0]], p=np.inf, output_type="ndarray")
+        rows = order[start : start + count]
+        tree = cKDTree(np.stack([np.asarray(y0[rows], np.float64), np.asarray(x0[rows], np.float64)], axis=1))
+        local = tree.query_pairs(r=max_offset * float(size[rows[0]]), p=np.inf, output_type="ndarray")
         if max_pairs is not None:
-            quota = -(-2 * int(max_pairs) * len(rows) // len(keys))
+            quota = -(-2 * int(max_pairs) * len(rows) // n)
             if len(local) > quota:
                 local = local[rng.choice(len(local), quota, replace=False)]
-        pairs.append(rows[local])
-    out = np.concatenate(pairs).astype(np.int64)
-    return np.sort(out, axis=1)
+        pairs.append(rows[local].astype(np.int64))
+    return np.sort(np.concatenate(pairs), axis=1)
 
 
 def random_pairs(n: int, count: int, rng: np.random.Generator) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from radio_curation.errors import RadioCurationError
-from radio_curation.evaluation import similarity
+from radio_curation.evaluation import neighbours, similarity
 from radio_curation.evaluation.neighbours import (
     adjacent_pairs,
     distance_test,
@@ -60,6 +60,31 @@ def test_adjacent_pairs_take_integer_mosaic_codes_and_sample_each_mosaic_to_its_
     assert set(map(tuple, sampled)) <= set(map(tuple, every))
     assert np.bincount(codes[sampled[:, 0]]).tolist() == [0, 0, 0, 200, 0, 200, 0, 200]
     np.testing.assert_array_equal(sampled, adjacent_pairs(codes, y0, x0, size, 0.5, max_pairs=300, seed=1))
+
+
+def test_adjacent_pairs_group_windows_in_blocks_with_eight_bytes_per_window(monkeypatch):
+    # 40 mosaics × 2 sizes of scattered windows, 200,000 rows. Grouping them by (mosaic, size) with
+    # np.unique's inverses, int64 keys, an int64 argsort and a float64 copy of the positions held ~73 bytes
+    # per window at the peak; the counting sort holds int32 keys and an int32 order (8) plus one block.
+    rng = np.random.default_rng(2)
+    n = 200_000
+    mosaic = rng.integers(0, 40, n).astype(np.int32)
+    size = rng.choice([64, 128], n).astype(np.int32)
+    y0, x0 = (rng.integers(0, 150, (2, n)) * 32).astype(np.int32)
+    whole = adjacent_pairs(mosaic, y0, x0, size, 1.0, max_pairs=4000, seed=5)
+    monkeypatch.setattr(neighbours, "GROUP_BLOCK_ROWS", 4096)
+    tracemalloc.start()
+    blocked = adjacent_pairs(mosaic, y0, x0, size, 1.0, max_pairs=4000, seed=5)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 * n
+    np.testing.assert_array_equal(blocked, whole)  # the same groups in the same order: the same sample
+    assert 8000 <= len(whole) <= 8000 + 80  # twice each group's share of 4000, rounded up in 80 groups
+    assert (mosaic[whole[:, 0]] == mosaic[whole[:, 1]]).all() and (
+        size[whole[:, 0]] == size[whole[:, 1]]
+    ).all()
+    offset = np.maximum(np.abs(y0[whole[:, 0]] - y0[whole[:, 1]]), np.abs(x0[whole[:, 0]] - x0[whole[:, 1]]))
+    assert (offset <= size[whole[:, 0]]).all()
 
 
 def test_random_pairs_are_distinct_rows():
