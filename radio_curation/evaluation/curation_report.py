@@ -48,8 +48,10 @@ def coverage(paths: np.ndarray, rows: np.ndarray) -> list[float]:
     or sort of a column of ``paths``.
     """
     return [
-        np.count_nonzero(bincount_rows(paths[:, level], rows))
-        / np.count_nonzero(bincount_rows(paths[:, level]))
+        float(
+            np.count_nonzero(bincount_rows(paths[:, level], rows))
+            / np.count_nonzero(bincount_rows(paths[:, level]))
+        )
         for level in range(paths.shape[1])
     ]
 

@@ -44,6 +44,7 @@ def test_report_figures_equal_hand_computed_values():
     )
     assert figures.sizes == {"pool": 8, "subsample": 4, "random": 4}
     assert figures.coverage == {"pool": [1.0, 1.0], "subsample": [1.0, 1.0], "random": [0.5, 0.5]}
+    assert all(type(v) is float for v in figures.metrics().values())  # metrics.json is written as YAML too
     assert figures.balance["subsample"] == pytest.approx(1.0)
     assert figures.balance["random"] == pytest.approx(0.0)
     assert figures.shares["subsample"] == {"a": 0.5, "b": 0.25, "c": 0.25}
