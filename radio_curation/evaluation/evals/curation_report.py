@@ -87,8 +87,10 @@ class CurationReport(Evaluation):
         sets = {"pool": np.arange(len(pool_ids)), "subsample": sub_rows, "random": random_rows}
         paths = hierarchy.paths()
         matched = self.catalogue.labels_if_any(pool_all.merged, pool_all.table, info)
-        # Factorised once: the figures and each set's enrichment count the codes (a byte a window).
+        # Factorised once: the figures and each set's enrichment count the codes (a byte a window), and the
+        # label strings and source groups are not kept.
         labels = None if matched is None else label_codes(matched[0][cluster_rows])
+        del matched
         with out.timer("figures"):
             figures = curation_figures(
                 pool,
