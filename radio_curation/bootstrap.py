@@ -39,7 +39,7 @@ from radio_curation.curation.clusters import read_subsample
 from radio_curation.cutouts.index import read_index
 from radio_curation.cutouts.reader import WindowReader
 from radio_curation.errors import RadioCurationError
-from radio_curation.evaluation.enrichment import enrichment, rare_classes
+from radio_curation.evaluation.enrichment import enrichment, label_codes, rare_classes
 from radio_curation.evaluation.inputs import window_table
 from radio_curation.evaluation.probes import evaluate_probe, logistic_classifier
 from radio_curation.evaluation.radio_stats import radio_statistics
@@ -590,7 +590,8 @@ class BootstrapLoop:
         sources of the balanced and random subsamples per seed, and their ratio of empty windows."""
         empty = str(self.cfg("evaluate").catalogue.empty_label)
         ids, labels, groups = self.truth(runs.merge)
-        rare = rare_classes(labels.astype(str), 0.01, (empty,))
+        codes = label_codes(labels)  # factorised once for the enrichments below
+        rare = rare_classes(codes, 0.01, (empty,))
         where = f"merge run {runs.merge}"
         store = self.store
 
@@ -602,7 +603,7 @@ class BootstrapLoop:
         ratios = []
         for seed, clusters in runs.clusterings.items():
             sample = self.sample(runs.features, balanced_curate, seed, clusters)["run_id"]
-            ratios.append(enrichment(labels, rows(sample), rows(sample), rare, empty).ratio_pool)
+            ratios.append(enrichment(codes, rows(sample), rows(sample), rare, empty).ratio_pool)
         out: dict[str, Any] = {"ratio_pool": ratios, "rare": list(rare)}
         if "balanced" in runs.subsamples:
             empties = []
@@ -612,7 +613,7 @@ class BootstrapLoop:
                     for r in map(rows, runs.subsamples[arm].values())
                 ]
             for seed, sample in runs.subsamples["balanced"].items():
-                e = enrichment(labels, rows(sample), rows(runs.subsamples[self.reference][seed]), rare, empty)
+                e = enrichment(codes, rows(sample), rows(runs.subsamples[self.reference][seed]), rare, empty)
                 empties.append(e.empty_ratio)
             out["empty_ratio"] = empties
         return out

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from radio_curation.errors import RadioCurationError
+from radio_curation.evaluation.enrichment import Labels, bincount_rows, label_codes
 from radio_curation.evaluation.similarity import block_rows, l2_normalise, nearest_other_similarity, unit_rows
 from radio_curation.features.matrix import FeatureMatrix
 
@@ -41,29 +42,41 @@ def cluster_paths(assignments: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def coverage(paths: np.ndarray, rows: np.ndarray) -> list[float]:
-    """Fraction of the pool's (non-empty) clusters at each level that ``rows`` hit at least once."""
+    """Fraction of the pool's (non-empty) clusters at each level that ``rows`` hit at least once.
+
+    Counted by blocked bincounts (:func:`~radio_curation.evaluation.enrichment.bincount_rows`): no copy
+    or sort of a column of ``paths``.
+    """
     return [
-        len(np.unique(paths[rows, level])) / len(np.unique(paths[:, level]))
+        float(
+            np.count_nonzero(bincount_rows(paths[:, level], rows))
+            / np.count_nonzero(bincount_rows(paths[:, level]))
+        )
         for level in range(paths.shape[1])
     ]
 
 
 def balance(codes: np.ndarray, n_clusters: int) -> float:
     """Normalised entropy of the cluster shares (1 = every cluster equally represented, 0 = one cluster)."""
+    return _count_balance(np.bincount(codes), n_clusters)
+
+
+def _count_balance(counts: np.ndarray, n_clusters: int) -> float:
+    """:func:`balance` from the clusters' counts."""
     if n_clusters < 2:
         return 1.0
-    p = np.bincount(codes)
-    p = p[p > 0] / len(codes)
+    p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum() / np.log(n_clusters))
 
 
 def class_shares(codes: np.ndarray, rows: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
     """Share of each class among ``rows`` (classes absent from ``rows`` get 0).
 
-    ``codes`` is every pool point's index into ``classes`` (``np.unique(labels, return_inverse=True)``):
-    counting codes needs no per-set copy or sort of the label strings.
+    ``codes`` is every pool point's index into ``classes``
+    (:func:`~radio_curation.evaluation.enrichment.label_codes`): counting codes needs no per-set copy or
+    sort of the label strings.
     """
-    counts = np.bincount(codes[rows], minlength=len(classes)) / max(len(rows), 1)
+    counts = bincount_rows(codes, rows, minlength=len(classes)) / max(len(rows), 1)
     return {c: float(share) for c, share in zip(classes, counts, strict=True)}
 
 
@@ -141,9 +154,10 @@ def redundancy(
         raise RadioCurationError("redundancy needs a set of at least two points")
     if max_queries < 2:
         raise RadioCurationError(f"redundancy needs at least two queries (max_queries), got {max_queries}")
-    local = np.arange(len(rows))
     if len(rows) > max_queries:
         local = np.sort(rng.choice(len(rows), max_queries, replace=False))
+    else:
+        local = np.arange(len(rows))
     blocks = _set_blocks(features, rows, chunk or block_rows(features.dim))
     sim = nearest_other_similarity(features.read(rows[local]), local, blocks)
     duplicate = (sim >= threshold).astype(np.float64)
@@ -203,7 +217,7 @@ def curation_figures(
     duplicate_threshold: float,
     max_queries: int,
     paths: np.ndarray | None = None,
-    labels: np.ndarray | None = None,
+    labels: Labels | None = None,
     seed: int = 0,
 ) -> CurationFigures:
     """Compute the report's figures for each named set of pool rows.
@@ -218,8 +232,9 @@ def curation_figures(
         See :func:`redundancy`.
     paths : np.ndarray, optional
         ``[N, L]`` cluster of every pool point at each level (:func:`cluster_paths`).
-    labels : np.ndarray, optional
-        ``[N]`` class name of every pool point.
+    labels : np.ndarray or (np.ndarray, np.ndarray), optional
+        ``[N]`` class name of every pool point, or its
+        :func:`~radio_curation.evaluation.enrichment.label_codes`.
     seed : int
         Seed of the query samples.
 
@@ -230,15 +245,12 @@ def curation_figures(
     rng = np.random.default_rng(seed)
     figures = CurationFigures(sizes={name: len(rows) for name, rows in sets.items()})
     if labels is not None:
-        names = np.asarray(labels).astype(str, copy=False)
-        # searchsorted after unique holds less at once than unique(return_inverse=True).
-        classes = np.unique(names)
-        codes = np.searchsorted(classes, names)
-    n_top = 0 if paths is None else len(np.unique(paths[:, -1]))
+        classes, codes = label_codes(labels)
+    n_top = 0 if paths is None else np.count_nonzero(bincount_rows(paths[:, -1]))
     for name, rows in sets.items():
         if paths is not None:
             figures.coverage[name] = coverage(paths, rows)
-            figures.balance[name] = balance(paths[rows, -1], n_top)
+            figures.balance[name] = _count_balance(bincount_rows(paths[:, -1], rows), n_top)
         if labels is not None:
             figures.shares[name] = class_shares(codes, rows, classes.tolist())
         figures.redundancy[name] = redundancy(features, rows, duplicate_threshold, max_queries, rng)
@@ -255,6 +267,9 @@ def top_level_exemplars(
 ) -> dict[int, np.ndarray]:
     """The pool rows closest to each top-level centroid among the points of that cluster.
 
+    Streamed: each block's distances are merged with the running candidates (at most ``per_cluster`` per
+    cluster) and only those kept, so nothing of length N is held. Ties go to the lower row.
+
     Parameters
     ----------
     features : FeatureMatrix
@@ -264,7 +279,7 @@ def top_level_exemplars(
     centroids : np.ndarray
         ``[k_L, D]`` top-level centroids.
     per_cluster : int
-        Exemplars per cluster.
+        Exemplars per cluster (at least 1).
     metric : {"l2", "cosine"}
         The clustering's metric (``clusters.h5`` attribute ``metric``).
     chunk : int, optional
@@ -273,26 +288,32 @@ def top_level_exemplars(
     Returns
     -------
     dict
-        Top-level cluster → up to ``per_cluster`` pool rows, closest first.
+        Top-level cluster → up to ``per_cluster`` pool rows, closest first, for every non-empty cluster.
     """
     top = paths[:, -1]
     centroids = np.asarray(centroids, dtype=np.float32)
-    distance = np.empty(features.n, dtype=np.float32)
     if metric == "cosine":
         centroids = l2_normalise(centroids)
+    cluster = np.empty(0, dtype=np.int64)
+    distance = np.empty(0, dtype=np.float32)
+    row = np.empty(0, dtype=np.int64)
     # Half blocks: a block's rows and their centroids together fill one block.
     for start, x in features.iter_chunks(chunk or max(1, block_rows(features.dim) // 2)):
         mine = centroids[top[start : start + len(x)]]
         if metric == "cosine":
-            distance[start : start + len(x)] = 1.0 - np.einsum("ij,ij->i", unit_rows(x), mine)
+            block = 1.0 - np.einsum("ij,ij->i", unit_rows(x), mine)
         else:
             mine -= x
-            distance[start : start + len(x)] = np.sqrt(np.einsum("ij,ij->i", mine, mine))
-    order = np.lexsort((distance, top))
-    # The clusters' runs in ``order`` from their sizes: no further per-row array.
-    sizes = np.bincount(top)
-    starts = np.cumsum(sizes) - sizes
-    return {
-        int(c): order[starts[c] : starts[c] + min(sizes[c], per_cluster)].copy()
-        for c in np.flatnonzero(sizes)
-    }
+            block = np.sqrt(np.einsum("ij,ij->i", mine, mine))
+        cluster = np.concatenate([cluster, top[start : start + len(x)]])
+        distance = np.concatenate([distance, block])
+        row = np.concatenate([row, np.arange(start, start + len(x), dtype=np.int64)])
+        order = np.lexsort((row, distance, cluster))
+        cluster, distance, row = cluster[order], distance[order], row[order]
+        # Rank of each candidate within its cluster's run of the sorted candidates.
+        runs = np.flatnonzero(np.diff(cluster, prepend=-1))
+        rank = np.arange(len(cluster)) - np.repeat(runs, np.diff(runs, append=len(cluster)))
+        keep = rank < per_cluster
+        cluster, distance, row = cluster[keep], distance[keep], row[keep]
+    runs = np.flatnonzero(np.diff(cluster, prepend=-1))
+    return {int(cluster[a]): row[a:b] for a, b in zip(runs, np.append(runs[1:], len(row)), strict=True)}

@@ -3,6 +3,10 @@
 A class is rare when its share of the pool is below a threshold (1 % by default, the rare radio
 morphologies of LoTSS: bent tails, haloes, relics). Curation is meant to raise their share and, at the same
 time, not to fill the subsample with empty windows (pure noise, the commonest window of a radio survey).
+
+Shares are counted on small integer label codes (:func:`label_codes`), a block of rows at a time
+(:func:`bincount_rows`): at tens of millions of windows, no sorted copy of the label strings and no
+per-row int64 array is held.
 """
 
 from __future__ import annotations
@@ -14,16 +18,72 @@ import numpy as np
 
 from radio_curation.errors import RadioCurationError
 
+#: Rows of a per-row array (labels, codes, cluster paths) handled at a time by :func:`label_codes` and
+#: :func:`bincount_rows`: their temporaries grow with this, not with the number of rows.
+ROW_BLOCK = 1 << 20
 
-def rare_classes(
-    labels: np.ndarray, threshold: float = 0.01, exclude: Sequence[str] = ("empty",)
-) -> list[str]:
+#: Class of every pool window: ``[N]`` labels, or the ``(classes, codes)`` pair of :func:`label_codes`.
+Labels = np.ndarray | tuple[np.ndarray, np.ndarray]
+
+
+def label_codes(labels: Labels, block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted distinct classes of ``labels`` and each label's index into them.
+
+    What ``np.unique(labels.astype(str), return_inverse=True)`` gives, a block of rows at a time: neither
+    a sorted copy of all the label strings nor int64 codes for all of them is ever held.
+
+    Parameters
+    ----------
+    labels : np.ndarray or (np.ndarray, np.ndarray)
+        ``[N]`` class of every window (as strings); a ``(classes, codes)`` pair is returned as it is.
+    block : int, optional
+        Rows at a time (default :data:`ROW_BLOCK`).
+
+    Returns
+    -------
+    classes : np.ndarray
+        ``[C]`` str, sorted.
+    codes : np.ndarray
+        ``[N]`` index of each label into ``classes``, of the smallest unsigned integer type that holds
+        ``C - 1`` (uint8 for up to 256 classes).
+    """
+    if isinstance(labels, tuple):
+        return labels
+    labels = np.asarray(labels)
+    step = block or ROW_BLOCK
+    blocks = [slice(start, start + step) for start in range(0, len(labels), step)]
+    classes = np.unique(labels[:0].astype(str))
+    for rows in blocks:
+        classes = np.union1d(classes, np.unique(labels[rows].astype(str, copy=False)))
+    codes = np.empty(len(labels), dtype=np.min_scalar_type(max(len(classes) - 1, 0)))
+    for rows in blocks:
+        codes[rows] = np.searchsorted(classes, labels[rows].astype(str, copy=False))
+    return classes, codes
+
+
+def bincount_rows(values: np.ndarray, rows: np.ndarray | None = None, minlength: int = 0) -> np.ndarray:
+    """``np.bincount(values[rows], minlength=minlength)``, :data:`ROW_BLOCK` rows at a time.
+
+    Whole, ``values[rows]`` would be a copy and bincount's cast of it to contiguous int64 another (8 bytes
+    a row, whatever ``values``' type); ``rows=None`` counts every value.
+    """
+    n = len(values) if rows is None else len(rows)
+    counts = np.zeros(minlength, dtype=np.int64)
+    for start in range(0, n, ROW_BLOCK):
+        block = values[start : start + ROW_BLOCK] if rows is None else values[rows[start : start + ROW_BLOCK]]
+        total = np.bincount(block, minlength=len(counts))
+        total[: len(counts)] += counts
+        counts = total
+    return counts
+
+
+def rare_classes(labels: Labels, threshold: float = 0.01, exclude: Sequence[str] = ("empty",)) -> list[str]:
     """Classes whose share of ``labels`` (the pool) is below ``threshold``, ``exclude`` left out.
 
     Parameters
     ----------
-    labels : np.ndarray
-        ``[N]`` class of every pool window.
+    labels : np.ndarray or (np.ndarray, np.ndarray)
+        ``[N]`` class of every pool window, or its :func:`label_codes`.
     threshold : float
         Largest pool share of a rare class (exclusive).
     exclude : sequence of str
@@ -34,9 +94,9 @@ def rare_classes(
     list of str
         The rare classes, sorted.
     """
-    values, counts = np.unique(np.asarray(labels).astype(str, copy=False), return_counts=True)
-    shares = counts / max(len(labels), 1)
-    return sorted(str(v) for v, s in zip(values, shares, strict=True) if s < threshold and v not in exclude)
+    classes, codes = label_codes(labels)
+    shares = bincount_rows(codes, minlength=len(classes)) / max(len(codes), 1)
+    return sorted(str(v) for v, s in zip(classes, shares, strict=True) if s < threshold and v not in exclude)
 
 
 @dataclass(frozen=True)
@@ -99,7 +159,7 @@ def _ratio(a: float, b: float) -> float:
 
 
 def enrichment(
-    labels: np.ndarray,
+    labels: Labels,
     subsample: np.ndarray,
     random: np.ndarray,
     rare: Sequence[str] | None = None,
@@ -110,8 +170,9 @@ def enrichment(
 
     Parameters
     ----------
-    labels : np.ndarray
-        ``[N]`` class of every pool window.
+    labels : np.ndarray or (np.ndarray, np.ndarray)
+        ``[N]`` class of every pool window, or its :func:`label_codes` (to factorise the labels once for
+        several calls).
     subsample, random : np.ndarray
         Pool rows of the curated and of the random subsample.
     rare : sequence of str, optional
@@ -125,21 +186,22 @@ def enrichment(
     -------
     Enrichment
     """
-    labels = np.asarray(labels).astype(str, copy=False)
+    classes, codes = label_codes(labels)
     subsample, random = np.asarray(subsample, dtype=np.int64), np.asarray(random, dtype=np.int64)
     if len(subsample) == 0 or len(random) == 0:
         raise RadioCurationError("enrichment needs a non-empty subsample and random subsample")
-    rare = tuple(rare_classes(labels, threshold, (empty_label,)) if rare is None else rare)
+    rare = tuple(rare_classes((classes, codes), threshold, (empty_label,)) if rare is None else rare)
 
-    def share(rows: np.ndarray | slice, classes: Sequence[str]) -> float:
-        return float(np.isin(labels[rows], list(classes)).mean())
+    def share(rows: np.ndarray | None, names: Sequence[str]) -> float:
+        counts = bincount_rows(codes, rows, minlength=len(classes))
+        return float(counts[np.isin(classes, list(names))].sum() / len(codes if rows is None else rows))
 
     return Enrichment(
         rare=rare,
         rare_subsample=share(subsample, rare),
         rare_random=share(random, rare),
-        rare_pool=share(slice(None), rare),
+        rare_pool=share(None, rare),
         empty_subsample=share(subsample, [empty_label]),
         empty_random=share(random, [empty_label]),
-        empty_pool=share(slice(None), [empty_label]),
+        empty_pool=share(None, [empty_label]),
     )

@@ -16,6 +16,7 @@ from radio_curation.evaluation.curation_report import (
     top_level_exemplars,
 )
 from radio_curation.evaluation.html import Section, Table, render_html
+from radio_curation.evaluation.similarity import l2_normalise
 from radio_curation.features.matrix import FeatureArray
 
 
@@ -43,6 +44,7 @@ def test_report_figures_equal_hand_computed_values():
     )
     assert figures.sizes == {"pool": 8, "subsample": 4, "random": 4}
     assert figures.coverage == {"pool": [1.0, 1.0], "subsample": [1.0, 1.0], "random": [0.5, 0.5]}
+    assert all(type(v) is float for v in figures.metrics().values())  # metrics.json is written as YAML too
     assert figures.balance["subsample"] == pytest.approx(1.0)
     assert figures.balance["random"] == pytest.approx(0.0)
     assert figures.shares["subsample"] == {"a": 0.5, "b": 0.25, "c": 0.25}
@@ -146,3 +148,78 @@ def test_html_page_is_self_contained(tmp_path):
     assert "<td>0.1235</td>" in page
     assert "data:image/png;base64," in page
     assert str(png) not in page
+
+
+def _planted_pool(n: int, dim: int = 16, seed: int = 0):
+    """``n`` random unit-ish rows, a three-level hierarchy (64 → 16 → 4 clusters) and 12 classes, two rare."""
+    rng = np.random.default_rng(seed)
+    features = FeatureArray(rng.standard_normal((n, dim)).astype(np.float32))
+    paths = cluster_paths([rng.integers(0, 64, n), np.arange(64) // 4, np.arange(16) // 4])
+    weights = np.r_[np.full(10, 0.099), 0.005, 0.005]
+    labels = np.array([f"class{i}" for i in range(12)])[rng.choice(12, n, p=weights)]
+    centroids = rng.standard_normal((4, dim)).astype(np.float32)
+    return features, paths, labels, centroids
+
+
+def test_report_holds_a_few_bytes_per_row_beyond_its_inputs(monkeypatch):
+    import tracemalloc
+
+    from radio_curation.evaluation import enrichment, similarity
+
+    # Every fixed-size block shrunk, so that 200,000 rows are many blocks, as 10 M rows are at the default
+    # sizes: what is left of the peak is what grows with the rows.
+    monkeypatch.setattr(similarity, "BLOCK_BYTES", 1 << 16)
+    monkeypatch.setattr(similarity, "SIMILARITY_BLOCK", 1 << 14)
+    monkeypatch.setattr(enrichment, "ROW_BLOCK", 1 << 12)
+
+    def report(n: int) -> int:
+        """Peak bytes of new allocations of the report's label, cluster and exemplar figures on ``n`` rows."""
+        features, paths, labels, centroids = _planted_pool(n)
+        rng = np.random.default_rng(1)
+        sets = {"pool": np.arange(n)}
+        sets.update({name: np.sort(rng.choice(n, n // 4, replace=False)) for name in ("subsample", "random")})
+        tracemalloc.start()
+        try:
+            curation_figures(
+                features, sets, paths=paths, labels=labels, duplicate_threshold=0.95, max_queries=64
+            )
+            top_level_exemplars(features, paths, centroids, per_cluster=16, chunk=1 << 10)
+            rare = enrichment.rare_classes(labels)
+            enrichment.enrichment(labels, sets["subsample"], sets["random"], rare)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    report(1000)  # first-call allocations (lazy imports, caches) are not per row
+    n = 200_000
+    # Uint8 label codes (1 byte a row) and blocks: about 2 bytes a row. Full sorts of the labels, int64
+    # codes, column copies and an N-long distance array and lexsort order held about 30.
+    assert report(n) / n < 6.0
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_streamed_exemplars_equal_a_full_sort(metric):
+    # Five planted clusters of repeated vectors (ties in distance, broken by row), one of them smaller
+    # than per_cluster, one top-level cluster empty; blocks of 7 rows cut through the clusters.
+    rng = np.random.default_rng(3)
+    n, per_cluster = 300, 6
+    top = rng.choice([0, 1, 2, 4, 5], n, p=[0.3, 0.3, 0.3, 0.01, 0.09])
+    centroids = rng.standard_normal((6, 4)).astype(np.float32)
+    x = centroids[top] + rng.integers(0, 3, (n, 1)).astype(np.float32) * rng.standard_normal((n, 4)).astype(
+        np.float32
+    )
+    features = FeatureArray(x)
+    paths = cluster_paths([top])
+    got = top_level_exemplars(features, paths, centroids, per_cluster, metric=metric, chunk=7)
+    mine = l2_normalise(centroids)[top] if metric == "cosine" else centroids[top]
+    if metric == "cosine":
+        distance = 1.0 - np.einsum("ij,ij->i", l2_normalise(x), mine)
+    else:
+        distance = np.sqrt(np.einsum("ij,ij->i", mine - x, mine - x))
+    order = np.lexsort((distance, top))
+    expected = {int(c): order[top[order] == c][:per_cluster] for c in np.unique(top)}
+    assert list(got) == list(expected)
+    assert min(np.bincount(top)[np.unique(top)]) < per_cluster
+    assert any(len(np.unique(distance[top == c])) < (top == c).sum() for c in expected)  # ties planted
+    for c in expected:
+        np.testing.assert_array_equal(got[c], expected[c])

@@ -12,7 +12,7 @@ from radio_curation.curation.clusters import read_subsample
 from radio_curation.errors import RadioCurationError
 from radio_curation.evaluation import plots
 from radio_curation.evaluation.curation_report import CurationFigures, curation_figures, top_level_exemplars
-from radio_curation.evaluation.enrichment import Enrichment, enrichment, rare_classes
+from radio_curation.evaluation.enrichment import Enrichment, enrichment, label_codes, rare_classes
 from radio_curation.evaluation.evals.base import Evaluation, Inputs
 from radio_curation.evaluation.html import Section, Table, render_html
 from radio_curation.evaluation.labels import WindowLabels
@@ -87,7 +87,10 @@ class CurationReport(Evaluation):
         sets = {"pool": np.arange(len(pool_ids)), "subsample": sub_rows, "random": random_rows}
         paths = hierarchy.paths()
         matched = self.catalogue.labels_if_any(pool_all.merged, pool_all.table, info)
-        labels = None if matched is None else matched[0][cluster_rows]
+        # Factorised once: the figures and each set's enrichment count the codes (a byte a window), and the
+        # label strings and source groups are not kept.
+        labels = None if matched is None else label_codes(matched[0][cluster_rows])
+        del matched
         with out.timer("figures"):
             figures = curation_figures(
                 pool,
