@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from radio_curation.errors import RadioCurationError
-from radio_curation.evaluation.enrichment import Labels, bincount_rows, label_codes
+from radio_curation.evaluation.blocked import bincount_rows
+from radio_curation.evaluation.enrichment import Labels, label_codes
 from radio_curation.evaluation.similarity import block_rows, l2_normalise, nearest_other_similarity, unit_rows
 from radio_curation.features.matrix import FeatureMatrix
 
@@ -44,7 +45,7 @@ def cluster_paths(assignments: Sequence[np.ndarray]) -> np.ndarray:
 def coverage(paths: np.ndarray, rows: np.ndarray) -> list[float]:
     """Fraction of the pool's (non-empty) clusters at each level that ``rows`` hit at least once.
 
-    Counted by blocked bincounts (:func:`~radio_curation.evaluation.enrichment.bincount_rows`): no copy
+    Counted by blocked bincounts (:func:`~radio_curation.evaluation.blocked.bincount_rows`): no copy
     or sort of a column of ``paths``.
     """
     return [

@@ -17,64 +17,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from radio_curation.errors import RadioCurationError
-
-#: Rows of a per-row array (labels, codes, cluster paths) handled at a time by :func:`label_codes` and
-#: :func:`bincount_rows`: their temporaries grow with this, not with the number of rows.
-ROW_BLOCK = 1 << 20
+from radio_curation.evaluation.blocked import bincount_rows, factorise
 
 #: Class of every pool window: ``[N]`` labels, or the ``(classes, codes)`` pair of :func:`label_codes`.
 Labels = np.ndarray | tuple[np.ndarray, np.ndarray]
 
 
-def label_codes(labels: Labels, block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The sorted distinct classes of ``labels`` and each label's index into them.
+def label_codes(labels: Labels) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted distinct classes of ``labels`` (as strings) and each label's index into them.
 
-    What ``np.unique(labels.astype(str), return_inverse=True)`` gives, a block of rows at a time: neither
-    a sorted copy of all the label strings nor int64 codes for all of them is ever held.
-
-    Parameters
-    ----------
-    labels : np.ndarray or (np.ndarray, np.ndarray)
-        ``[N]`` class of every window (as strings); a ``(classes, codes)`` pair is returned as it is.
-    block : int, optional
-        Rows at a time (default :data:`ROW_BLOCK`).
-
-    Returns
-    -------
-    classes : np.ndarray
-        ``[C]`` str, sorted.
-    codes : np.ndarray
-        ``[N]`` index of each label into ``classes``, of the smallest unsigned integer type that holds
-        ``C - 1`` (uint8 for up to 256 classes).
+    :func:`~radio_curation.evaluation.blocked.factorise`: no sorted copy of all the label strings and no
+    int64 codes are held; a ``(classes, codes)`` pair is returned as it is.
     """
     if isinstance(labels, tuple):
         return labels
-    labels = np.asarray(labels)
-    step = block or ROW_BLOCK
-    blocks = [slice(start, start + step) for start in range(0, len(labels), step)]
-    classes = np.unique(labels[:0].astype(str))
-    for rows in blocks:
-        classes = np.union1d(classes, np.unique(labels[rows].astype(str, copy=False)))
-    codes = np.empty(len(labels), dtype=np.min_scalar_type(max(len(classes) - 1, 0)))
-    for rows in blocks:
-        codes[rows] = np.searchsorted(classes, labels[rows].astype(str, copy=False))
-    return classes, codes
-
-
-def bincount_rows(values: np.ndarray, rows: np.ndarray | None = None, minlength: int = 0) -> np.ndarray:
-    """``np.bincount(values[rows], minlength=minlength)``, :data:`ROW_BLOCK` rows at a time.
-
-    Whole, ``values[rows]`` would be a copy and bincount's cast of it to contiguous int64 another (8 bytes
-    a row, whatever ``values``' type); ``rows=None`` counts every value.
-    """
-    n = len(values) if rows is None else len(rows)
-    counts = np.zeros(minlength, dtype=np.int64)
-    for start in range(0, n, ROW_BLOCK):
-        block = values[start : start + ROW_BLOCK] if rows is None else values[rows[start : start + ROW_BLOCK]]
-        total = np.bincount(block, minlength=len(counts))
-        total[: len(counts)] += counts
-        counts = total
-    return counts
+    return factorise(labels, str)
 
 
 def rare_classes(labels: Labels, threshold: float = 0.01, exclude: Sequence[str] = ("empty",)) -> list[str]:

@@ -9,48 +9,9 @@ from scipy.spatial import cKDTree
 from scipy.stats import mannwhitneyu
 
 from radio_curation.errors import RadioCurationError
+from radio_curation.evaluation.blocked import factorise, grouped_order
 from radio_curation.evaluation.similarity import block_rows, cosine_knn, unit_rows
 from radio_curation.features.matrix import FeatureMatrix
-
-#: Rows handled at a time while windows are grouped (the temporaries of a block are ~40 bytes per row).
-GROUP_BLOCK_ROWS = 1 << 18
-
-
-def _compact_codes(values: np.ndarray, block: int) -> tuple[np.ndarray, int]:
-    """Each value's index among the sorted distinct values (int32), and how many there are.
-
-    The distinct values are the union of each block's, so no sorted copy of the whole column is made.
-    """
-    distinct = np.unique(
-        np.concatenate([np.unique(values[s : s + block]) for s in range(0, len(values), block)])
-    )
-    codes = np.empty(len(values), dtype=np.int32)
-    for s in range(0, len(values), block):
-        codes[s : s + block] = np.searchsorted(distinct, values[s : s + block])
-    return codes, len(distinct)
-
-
-def _grouped_order(keys: np.ndarray, n_groups: int, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows stably ordered by ``keys`` (a counting sort, a block at a time) and each key's count.
-
-    The order is int32 while the rows fit, and no per-row temporary beyond a block is made (``np.argsort``
-    of the whole column would return int64 and hold its own buffers).
-    """
-    n = len(keys)
-    counts = np.zeros(n_groups, dtype=np.int64)
-    for s in range(0, n, block):
-        counts += np.bincount(keys[s : s + block], minlength=n_groups)
-    cursor = np.cumsum(counts) - counts
-    order = np.empty(n, dtype=np.int32 if n <= np.iinfo(np.int32).max else np.int64)
-    for s in range(0, n, block):
-        k = keys[s : s + block]
-        local = np.argsort(k, kind="stable")
-        ranked = k[local]
-        # Position of each row within its key's run in this block.
-        within = np.arange(len(ranked)) - np.searchsorted(ranked, ranked)
-        order[cursor[ranked] + within] = s + local
-        cursor += np.bincount(k, minlength=n_groups)
-    return order, counts
 
 
 def adjacent_pairs(
@@ -90,14 +51,15 @@ def adjacent_pairs(
     n = len(size)
     if n < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    mosaic_code, n_mosaics = _compact_codes(np.asarray(mosaic), GROUP_BLOCK_ROWS)
-    size_code, n_sizes = _compact_codes(np.asarray(size), GROUP_BLOCK_ROWS)
-    keys = mosaic_code
-    keys *= n_sizes
+    mosaics, mosaic_code = factorise(mosaic)
+    sizes, size_code = factorise(size)
+    keys = mosaic_code.astype(np.int64 if len(mosaics) * len(sizes) > np.iinfo(np.int32).max else np.int32)
+    del mosaic_code
+    keys *= len(sizes)
     keys += size_code
     del size_code
-    order, counts = _grouped_order(keys, n_mosaics * n_sizes, GROUP_BLOCK_ROWS)
-    del keys, mosaic_code
+    order, counts = grouped_order(keys, len(mosaics) * len(sizes))
+    del keys
     rng = np.random.default_rng(seed)
     pairs = [np.zeros((0, 2), dtype=np.int64)]
     for start, count in zip(np.cumsum(counts) - counts, counts, strict=True):

@@ -164,13 +164,13 @@ def _planted_pool(n: int, dim: int = 16, seed: int = 0):
 def test_report_holds_a_few_bytes_per_row_beyond_its_inputs(monkeypatch):
     import tracemalloc
 
-    from radio_curation.evaluation import enrichment, similarity
+    from radio_curation.evaluation import blocked, enrichment, similarity
 
     # Every fixed-size block shrunk, so that 200,000 rows are many blocks, as 10 M rows are at the default
     # sizes: what is left of the peak is what grows with the rows.
     monkeypatch.setattr(similarity, "BLOCK_BYTES", 1 << 16)
     monkeypatch.setattr(similarity, "SIMILARITY_BLOCK", 1 << 14)
-    monkeypatch.setattr(enrichment, "ROW_BLOCK", 1 << 12)
+    monkeypatch.setattr(blocked, "ROW_BLOCK", 1 << 12)
 
     def report(n: int) -> int:
         """Peak bytes of new allocations of the report's label, cluster and exemplar figures on ``n`` rows."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from radio_curation.errors import RadioCurationError
-from radio_curation.evaluation import neighbours, similarity
+from radio_curation.evaluation import blocked, similarity
 from radio_curation.evaluation.neighbours import (
     adjacent_pairs,
     distance_test,
@@ -72,13 +72,13 @@ def test_adjacent_pairs_group_windows_in_blocks_with_eight_bytes_per_window(monk
     size = rng.choice([64, 128], n).astype(np.int32)
     y0, x0 = (rng.integers(0, 150, (2, n)) * 32).astype(np.int32)
     whole = adjacent_pairs(mosaic, y0, x0, size, 1.0, max_pairs=4000, seed=5)
-    monkeypatch.setattr(neighbours, "GROUP_BLOCK_ROWS", 4096)
+    monkeypatch.setattr(blocked, "ROW_BLOCK", 4096)
     tracemalloc.start()
-    blocked = adjacent_pairs(mosaic, y0, x0, size, 1.0, max_pairs=4000, seed=5)
+    in_blocks = adjacent_pairs(mosaic, y0, x0, size, 1.0, max_pairs=4000, seed=5)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 16 * n
-    np.testing.assert_array_equal(blocked, whole)  # the same groups in the same order: the same sample
+    np.testing.assert_array_equal(in_blocks, whole)  # the same groups in the same order: the same sample
     assert 8000 <= len(whole) <= 8000 + 80  # twice each group's share of 4000, rounded up in 80 groups
     assert (mosaic[whole[:, 0]] == mosaic[whole[:, 1]]).all() and (
         size[whole[:, 0]] == size[whole[:, 1]]
