@@ -34,6 +34,7 @@ Usage::
     python benchmarks/bench_scale.py --quick                 # 25 k and 100 k rows, smaller eval samples
     python benchmarks/bench_scale.py --sizes 100000 1000000  # the development tiers
     nice python benchmarks/bench_scale.py --sizes 10000000 --stages load_f16 center_l2_f16
+    python benchmarks/bench_scale.py --device cuda --sizes 10000000 --stages lloyd_torch_kn hierarchical
 
 Prints per stage and size ``RESULT scale stage=<s> rows=<n> wall_s=<t> cpu_s=<t> peak_rss_gb=<m>
 data_gb=<m>`` (the stage's own wall and CPU seconds, excluding imports; the process's peak RSS; the bytes
@@ -225,9 +226,12 @@ def _eval_defaults(name: str, eval_max: int | None):
     return cfg
 
 
-def run_stage(stage: str, work: Path, n: int, threads: int, eval_max: int | None = None) -> dict:
+def run_stage(
+    stage: str, work: Path, n: int, threads: int, eval_max: int | None = None, device: str = "cpu"
+) -> dict:
     """Do ``stage`` on the ``n``-row files in ``work``; returns the bytes it must hold and details.
-    ``eval_max`` replaces the eval configs' ``max_images`` and ``max_queries``."""
+    ``eval_max`` replaces the eval configs' ``max_images`` and ``max_queries``; on a ``device`` other than
+    the CPU the torch Lloyd stages, k-means‖ and the hierarchical run use the torch backend there."""
     import torch
 
     from radio_curation.curation.backends import FaissBackend, TorchBackend
@@ -253,6 +257,7 @@ def run_stage(stage: str, work: Path, n: int, threads: int, eval_max: int | None
         return fit.transform(x, inplace=True)
 
     faiss = FaissBackend("cpu", threads=threads)
+    searcher = faiss if device == "cpu" else TorchBackend(device)
     if stage in EVAL_STAGES:  # their libraries (scikit-learn, SciPy's statistics) are no part of their memory
         import radio_curation.evaluation.evals.probe
         import radio_curation.evaluation.neighbours  # noqa: F401
@@ -290,7 +295,7 @@ def run_stage(stage: str, work: Path, n: int, threads: int, eval_max: int | None
         data = matrix + n * 12
         k = FIXED_K if stage in ("lloyd_faiss", "lloyd_torch") else max(2, n // ROWS_PER_CLUSTER)
         if stage.startswith("lloyd"):
-            backend = TorchBackend("cpu") if "torch" in stage else faiss
+            backend = TorchBackend(device) if "torch" in stage else faiss
             centroids = init_centroids(x, k, "random", 0)
             backend.fit(x, centroids, 1, spherical=True)
             details["k"] = k
@@ -302,13 +307,13 @@ def run_stage(stage: str, work: Path, n: int, threads: int, eval_max: int | None
             init_centroids(x, k, "random", 0)
             details["k"] = k
         elif stage == "init_kmeans_parallel":
-            init_centroids(x, k, "kmeans_parallel", 0, faiss)
+            init_centroids(x, k, "kmeans_parallel", 0, searcher)
             details["k"] = k
         else:
             ks = [max(2, n // r) for r in HIERARCHY_ROWS_PER_CLUSTER]
             algo = HierarchicalKMeans(
                 n_clusters=ks, n_resampling_steps=[1, 10, 10], sample_size=[1, 7, 6], n_iters=5,
-                init="auto", metric="cosine", max_points_per_centroid=256, backend=faiss,
+                init="auto", metric="cosine", max_points_per_centroid=256, backend=searcher,
             )  # fmt: skip
             algo.fit(x, seed=0)
             details["n_clusters"] = ks
@@ -421,6 +426,8 @@ def run_stage(stage: str, work: Path, n: int, threads: int, eval_max: int | None
                 data = max(data, len(keep) * DIM * 4)  # the probed windows' features in float32
     else:
         raise SystemExit(f"unknown stage {stage!r}; stages: {' '.join(DEFAULT_STAGES)}")
+    if device.startswith("cuda"):
+        details["gpu_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return {
         "wall_s": time.perf_counter() - start[0],
         "cpu_s": time.process_time() - start[1],
@@ -433,18 +440,19 @@ def run_stage(stage: str, work: Path, n: int, threads: int, eval_max: int | None
 
 def child(args: argparse.Namespace) -> None:
     """The subprocess side: one stage, then one JSON line with its figures."""
-    result = run_stage(args.child, Path(args.work), args.rows, args.threads, args.eval_max)
+    result = run_stage(args.child, Path(args.work), args.rows, args.threads, args.eval_max, args.device)
     print(json.dumps(result), flush=True)
 
 
 # ------------------------------------------------------------------------------------------ parent
 
 
-def _limit(mem_cap_gb: float):
-    cap = int(mem_cap_gb * 1e9)
+def _limit(mem_cap_gb: float | None):
+    cap = None if mem_cap_gb is None else int(mem_cap_gb * 1e9)
 
     def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        if cap is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         os.setsid()
 
     return apply
@@ -461,9 +469,12 @@ def measure(stage: str, work: Path, n: int, args: argparse.Namespace) -> dict:
     }
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     command = [sys.executable, __file__, "--child", stage, "--work", str(work), "--rows", str(n)]
-    command += ["--threads", threads] + (["--eval-max", str(args.eval_max)] if args.eval_max else [])
+    command += ["--threads", threads, "--device", args.device]
+    command += ["--eval-max", str(args.eval_max)] if args.eval_max else []
+    # CUDA reserves far more address space than it uses: on a GPU only the peak RSS is measured, uncapped.
+    mem_cap_gb = None if args.device.startswith("cuda") else args.mem_cap_gb
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, preexec_fn=_limit(args.mem_cap_gb))
+        proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, preexec_fn=_limit(mem_cap_gb))
         deadline = time.monotonic() + args.time_cap_s
         timed_out = False
         while True:
@@ -523,6 +534,11 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--stages", nargs="+", default=DEFAULT_STAGES)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device of the torch Lloyd stages, k-means‖ and hierarchical (e.g. cuda)",
+    )
     parser.add_argument("--mem-cap-gb", type=float, default=20.0)
     parser.add_argument("--time-cap-s", type=float, default=1800.0)
     parser.add_argument("--headers", type=Path, default=DEFAULT_HEADERS, help="DR2 headers (one folder each)")
