@@ -411,7 +411,7 @@ def run_stage(
                 ),
             ),
         }
-        data = 0
+        probed = 0
         with FeatureFile(path) as source:
             start = time.perf_counter(), time.process_time()
             for name, (cfg, classify) in probes.items():
@@ -423,7 +423,8 @@ def run_stage(
                 )
                 details[f"{name}_s"] = time.perf_counter() - began
                 details[f"{name}_images"] = len(keep)
-                data = max(data, len(keep) * DIM * 4)  # the probed windows' features in float32
+                probed = max(probed, len(keep) * DIM * 4)  # the probed windows' features in float32
+        data = labels.nbytes + groups.nbytes + probed  # and every window's label and source
     else:
         raise SystemExit(f"unknown stage {stage!r}; stages: {' '.join(DEFAULT_STAGES)}")
     if device.startswith("cuda"):
